@@ -1,0 +1,27 @@
+"""GPT-3 family (Brown et al., 2020, Table 2.1): one of 125m, 350m, 760m, 1.3b, 2.7b, 6.7b, 13b, 175b.
+
+  python -m gptjax.main --config=experiments/gpt3.py:1.3b --workdir=W
+
+Each size takes the paper's n_layer, d_model, n_head (d_head = d_model/n_head),
+context 2048, batch size in tokens and peak learning rate. Batch arithmetic:
+train.batch_size = paper batch tokens / 2048, e.g. 1.3b: 1M tokens -> 488 sequences;
+train.steps follows from train.tokens = 300B. Warmup covers 375M tokens.
+Differences from the paper: dense attention in every layer (GPT-3 alternated dense
+and locally banded sparse layers), no batch-size ramp, and the cosine decay ends
+at 10% of the peak on the last step rather than at 260B tokens.
+"""
+
+from gptjax.scaling import families
+
+
+def get_config(size: str = "125m"):
+  c = families.gpt3(size)  # shape, context, batch, lr, tokens and warmup from the paper
+  c.data.vocab_size = 32768  # sentencepiece vocabulary trained on the corpus (<= model.vocab_size)
+  c.data.eval_sequences = 64  # 131,072 validation tokens per eval
+  c.model.dtype = "bfloat16"  # GPT-3 sizes are meant for accelerators
+  c.model.pad_vocab_multiple = 128  # 50257 -> 50304 embedding rows for aligned matmuls
+  c.model.remat_policy = "dots_with_no_batch_dims_saveable"  # trade compute for activation memory
+  c.train.log_every = 10  # steps between train rows
+  c.train.eval_every = 1000  # steps between evals
+  c.train.checkpoint_every = 1000  # steps between checkpoints
+  return c

@@ -1,0 +1,1 @@
+"""gptjax: GPT-family language models and scaling experiments in JAX/Flax."""

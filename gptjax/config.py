@@ -1,0 +1,191 @@
+"""The default configuration and its validation.
+
+Every field lives here with a one-line comment, so an experiment file only states
+what differs and no module reads a hidden knob. Validation runs before any work
+starts, so a typo costs a second, not a compile or a dataset build.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+REMAT_POLICIES = ("none", "dots_with_no_batch_dims_saveable", "nothing_saveable")
+ARCHITECTURES = ("gpt2", "gpt1")
+ATTENTION_IMPLS = ("xla", "cudnn")
+DTYPES = ("float32", "bfloat16")
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """A small GPT-2-style model on the embedded corpus; experiment files override it."""
+  c = ml_collections.ConfigDict()
+
+  c.model = ml_collections.ConfigDict()
+  c.model.architecture = "gpt2"  # 'gpt2' (pre-LayerNorm + final LayerNorm; GPT-2/GPT-3) or 'gpt1' (post-LayerNorm)
+  c.model.n_layer = 4  # transformer blocks
+  c.model.d_model = 256  # residual stream width
+  c.model.n_head = 4  # attention heads; d_model / n_head is the head size
+  c.model.d_ff = 1024  # MLP hidden width (GPT uses 4 * d_model)
+  c.model.vocab_size = 8192  # embedding rows; must be >= the tokenizer's vocabulary
+  c.model.pad_vocab_multiple = 1  # round the embedding table up to a multiple of this (128 helps accelerators); 1 = off
+  c.model.seq_len = 256  # context length in tokens (also the length of every training row)
+  c.model.dropout = 0.0  # dropout on embeddings and on each residual branch
+  c.model.attn_dropout = 0.0  # dropout on attention probabilities (needs attention_impl='xla')
+  c.model.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16'; logits and loss are always float32
+  c.model.param_dtype = "float32"  # dtype parameters and optimizer state are stored in
+  c.model.scan_layers = True  # nn.scan over blocks: one compiled block, parameters stacked on a 'layers' axis
+  c.model.remat_policy = "none"  # 'none', 'dots_with_no_batch_dims_saveable' or 'nothing_saveable'
+  c.model.attention_impl = "xla"  # jax.nn.dot_product_attention implementation: 'xla' (anywhere) or 'cudnn' (GPU)
+  c.model.init_std = 0.02  # N(0, init_std) for weights; residual output projections get / sqrt(2 * n_layer)
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "embedded"  # 'embedded' (the Python standard library's source, offline)
+  c.data.data_dir = ""  # where TFDS datasets are prepared and read; '' -> $GPTJAX_CACHE/tensorflow_datasets
+  c.data.validation_percent = 5  # percent of documents held out for validation, chosen by a hash of their path
+  c.data.tokenizer = "sentencepiece"  # 'sentencepiece' (trained on the corpus), 'bytes', or a path to a .model file
+  c.data.vocab_size = 8192  # sentencepiece vocabulary to train (ignored for 'bytes' and .model paths)
+  c.data.spm_model_type = "bpe"  # sentencepiece algorithm: 'bpe' or 'unigram'
+  c.data.tokenizer_sample_chars = 20_000_000  # characters of training text sampled to train the tokenizer
+  c.data.eval_sequences = 256  # fixed validation rows of seq_len tokens scored at every eval
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 1e-3  # peak learning rate, reached at the end of warmup
+  c.optim.warmup_steps = 50  # linear warmup from 0 to lr
+  c.optim.min_lr_ratio = 0.1  # cosine decay ends at lr * min_lr_ratio on the last step
+  c.optim.b1 = 0.9  # AdamW beta1
+  c.optim.b2 = 0.95  # AdamW beta2
+  c.optim.eps = 1e-8  # AdamW epsilon
+  c.optim.weight_decay = 0.1  # decoupled weight decay on weight matrices
+  c.optim.decay_embeddings = False  # also decay token/position embeddings (biases and LayerNorm never are)
+  c.optim.clip_norm = 1.0  # global gradient-norm clip; 0 disables
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 600  # optimizer updates
+  c.train.tokens = 0  # if > 0, steps = ceil(tokens / (batch_size * seq_len)) instead
+  c.train.batch_size = 16  # global batch in sequences per optimizer update
+  c.train.grad_accum_steps = 1  # micro-batches per update; batch_size must divide by it
+  c.train.seed = 0  # seeds parameters, dropout and data order
+  c.train.log_every = 25  # steps between console/metrics.jsonl train rows
+  c.train.eval_every = 200  # steps between evals (and one at the end); 0 = only at the end
+  c.train.checkpoint_every = 200  # steps between checkpoints (and one at the end)
+  c.train.keep_checkpoints = 3  # most recent checkpoints kept on disk
+  c.train.num_samples = 2  # samples generated at the end (written to samples.txt)
+  c.train.sample_tokens = 128  # new tokens per sample
+  c.train.sample_temperature = 0.8  # softmax temperature for samples
+  c.train.sample_top_k = 40  # sample only from the k most likely tokens; 0 = all
+  c.train.peak_tflops = 0.0  # per-device peak for MFU; 0 = look up the device, or measure a matmul on CPU
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.ici = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # devices per axis within a slice; one -1 takes the rest
+  c.mesh.dcn = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))  # slices per axis across the data-center network
+  c.mesh.rules = (  # logical axis -> mesh axes; see README "Parallelism"
+      ("batch", ("data", "fsdp")),
+      ("length", None),
+      ("embed", "fsdp"),
+      ("heads", "tensor"),
+      ("kv", None),
+      ("mlp", "tensor"),
+      ("vocab", "tensor"),
+      ("layers", None),
+  )
+  return c
+
+
+def padded_vocab_size(model: ml_collections.ConfigDict) -> int:
+  """Embedding rows actually allocated: vocab_size rounded up to pad_vocab_multiple."""
+  m = model.pad_vocab_multiple
+  return -(-model.vocab_size // m) * m
+
+
+def train_steps(c: ml_collections.ConfigDict) -> int:
+  """Optimizer updates, derived from train.tokens when that is set."""
+  if c.train.tokens > 0:
+    return math.ceil(c.train.tokens / (c.train.batch_size * c.model.seq_len))
+  return c.train.steps
+
+
+def _choice(errors: list[str], field: str, value, allowed) -> None:
+  if value not in allowed:
+    errors.append(f"{field}={value!r}: unknown value; use one of {', '.join(map(repr, allowed))}")
+
+
+def _positive(errors: list[str], field: str, value, *, allow_zero: bool = False) -> None:
+  ok = value >= 0 if allow_zero else value > 0
+  if not isinstance(value, int) or isinstance(value, bool) or not ok:
+    bound = ">= 0" if allow_zero else "> 0"
+    errors.append(f"{field}={value!r}: must be an integer {bound}")
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Raises ValueError listing every bad field, each with its value and the fix."""
+  errors: list[str] = []
+  m, t, o = c.model, c.train, c.optim
+  for name in ("n_layer", "d_model", "n_head", "d_ff", "vocab_size", "seq_len", "pad_vocab_multiple"):
+    _positive(errors, f"model.{name}", m[name])
+  if not errors and m.d_model % m.n_head:
+    errors.append(
+        f"model.d_model={m.d_model}: not divisible by model.n_head={m.n_head}; "
+        f"pick n_head from the divisors of d_model")
+  _choice(errors, "model.architecture", m.architecture, ARCHITECTURES)
+  _choice(errors, "model.remat_policy", m.remat_policy, REMAT_POLICIES)
+  _choice(errors, "model.attention_impl", m.attention_impl, ATTENTION_IMPLS)
+  _choice(errors, "model.dtype", m.dtype, DTYPES)
+  _choice(errors, "model.param_dtype", m.param_dtype, DTYPES)
+  for name in ("dropout", "attn_dropout"):
+    if not 0.0 <= m[name] < 1.0:
+      errors.append(f"model.{name}={m[name]!r}: must be in [0, 1)")
+  if m.attn_dropout > 0 and m.attention_impl != "xla":
+    errors.append(
+        f"model.attn_dropout={m.attn_dropout}: attention-probability dropout needs "
+        f"model.attention_impl='xla' (got {m.attention_impl!r}); set one of them")
+
+  for name in ("batch_size", "grad_accum_steps", "log_every", "checkpoint_every",
+               "keep_checkpoints"):
+    _positive(errors, f"train.{name}", t[name])
+  for name in ("steps", "tokens", "eval_every", "num_samples", "sample_tokens", "sample_top_k"):
+    _positive(errors, f"train.{name}", t[name], allow_zero=True)
+  if t.steps == 0 and t.tokens == 0:
+    errors.append("train.steps=0 and train.tokens=0: set one of them to the run length")
+  if (isinstance(t.batch_size, int) and isinstance(t.grad_accum_steps, int)
+      and t.grad_accum_steps > 0 and t.batch_size % t.grad_accum_steps):
+    errors.append(
+        f"train.batch_size={t.batch_size}: not divisible by train.grad_accum_steps="
+        f"{t.grad_accum_steps}; make the global batch a multiple of the micro-batch count")
+  if t.sample_temperature <= 0:
+    errors.append(f"train.sample_temperature={t.sample_temperature!r}: must be > 0")
+  if t.peak_tflops < 0:
+    errors.append(f"train.peak_tflops={t.peak_tflops!r}: must be >= 0 (0 = automatic)")
+
+  if o.lr <= 0:
+    errors.append(f"optim.lr={o.lr!r}: must be > 0")
+  _positive(errors, "optim.warmup_steps", o.warmup_steps, allow_zero=True)
+  if not 0.0 <= o.min_lr_ratio <= 1.0:
+    errors.append(f"optim.min_lr_ratio={o.min_lr_ratio!r}: must be in [0, 1]")
+  for name in ("b1", "b2"):
+    if not 0.0 <= o[name] < 1.0:
+      errors.append(f"optim.{name}={o[name]!r}: must be in [0, 1)")
+  if o.weight_decay < 0:
+    errors.append(f"optim.weight_decay={o.weight_decay!r}: must be >= 0")
+  if o.clip_norm < 0:
+    errors.append(f"optim.clip_norm={o.clip_norm!r}: must be >= 0 (0 disables clipping)")
+
+  for group in ("ici", "dcn"):
+    shape = c.mesh[group]
+    if set(shape.keys()) != set(MESH_AXES):
+      errors.append(f"mesh.{group}={dict(shape)}: must name exactly the axes {MESH_AXES}")
+      continue
+    sizes = [shape[a] for a in MESH_AXES]
+    if sum(s == -1 for s in sizes) > 1 or any(s == 0 or s < -1 for s in sizes):
+      errors.append(f"mesh.{group}={dict(shape)}: sizes must be >= 1, with at most one -1")
+  rule_names = {name for name, _ in c.mesh.rules}
+  missing = {"batch", "length", "embed", "heads", "kv", "mlp", "vocab", "layers"} - rule_names
+  if missing:
+    errors.append(f"mesh.rules: no rule for logical axes {sorted(missing)}; add (name, None) to replicate")
+
+  if not errors:
+    from gptjax import data  # deferred: the data package pulls in tfds
+    errors.extend(data.validate(c.data))
+  if errors:
+    raise ValueError("invalid config:\n  " + "\n  ".join(errors))

@@ -1,0 +1,55 @@
+"""Turns tokenized documents into fixed-length training rows without losing tokens.
+
+Layout: the token stream S is every document followed by EOS. Row i holds
+S'[i*L : i*L + L + 1] where S' = [EOS] + S and L = seq_len, so consecutive rows
+share one boundary token and each token of S is the target of exactly one
+position (the first document is predicted from EOS, like all the others).
+The last row is completed by wrapping around to the start of S; those wrapped
+targets are repeats, flagged 0 in `target_mask` so evaluation counts every
+token exactly once while training simply sees a few tokens twice.
+"""
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedRows:
+  """`tokens` int32 [rows, seq_len + 1]; `target_mask` float32 [rows, seq_len]."""
+  tokens: np.ndarray
+  target_mask: np.ndarray
+
+  @property
+  def num_rows(self) -> int:
+    return self.tokens.shape[0]
+
+
+def concat_documents(documents: Sequence[Sequence[int]], eos_id: int) -> np.ndarray:
+  """The stream S: each document's ids followed by `eos_id`, as int32."""
+  lengths = np.fromiter((len(d) + 1 for d in documents), dtype=np.int64,
+                        count=len(documents))
+  stream = np.empty(int(lengths.sum()), dtype=np.int32)
+  offset = 0
+  for document, length in zip(documents, lengths):
+    stream[offset:offset + length - 1] = document
+    stream[offset + length - 1] = eos_id
+    offset += length
+  return stream
+
+
+def pack(stream: np.ndarray, seq_len: int) -> PackedRows:
+  """Cuts an EOS-terminated stream into ceil(len/seq_len) rows (module docstring)."""
+  if seq_len < 1:
+    raise ValueError(f'seq_len={seq_len}: must be a positive number of tokens')
+  num_tokens = len(stream)
+  if num_tokens == 0:
+    raise ValueError('cannot pack an empty token stream; the split has no documents')
+  num_rows = -(-num_tokens // seq_len)
+  # Position p of S' is S[p - 1]; S ends with EOS, so S'[0] = S[-1] = EOS.
+  positions = (np.arange(num_rows, dtype=np.int64)[:, None] * seq_len
+               + np.arange(seq_len + 1, dtype=np.int64)[None, :] - 1)
+  tokens = stream[positions % num_tokens]
+  target_mask = (positions[:, 1:] < num_tokens).astype(np.float32)
+  return PackedRows(tokens=tokens, target_mask=target_mask)

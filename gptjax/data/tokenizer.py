@@ -1,0 +1,162 @@
+"""Tokenizers: a minimal shared interface, a byte tokenizer and SentencePiece.
+
+Both implementations decode exactly what they encoded (no normalisation), so
+generated code keeps its indentation and bits-per-byte can be computed from
+`token_byte_lengths`, which says how many UTF-8 bytes each id decodes to.
+"""
+
+import hashlib
+import os
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import sentencepiece as spm
+
+SPM_FILENAME = 'spm.model'
+BYTES_FILENAME = 'bytes.tokenizer'  # Marker file: the byte tokenizer has no state.
+
+
+class Tokenizer(Protocol):
+  """What training, evaluation and sampling need from a tokenizer."""
+
+  vocab_size: int
+  eos_id: int  # Appended after every document; the model learns where text ends.
+
+  def encode(self, text: str) -> list[int]: ...
+
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]: ...
+
+  def decode(self, ids: Sequence[int]) -> str: ...
+
+  def token_byte_lengths(self) -> np.ndarray: ...
+
+  def fingerprint(self) -> str: ...
+
+  def save(self, directory: str) -> None: ...
+
+
+class ByteTokenizer:
+  """UTF-8 bytes as ids 0..255 plus EOS=256: no training, no unknown tokens.
+
+  `decode` replaces invalid UTF-8 sequences (which a model can sample) with
+  U+FFFD instead of raising; `decode_bytes` returns the exact bytes. `encode`
+  rejects strings that are not encodable as UTF-8 (lone surrogates).
+  """
+
+  vocab_size = 257
+  eos_id = 256
+
+  def encode(self, text: str) -> list[int]:
+    return list(text.encode('utf-8'))
+
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    return [self.encode(text) for text in texts]
+
+  def decode_bytes(self, ids: Sequence[int]) -> bytes:
+    """The raw bytes of `ids`, dropping EOS."""
+    return bytes(int(i) for i in ids if int(i) != self.eos_id)
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return self.decode_bytes(ids).decode('utf-8', errors='replace')
+
+  def token_byte_lengths(self) -> np.ndarray:
+    lengths = np.ones(self.vocab_size, dtype=np.int32)
+    lengths[self.eos_id] = 0
+    return lengths
+
+  def fingerprint(self) -> str:
+    return 'bytes-v1'
+
+  def save(self, directory: str) -> None:
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, BYTES_FILENAME), 'w') as f:
+      f.write('utf-8 bytes 0..255, eos=256\n')
+
+
+class SentencePieceTokenizer:
+  """A SentencePiece model used verbatim: no BOS, EOS only where we append it."""
+
+  def __init__(self, model_proto: bytes, origin: str = '<memory>'):
+    self._proto = model_proto
+    self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+    self.vocab_size = int(self._sp.get_piece_size())
+    self.eos_id = int(self._sp.eos_id())
+    if self.eos_id < 0:
+      raise ValueError(
+          f'data.tokenizer={origin!r}: the SentencePiece model has no EOS piece '
+          '(eos_id=-1), which gptjax needs as a document separator; retrain it '
+          "with eos_id set (e.g. --eos_id=1) or use data.tokenizer='sentencepiece'")
+
+  @classmethod
+  def from_file(cls, path: str) -> 'SentencePieceTokenizer':
+    """Loads an existing `.model` file."""
+    if not os.path.isfile(path):
+      raise ValueError(f'data.tokenizer={path!r}: no such file; give the path '
+                       "of a SentencePiece .model file, 'sentencepiece' or 'bytes'")
+    with open(path, 'rb') as f:
+      return cls(f.read(), origin=path)
+
+  def encode(self, text: str) -> list[int]:
+    return self._sp.encode(text)
+
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    return self._sp.encode(list(texts), num_threads=os.cpu_count() or 1)
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return self._sp.decode([int(i) for i in ids])
+
+  def token_byte_lengths(self) -> np.ndarray:
+    """Bytes per id: 1 for byte-fallback pieces, 0 for control/unknown pieces.
+
+    The metaspace '▁' stands for one ASCII space. For models trained without a
+    dummy prefix and with identity normalisation (ours), the sum over an
+    encoding equals the UTF-8 length of the text exactly.
+    """
+    sp = self._sp
+    lengths = np.zeros(self.vocab_size, dtype=np.int32)
+    for i in range(self.vocab_size):
+      if sp.is_control(i) or sp.is_unknown(i):
+        continue
+      if sp.is_byte(i):
+        lengths[i] = 1
+      else:
+        lengths[i] = len(sp.id_to_piece(i).replace('\u2581', ' ').encode('utf-8'))
+    return lengths
+
+  def fingerprint(self) -> str:
+    return 'spm-' + hashlib.sha256(self._proto).hexdigest()[:16]
+
+  def save(self, directory: str) -> None:
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, SPM_FILENAME), 'wb') as f:
+      f.write(self._proto)
+
+
+def load_saved(directory: str) -> Tokenizer:
+  """Reloads the tokenizer a run saved in `WORKDIR/tokenizer` (for sampling)."""
+  spm_path = os.path.join(directory, SPM_FILENAME)
+  if os.path.isfile(spm_path):
+    return SentencePieceTokenizer.from_file(spm_path)
+  if os.path.isfile(os.path.join(directory, BYTES_FILENAME)):
+    return ByteTokenizer()
+  raise ValueError(f'no tokenizer saved in {directory!r} (expected {SPM_FILENAME} '
+                   f'or {BYTES_FILENAME}); point at a run\'s WORKDIR/tokenizer')
+
+
+def save_to_workdir(tokenizer: Tokenizer, directory: str) -> None:
+  """Saves `tokenizer` into a run's `WORKDIR/tokenizer`, refusing to swap it.
+
+  A checkpoint is only meaningful with the tokenizer it was trained with, so
+  resuming a workdir with different tokenizer settings is an error, not a
+  silent overwrite.
+  """
+  if os.path.isdir(directory) and os.listdir(directory):
+    existing = load_saved(directory).fingerprint()
+    if existing != tokenizer.fingerprint():
+      raise ValueError(
+          f'{directory!r} holds tokenizer {existing} but the data settings give '
+          f'{tokenizer.fingerprint()}; use a new workdir or restore the data.* '
+          'settings this run was started with')
+    return
+  tokenizer.save(directory)

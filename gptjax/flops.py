@@ -1,0 +1,84 @@
+"""Parameter counts, FLOPs per token, device peaks and MFU (DESIGN.md §6).
+
+Counts are analytic so they can be stated for configs too large to build here;
+tests pin them to the real parameter trees.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from gptjax.config import padded_vocab_size
+
+# Dense bf16 peak TFLOP/s per device, matched against jax's device_kind.
+PEAK_TFLOPS = {
+    "H100": 989.0,
+    "A100": 312.0,
+    "TPU v4": 275.0,
+    "TPU v5 lite": 197.0,  # v5e
+    "TPU v5e": 197.0,
+    "TPU v5p": 459.0,
+    "TPU v5": 459.0,  # v5p reports itself as "TPU v5"
+    "TPU v6 lite": 918.0,  # v6e
+    "TPU v6e": 918.0,
+}
+
+
+def param_counts(model: ml_collections.ConfigDict) -> dict[str, int]:
+  """Total and non-embedding parameters; the tied embedding is counted once.
+
+  n_params_non_embedding is Kaplan et al.'s N: everything but the token and
+  position embeddings (biases and LayerNorms included).
+  """
+  d, ff, n_layer = model.d_model, model.d_ff, model.n_layer
+  attn = d * 3 * d + 3 * d + d * d + d
+  mlp = d * ff + ff + ff * d + d
+  layer_norms = 2 * 2 * d
+  final_norm = 2 * d if model.architecture == "gpt2" else 0
+  non_embedding = n_layer * (attn + mlp + layer_norms) + final_norm
+  embedding = padded_vocab_size(model) * d + model.seq_len * d
+  return {"n_params": non_embedding + embedding, "n_params_non_embedding": non_embedding}
+
+
+def matmul_params(model: ml_collections.ConfigDict) -> int:
+  """Parameters that take part in a matmul: block weights plus the LM head."""
+  d = model.d_model
+  return model.n_layer * (4 * d * d + 2 * d * model.d_ff) + padded_vocab_size(model) * d
+
+
+def flops_per_token(model: ml_collections.ConfigDict) -> int:
+  """Training FLOPs per token: 6 * N_matmul + 6 * n_layer * d_model * seq_len.
+
+  The attention term is 12 * L * d * T halved for the causal mask, as llm.c and
+  MaxText count it.
+  """
+  return 6 * matmul_params(model) + 6 * model.n_layer * model.d_model * model.seq_len
+
+
+def measured_cpu_tflops(size: int = 1024, repeats: int = 5) -> float:
+  """A float32 matmul rate for this host, used as the CPU 'peak' for MFU."""
+  a = jnp.ones((size, size), jnp.float32)
+  matmul = jax.jit(lambda x: x @ x)
+  matmul(a).block_until_ready()
+  start = time.perf_counter()
+  for _ in range(repeats):
+    matmul(a).block_until_ready()
+  return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e12
+
+
+def device_peak(configured_tflops: float = 0.0) -> tuple[float, str]:
+  """Per-device peak TFLOP/s for MFU (0 when unknown) and a sentence saying where it came from."""
+  kind = jax.devices()[0].device_kind
+  if configured_tflops > 0:
+    return configured_tflops, f"train.peak_tflops={configured_tflops:g} TFLOP/s ({kind})"
+  for name, peak in sorted(PEAK_TFLOPS.items(), key=lambda kv: -len(kv[0])):
+    if name.lower() in kind.lower():
+      return peak, f"{kind} bf16 dense peak {peak:g} TFLOP/s"
+  if jax.default_backend() == "cpu":
+    peak = measured_cpu_tflops()
+    return peak, f"CPU float32 1024x1024 matmul measured at startup: {peak * 1e3:.1f} GFLOP/s"
+  return 0.0, f"no peak known for {kind!r}: MFU not reported; set train.peak_tflops"

@@ -1,0 +1,197 @@
+"""The GPT decoder: GPT-1 (post-LN) and GPT-2/GPT-3 (pre-LN) blocks in Flax linen.
+
+Parameters and key activations carry logical axis names only (see sharding.py);
+which mesh axes they land on is decided by the config's rules, never here.
+
+The model optionally takes a key/value cache so generation reuses the same
+weights and code path as training: `cache=None` is a training/eval forward pass,
+a cache plus `index` (the position of the first token given) is a decode step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from gptjax.config import padded_vocab_size
+
+Cache = dict[str, jax.Array]  # {'k', 'v'}: [n_layer, batch, max_len, n_head, head_dim]
+
+_REMAT_POLICIES = {
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
+}
+
+
+def _param(module: nn.Module, name: str, shape: tuple[int, ...], axes: tuple[str | None, ...],
+           init: Any, dtype: Any) -> jax.Array:
+  return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+
+
+def _layer_norm(cfg: ml_collections.ConfigDict, name: str) -> nn.LayerNorm:
+  return nn.LayerNorm(
+      epsilon=1e-5, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+
+
+def _residual_std(cfg: ml_collections.ConfigDict) -> float:
+  """GPT-2 scales the init of projections that write into the residual stream, so
+  its variance stays O(1) however deep the stack is."""
+  return cfg.init_std / (2 * cfg.n_layer) ** 0.5
+
+
+class CausalSelfAttention(nn.Module):
+  config: ml_collections.ConfigDict
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x: jax.Array, cache: Cache | None, index: jax.Array | None
+               ) -> tuple[jax.Array, Cache | None]:
+    cfg = self.config
+    head_dim = cfg.d_model // cfg.n_head
+    normal = nn.initializers.normal(cfg.init_std)
+    w_qkv = _param(self, "qkv_kernel", (cfg.d_model, 3, cfg.n_head, head_dim),
+                   ("embed", None, "heads", "kv"), normal, cfg.param_dtype)
+    b_qkv = _param(self, "qkv_bias", (3, cfg.n_head, head_dim), (None, "heads", "kv"),
+                   nn.initializers.zeros, cfg.param_dtype)
+    qkv = jnp.einsum("btd,dshk->sbthk", x, w_qkv.astype(cfg.dtype))
+    qkv = qkv + b_qkv[:, None, None].astype(cfg.dtype)
+    q, k, v = (nn.with_logical_constraint(t, ("batch", "length", "heads", "kv")) for t in qkv)
+
+    if cache is not None:
+      k_all = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), index, axis=1)
+      v_all = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), index, axis=1)
+      cache = {"k": k_all, "v": v_all}
+      query_pos = index + jnp.arange(q.shape[1])
+      key_pos = jnp.arange(k_all.shape[1])
+      mask = (key_pos[None, :] <= query_pos[:, None])[None, None]
+      out = jax.nn.dot_product_attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype),
+                                         mask=mask, implementation="xla")
+    elif cfg.attn_dropout > 0 and not self.deterministic:
+      # jax.nn.dot_product_attention has no dropout, so this path spells the softmax out.
+      scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+      scores = scores / jnp.sqrt(head_dim).astype(jnp.float32)
+      causal = jnp.tril(jnp.ones((q.shape[1], k.shape[1]), bool))
+      probs = jax.nn.softmax(jnp.where(causal, scores, jnp.finfo(jnp.float32).min), axis=-1)
+      probs = nn.Dropout(cfg.attn_dropout, deterministic=False)(probs)
+      out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+    else:
+      out = jax.nn.dot_product_attention(q, k, v, is_causal=True,
+                                         implementation=cfg.attention_impl)
+    out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
+
+    w_o = _param(self, "out_kernel", (cfg.n_head, head_dim, cfg.d_model), ("heads", "kv", "embed"),
+                 nn.initializers.normal(_residual_std(cfg)), cfg.param_dtype)
+    b_o = _param(self, "out_bias", (cfg.d_model,), ("embed",), nn.initializers.zeros, cfg.param_dtype)
+    y = jnp.einsum("bthk,hkd->btd", out, w_o.astype(cfg.dtype)) + b_o.astype(cfg.dtype)
+    return y, cache
+
+
+class Mlp(nn.Module):
+  config: ml_collections.ConfigDict
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    cfg = self.config
+    w_fc = _param(self, "fc_kernel", (cfg.d_model, cfg.d_ff), ("embed", "mlp"),
+                  nn.initializers.normal(cfg.init_std), cfg.param_dtype)
+    b_fc = _param(self, "fc_bias", (cfg.d_ff,), ("mlp",), nn.initializers.zeros, cfg.param_dtype)
+    h = jnp.einsum("btd,df->btf", x, w_fc.astype(cfg.dtype)) + b_fc.astype(cfg.dtype)
+    h = nn.with_logical_constraint(jax.nn.gelu(h, approximate=True), ("batch", "length", "mlp"))
+    w_proj = _param(self, "proj_kernel", (cfg.d_ff, cfg.d_model), ("mlp", "embed"),
+                    nn.initializers.normal(_residual_std(cfg)), cfg.param_dtype)
+    b_proj = _param(self, "proj_bias", (cfg.d_model,), ("embed",), nn.initializers.zeros,
+                    cfg.param_dtype)
+    return jnp.einsum("btf,fd->btd", h, w_proj.astype(cfg.dtype)) + b_proj.astype(cfg.dtype)
+
+
+class Block(nn.Module):
+  """One transformer block; GPT-1 normalises after each residual add, GPT-2 before."""
+  config: ml_collections.ConfigDict
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x: jax.Array, cache: Cache | None, index: jax.Array | None
+               ) -> tuple[jax.Array, Cache | None]:
+    cfg = self.config
+    attn = CausalSelfAttention(cfg, self.deterministic, name="attn")
+    mlp = Mlp(cfg, name="mlp")
+    ln_1, ln_2 = _layer_norm(cfg, "ln_1"), _layer_norm(cfg, "ln_2")
+    drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
+    if cfg.architecture == "gpt2":
+      h, cache = attn(ln_1(x), cache, index)
+      x = x + drop(h)
+      x = x + drop(mlp(ln_2(x)))
+    else:
+      h, cache = attn(x, cache, index)
+      x = ln_1(x + drop(h))
+      x = ln_2(x + drop(mlp(x)))
+    return nn.with_logical_constraint(x, ("batch", "length", "embed")), cache
+
+
+class GPT(nn.Module):
+  """Decoder-only language model with tied input/output embeddings.
+
+  `config` is the `model` group of the run config, with dtype names already
+  turned into dtypes by `model_config()`.
+  """
+  config: ml_collections.ConfigDict
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, *, deterministic: bool = True,
+               cache: Cache | None = None, index: jax.Array | int = 0
+               ) -> tuple[jax.Array, Cache | None]:
+    """Returns float32 logits [batch, length, vocab_size] and the updated cache."""
+    cfg = self.config
+    normal = nn.initializers.normal(cfg.init_std)
+    wte = _param(self, "wte", (padded_vocab_size(cfg), cfg.d_model), ("vocab", "embed"), normal,
+                 cfg.param_dtype)
+    wpe = _param(self, "wpe", (cfg.seq_len, cfg.d_model), ("length", "embed"), normal,
+                 cfg.param_dtype)
+    positions = jax.lax.dynamic_slice_in_dim(wpe, index, tokens.shape[1], axis=0)
+    x = (jnp.take(wte, tokens, axis=0) + positions[None]).astype(cfg.dtype)
+    x = nn.Dropout(cfg.dropout, deterministic=deterministic)(x)
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+    block = Block
+    if cfg.remat_policy != "none":
+      block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat_policy],
+                       prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+      stack = nn.scan(block, variable_axes={"params": 0},
+                      split_rngs={"params": True, "dropout": True},
+                      in_axes=(0, nn.broadcast), length=cfg.n_layer,
+                      metadata_params={nn.PARTITION_NAME: "layers"})
+      x, cache = stack(cfg, deterministic, name="blocks")(x, cache, index)
+    else:
+      layer_caches = []
+      for i in range(cfg.n_layer):
+        layer_cache = None if cache is None else jax.tree.map(lambda a, i=i: a[i], cache)
+        x, layer_cache = block(cfg, deterministic, name=f"block_{i}")(x, layer_cache, index)
+        layer_caches.append(layer_cache)
+      cache = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *layer_caches)
+
+    if cfg.architecture == "gpt2":
+      x = _layer_norm(cfg, "ln_f")(x)
+    logits = jnp.einsum("btd,vd->btv", x, wte.astype(cfg.dtype), preferred_element_type=jnp.float32)
+    logits = nn.with_logical_constraint(logits[..., :cfg.vocab_size], ("batch", "length", "vocab"))
+    return logits, cache
+
+
+def model_config(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The model group with dtype names resolved, frozen so modules can hash it."""
+  resolved = model.to_dict()
+  resolved["dtype"] = jnp.dtype(model.dtype)
+  resolved["param_dtype"] = jnp.dtype(model.param_dtype)
+  return ml_collections.FrozenConfigDict(resolved)
+
+
+def init_cache(cfg: ml_collections.ConfigDict, batch: int, max_len: int) -> Cache:
+  """An empty key/value cache for `batch` sequences of up to `max_len` tokens."""
+  shape = (cfg.n_layer, batch, max_len, cfg.n_head, cfg.d_model // cfg.n_head)
+  return {"k": jnp.zeros(shape, cfg.dtype), "v": jnp.zeros(shape, cfg.dtype)}

@@ -1,0 +1,1 @@
+"""Model size families, sweeps over parameter counts and scaling-law reports."""

@@ -1,0 +1,72 @@
+"""Published GPT shapes and training settings, as config overrides.
+
+The numbers are facts from the GPT-2 release (Radford et al., 2019) and Table 2.1
+of the GPT-3 paper (Brown et al., 2020); experiment files pick one entry.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from gptjax.config import base_config
+
+GPT2_VOCAB = 50257  # GPT-2's byte-level BPE, also used by GPT-3
+
+
+# name: (n_layer, d_model, n_head)
+GPT2_SIZES = {
+    "small": (12, 768, 12),
+    "medium": (24, 1024, 16),
+    "large": (36, 1280, 20),
+    "xl": (48, 1600, 25),
+}
+
+# name: (n_layer, d_model, n_head, batch size in tokens, peak lr, paper's n_params)
+# d_head is d_model / n_head: 64, 64, 96, 128, 80, 128, 128, 128 as in the paper.
+# The paper lists d_model 5140 for 13B, which 40 heads do not divide; 5120 is used.
+GPT3_SIZES = {
+    "125m": (12, 768, 12, 0.5e6, 6.0e-4, 125e6),
+    "350m": (24, 1024, 16, 0.5e6, 3.0e-4, 350e6),
+    "760m": (24, 1536, 16, 0.5e6, 2.5e-4, 760e6),
+    "1.3b": (24, 2048, 24, 1e6, 2.0e-4, 1.3e9),
+    "2.7b": (32, 2560, 32, 1e6, 1.6e-4, 2.7e9),
+    "6.7b": (32, 4096, 32, 2e6, 1.2e-4, 6.7e9),
+    "13b": (40, 5120, 40, 2e6, 1.0e-4, 13.0e9),
+    "175b": (96, 12288, 96, 3.2e6, 0.6e-4, 175.0e9),
+}
+GPT3_CONTEXT = 2048
+GPT3_TRAIN_TOKENS = 300e9  # every GPT-3 model saw 300B tokens
+GPT3_WARMUP_TOKENS = 375e6  # linear warmup over the first 375M tokens
+
+
+def _shape(c: ml_collections.ConfigDict, n_layer: int, d_model: int, n_head: int,
+           seq_len: int) -> None:
+  c.model.n_layer, c.model.d_model, c.model.n_head = n_layer, d_model, n_head
+  c.model.d_ff = 4 * d_model
+  c.model.seq_len = seq_len
+  c.model.vocab_size = GPT2_VOCAB
+
+
+def gpt2(size: str) -> ml_collections.ConfigDict:
+  """A GPT-2 shape (1024 context, vocab 50257) with nanoGPT-style training settings."""
+  if size not in GPT2_SIZES:
+    raise ValueError(f"GPT-2 size {size!r}: unknown; use one of {', '.join(GPT2_SIZES)}")
+  c = base_config()
+  _shape(c, *GPT2_SIZES[size], seq_len=1024)
+  return c
+
+
+def gpt3(size: str) -> ml_collections.ConfigDict:
+  """A GPT-3 Table 2.1 model: shape, context 2048, batch and peak lr from the paper."""
+  key = size.lower()
+  if key not in GPT3_SIZES:
+    raise ValueError(f"GPT-3 size {size!r}: unknown; use one of {', '.join(GPT3_SIZES)}")
+  n_layer, d_model, n_head, batch_tokens, lr, _ = GPT3_SIZES[key]
+  c = base_config()
+  _shape(c, n_layer, d_model, n_head, seq_len=GPT3_CONTEXT)
+  c.train.batch_size = round(batch_tokens / GPT3_CONTEXT)
+  c.train.steps = 0
+  c.train.tokens = int(GPT3_TRAIN_TOKENS)
+  c.optim.lr = lr
+  c.optim.warmup_steps = round(GPT3_WARMUP_TOKENS / (c.train.batch_size * GPT3_CONTEXT))
+  return c

@@ -1,0 +1,68 @@
+"""From config to shardings: the device mesh and the logical-axis rules.
+
+Modules only name logical axes; this file is the one place that decides which
+mesh axes those names map to, so changing a parallelism strategy is a config edit.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from gptjax.config import MESH_AXES
+
+Rules = tuple[tuple[str, Any], ...]
+
+
+def _fill(shape: dict[str, int], total: int, field: str) -> list[int]:
+  sizes = [shape[a] for a in MESH_AXES]
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if total % known:
+      raise ValueError(f"{field}={dict(shape)}: {total} devices do not divide by {known}; "
+                       "change the fixed axis sizes")
+    sizes[sizes.index(-1)] = total // known
+  if math.prod(sizes) != total:
+    raise ValueError(f"{field}={dict(shape)}: uses {math.prod(sizes)} devices but there are "
+                     f"{total}; make the product match or set one axis to -1")
+  return sizes
+
+
+def make_mesh(mesh: ml_collections.ConfigDict, devices: list | None = None) -> Mesh:
+  """A (data, fsdp, tensor) mesh; dcn axes span slices, ici axes stay within one."""
+  devices = devices if devices is not None else jax.devices()
+  num_slices = 1 + max((getattr(d, "slice_index", 0) or 0) for d in devices)
+  dcn = _fill(mesh.dcn, num_slices, "mesh.dcn")
+  ici = _fill(mesh.ici, len(devices) // num_slices, "mesh.ici")
+  if num_slices > 1:
+    grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
+  elif len(devices) == 1 or devices[0].platform == "cpu":
+    grid = np.asarray(devices).reshape(ici)
+  else:
+    grid = mesh_utils.create_device_mesh(ici, devices)
+  return Mesh(grid, MESH_AXES)
+
+
+def rules(mesh: ml_collections.ConfigDict) -> Rules:
+  return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in mesh.rules)
+
+
+def logical_to_sharding(logical_specs: Any, mesh: Mesh, axis_rules: Rules) -> Any:
+  """NamedShardings for a pytree of logical PartitionSpecs."""
+  return nn.logical_to_mesh_sharding(logical_specs, mesh, axis_rules)
+
+
+def batch_sharding(mesh: Mesh, axis_rules: Rules) -> NamedSharding:
+  """Token batches [batch, length] are split over the batch rule's mesh axes."""
+  return logical_to_sharding(PartitionSpec("batch", None), mesh, axis_rules)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())

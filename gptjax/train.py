@@ -1,0 +1,307 @@
+"""Training: a pure, jitted train step and eval step, and the thin host loop around them.
+
+Everything inside jit is a function of (state, batch). The loop only moves data
+in, metrics out and checkpoints to disk, and it never waits on the device for
+the step it has just dispatched: step t's metrics are read after step t+1 is
+queued.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from gptjax import checkpoint, data, flops, generate, metrics, optim, sharding
+from gptjax.config import padded_vocab_size, train_steps, validate
+from gptjax.model import GPT, model_config
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # optimizer updates applied so far
+  params: Any
+  opt_state: Any
+  rng: jax.Array  # base key; step and micro-batch are folded in, so it never changes
+
+
+def loss_sums(model: GPT, params: Any, tokens: jax.Array, weights: jax.Array | None,
+              rng: jax.Array | None) -> jax.Array:
+  """Per-sequence summed next-token cross-entropy [batch] of rows [batch, seq_len + 1]."""
+  logits, _ = model.apply({"params": params}, tokens[:, :-1], deterministic=rng is None,
+                          rngs=None if rng is None else {"dropout": rng})
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
+  if weights is not None:
+    losses = losses * weights
+  return losses.sum(axis=-1)
+
+
+def train_step(state: TrainState, batch: jax.Array, *, model: GPT,
+               tx: optax.GradientTransformation, schedule: optax.Schedule,
+               grad_accum_steps: int, use_dropout: bool) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer update on the global batch [batch_size, seq_len + 1].
+
+  Micro-batch gradients of sum(loss) / (all target tokens) are summed, which is
+  exactly the gradient of the mean loss over the whole global batch.
+  """
+  micro_batches = batch.reshape(grad_accum_steps, -1, batch.shape[-1])
+  n_targets = batch.shape[0] * (batch.shape[1] - 1)
+  step_rng = jax.random.fold_in(state.rng, state.step)
+
+  def accumulate(carry, xs):
+    tokens, index = xs
+    rng = jax.random.fold_in(step_rng, index) if use_dropout else None
+    loss, grads = jax.value_and_grad(
+        lambda p: loss_sums(model, p, tokens, None, rng).sum() / n_targets)(state.params)
+    return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+  zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
+  (loss, grads), _ = jax.lax.scan(accumulate, zeros,
+                                  (micro_batches, jnp.arange(grad_accum_steps)))
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  return new_state, {"train_loss": loss, "grad_norm": optax.global_norm(grads),
+                     "lr": schedule(state.step)}
+
+
+def eval_step(params: Any, tokens: jax.Array, weights: jax.Array, token_bytes: jax.Array,
+              *, model: GPT) -> dict[str, jax.Array]:
+  """Sums over one eval batch; eval() turns them into means, SEM and bits per byte."""
+  per_sequence = loss_sums(model, params, tokens, weights, None)
+  counts = weights.sum(axis=-1)
+  return {"loss_sum": per_sequence.sum(), "tokens": counts.sum(),
+          "bytes": (token_bytes[tokens[:, 1:]] * weights).sum(),
+          "sequence_means": per_sequence / jnp.maximum(counts, 1), "sequence_tokens": counts}
+
+
+def _init_state(rng: jax.Array, *, model: GPT, tx: optax.GradientTransformation,
+                seq_len: int) -> TrainState:
+  params = model.init({"params": rng}, jnp.zeros((1, seq_len), jnp.int32))["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    rng=jax.random.fold_in(rng, 1))
+
+
+class _Preemption:
+  """Turns SIGTERM (what TPU VMs and SLURM send before reclaiming a host) into a flag."""
+
+  def __init__(self):
+    self.requested = False
+    try:
+      signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread (e.g. some test runners)
+      pass
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+
+def _write_json(path: str, obj: dict[str, Any]) -> None:
+  if jax.process_index() == 0:
+    with open(path + ".tmp", "w") as f:
+      json.dump(obj, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (or resumes) the run in `workdir`; returns the summary it writes."""
+  validate(config)
+  wall_start = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+  total_steps = train_steps(config)
+  tc = config.train
+
+  mesh = sharding.make_mesh(config.mesh)
+  axis_rules = sharding.rules(config.mesh)
+  logging.info("mesh %s over %d devices (%s)", dict(mesh.shape), mesh.size,
+               jax.devices()[0].device_kind)
+
+  tokenizer, lm_data = data.load(config.data, config.model.seq_len, workdir, tc.seed)
+  if tokenizer.vocab_size > config.model.vocab_size:
+    raise ValueError(
+        f"model.vocab_size={config.model.vocab_size}: smaller than the tokenizer's vocabulary "
+        f"({tokenizer.vocab_size}); set model.vocab_size >= {tokenizer.vocab_size}")
+
+  model = GPT(model_config(config.model))
+  schedule = optim.learning_rate(config.optim, total_steps)
+  tx = optim.make(config.optim, total_steps)
+  counts = flops.param_counts(config.model)
+  per_token = flops.flops_per_token(config.model)
+  logging.info("parameters: %s total, %s non-embedding (tied embedding counted once, "
+               "%d embedding rows for vocab %d)", f"{counts['n_params']:,}",
+               f"{counts['n_params_non_embedding']:,}", padded_vocab_size(config.model),
+               config.model.vocab_size)
+  logging.info("training FLOPs/token: %s (6*N_matmul + 6*n_layer*d_model*seq_len)", f"{per_token:,}")
+
+  init_fn = functools.partial(_init_state, model=model, tx=tx, seq_len=config.model.seq_len)
+  rng = jax.random.PRNGKey(tc.seed)
+  abstract = jax.eval_shape(init_fn, rng)
+  state_shardings = sharding.logical_to_sharding(nn.get_partition_spec(abstract), mesh,
+                                                 axis_rules)
+  batch_sharding = sharding.batch_sharding(mesh, axis_rules)
+
+  with mesh, nn.logical_axis_rules(axis_rules):
+    mngr = checkpoint.manager(workdir, config)
+    abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                  nn.unbox(abstract), state_shardings)
+    restored = checkpoint.restore_latest(mngr, abstract_state, config)
+    if restored is None:
+      state = jax.jit(lambda r: nn.unbox(init_fn(r)), out_shardings=state_shardings)(rng)
+      start_step = 0
+    else:
+      state, start_step = restored
+      logging.info("resumed from %s at step %d", mngr.directory, start_step)
+
+    step_fn = jax.jit(
+        functools.partial(train_step, model=model, tx=tx, schedule=schedule,
+                          grad_accum_steps=tc.grad_accum_steps,
+                          use_dropout=config.model.dropout > 0 or config.model.attn_dropout > 0),
+        in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, None),
+        donate_argnums=0)
+    eval_fn = jax.jit(functools.partial(eval_step, model=model),
+                      in_shardings=(state_shardings.params, batch_sharding, batch_sharding, None))
+
+    def global_batch(step: int) -> jax.Array:
+      local = lm_data.train_batch(step, tc.batch_size, jax.process_index(), jax.process_count())
+      return jax.make_array_from_process_local_data(batch_sharding, local)
+
+    token_bytes = jnp.asarray(tokenizer.token_byte_lengths())
+    eval_set = lm_data.eval_batches(tc.batch_size // tc.grad_accum_steps, config.data.eval_sequences)
+
+    def evaluate(params: Any) -> dict[str, float]:
+      sums = [eval_fn(params, jax.make_array_from_process_local_data(batch_sharding, tokens),
+                      jax.make_array_from_process_local_data(batch_sharding, weights), token_bytes)
+              for tokens, weights in eval_set]
+      sums = jax.device_get(sums)
+      loss = sum(s["loss_sum"] for s in sums) / sum(s["tokens"] for s in sums)
+      means = np.concatenate([s["sequence_means"][s["sequence_tokens"] > 0] for s in sums])
+      bits = sum(s["loss_sum"] for s in sums) / math.log(2) / sum(s["bytes"] for s in sums)
+      return {"eval_loss": float(loss), "eval_loss_sem": float(means.std(ddof=1) / math.sqrt(len(means))),
+              "eval_ppl": float(math.exp(loss)), "eval_bits_per_byte": float(bits)}
+
+    tokens_per_step = tc.batch_size * config.model.seq_len
+    peak_tflops, peak_note = flops.device_peak(tc.peak_tflops)
+    logging.info("MFU divides by %s per device, %d devices", peak_note, jax.device_count())
+    compile_start = time.perf_counter()
+    step_fn = step_fn.lower(state, global_batch(start_step)).compile()
+    logging.info("compiled the train step in %.1f s", time.perf_counter() - compile_start)
+
+    writer = metrics.MetricsWriter(workdir, start_step)
+    summary_path = os.path.join(workdir, "summary.json")
+    previous_wall = 0.0
+    if start_step and os.path.exists(summary_path):
+      with open(summary_path) as f:
+        previous_wall = json.load(f).get("wall_s", 0.0)
+    summary = {**counts, **{k: config.model[k] for k in
+                            ("n_layer", "d_model", "n_head", "seq_len", "vocab_size")},
+               "tokens": start_step * tokens_per_step, "flops": start_step * tokens_per_step * per_token,
+               "final_train_loss": None, "final_eval_loss": None, "wall_s": previous_wall,
+               "status": "running"}
+    _write_json(summary_path, summary)
+
+    def position(step: int) -> dict[str, int]:
+      return {"step": step, "tokens": step * tokens_per_step,
+              "flops": step * tokens_per_step * per_token}
+
+    preemption = _Preemption()
+    pending = None  # (step, device metrics) waiting to be read after the next dispatch
+    last_log = (start_step, time.perf_counter())
+    last_eval_step = None
+
+    def emit(step: int, device_metrics: dict[str, jax.Array]) -> None:
+      nonlocal last_log
+      values = jax.device_get(device_metrics)
+      now = time.perf_counter()
+      step_time = (now - last_log[1]) / max(step - last_log[0], 1)
+      last_log = (step, now)
+      tokens_per_s = tokens_per_step / step_time
+      row = {**position(step), "train_loss": float(values["train_loss"]),
+             "lr": float(values["lr"]), "grad_norm": float(values["grad_norm"]),
+             "step_time_s": step_time, "tokens_per_s": tokens_per_s,
+             "mfu": (per_token * tokens_per_s / (peak_tflops * 1e12 * jax.device_count())
+                     if peak_tflops else None)}
+      writer.write(row)
+      summary["final_train_loss"] = row["train_loss"]
+      logging.info(metrics.console_line(row, total_steps, step_time * (total_steps - step)))
+
+    def run_eval(step: int) -> None:
+      nonlocal last_eval_step, last_log
+      start = time.perf_counter()
+      row = {**position(step), **evaluate(state.params)}
+      writer.write(row)
+      summary["final_eval_loss"] = row["eval_loss"]
+      last_eval_step = step
+      last_log = (last_log[0], last_log[1] + time.perf_counter() - start)  # keep eval out of step time
+      logging.info("eval at step %d: loss %.4f ± %.4f | ppl %.2f | %.4f bits/byte", step,
+                   row["eval_loss"], row["eval_loss_sem"], row["eval_ppl"], row["eval_bits_per_byte"])
+
+    try:
+      step = start_step
+      while step < total_steps:
+        batch = global_batch(step)
+        state, step_metrics = step_fn(state, batch)
+        step += 1
+        if pending is not None:
+          emit(*pending)
+          pending = None
+        if step % tc.log_every == 0 or step == total_steps:
+          pending = (step, step_metrics)
+        if (tc.eval_every and step % tc.eval_every == 0) or step == total_steps:
+          if pending is not None:
+            emit(*pending)
+            pending = None
+          run_eval(step)
+        if step % tc.checkpoint_every == 0 or step == total_steps or preemption.requested:
+          checkpoint.save(mngr, step, state, config)
+        if preemption.requested and step < total_steps:
+          logging.warning("SIGTERM: checkpointed step %d; rerun the same command to resume", step)
+          break
+      if pending is not None:
+        emit(*pending)
+      mngr.wait_until_finished()
+      completed = step == total_steps
+      if completed and last_eval_step != total_steps:
+        run_eval(total_steps)
+      if completed and tc.num_samples:
+        _write_samples(workdir, model, state.params, tokenizer, tc)
+      summary.update(position(step), status="completed" if completed else "running",
+                     wall_s=previous_wall + time.time() - wall_start)
+    except BaseException:
+      summary.update(status="failed", wall_s=previous_wall + time.time() - wall_start)
+      raise
+    finally:
+      _write_json(summary_path, summary)
+      writer.close()
+      mngr.close()
+  return summary
+
+
+def _write_samples(workdir: str, model: GPT, params: Any, tokenizer: Any,
+                   tc: ml_collections.ConfigDict) -> None:
+  """Samples continuing an end-of-text token, i.e. fresh documents."""
+  new_tokens = min(tc.sample_tokens, model.config.seq_len - 1)
+  prompt = jnp.full((tc.num_samples, 1), tokenizer.eos_id, jnp.int32)
+  out = generate.generate(model, params, prompt, jax.random.PRNGKey(tc.seed + 1),
+                          max_new_tokens=new_tokens, temperature=tc.sample_temperature,
+                          top_k=tc.sample_top_k)
+  texts = [tokenizer.decode([int(t) for t in row[1:]]) for row in jax.device_get(out)]
+  for i, text in enumerate(texts):
+    logging.info("sample %d:\n%s", i, text)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "samples.txt"), "w") as f:
+      f.write("\n\n========\n\n".join(texts) + "\n")

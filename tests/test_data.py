@@ -1,0 +1,311 @@
+"""Tests for gptjax.data: real TFDS, real SentencePiece, tiny corpora, no network."""
+
+import io
+import os
+import shutil
+
+import ml_collections
+import numpy as np
+import pytest
+import sentencepiece as spm
+import tensorflow_datasets as tfds
+
+from gptjax import data
+from gptjax.data import (baselines, corpus, packing, paths, pipeline, source_dataset,
+                         spm_training, token_cache)
+from gptjax.data.tokenizer import ByteTokenizer, SentencePieceTokenizer
+
+CODE = ('class Foo:\n\tdef bar(self, x):\n'
+        '        """Docstring with ünïcödé ✓ 日本語 😀."""\n'
+        '        return  x  *  2\r\n\n\n    \n# trailing   spaces   \n\x00\x7f end')
+
+
+@pytest.fixture(scope='module')
+def cache_dir(tmp_path_factory):
+  """Points $GPTJAX_CACHE at a temp dir for the whole module, then restores it."""
+  path = str(tmp_path_factory.mktemp('cache'))
+  previous = os.environ.get(paths.CACHE_ENV_VAR)
+  os.environ[paths.CACHE_ENV_VAR] = path
+  yield path
+  if previous is None:
+    del os.environ[paths.CACHE_ENV_VAR]
+  else:
+    os.environ[paths.CACHE_ENV_VAR] = previous
+
+
+@pytest.fixture(scope='module')
+def corpus_root(tmp_path_factory):
+  """~60 small real stdlib files, plus files that must be excluded or skipped."""
+  root = tmp_path_factory.mktemp('corpus')
+  stdlib = corpus.stdlib_root()
+  small = [f for f in sorted(os.listdir(stdlib))
+           if f.endswith('.py') and 2_000 < os.path.getsize(os.path.join(stdlib, f)) < 12_000]
+  for i, name in enumerate(small[:60]):
+    target = root / ('pkg' if i % 3 else '') / name
+    target.parent.mkdir(exist_ok=True)
+    shutil.copy(os.path.join(stdlib, name), target)
+  (root / 'unicode_mod.py').write_text(CODE, encoding='utf-8')
+  (root / 'test').mkdir()
+  (root / 'test' / 'test_excluded.py').write_text('EXCLUDED = 1\n')
+  (root / 'notes.txt').write_text('not python\n')
+  (root / 'latin1.py').write_bytes('s = "caf\xe9"\n'.encode('latin-1'))
+  return str(root)
+
+
+def make_config(**overrides) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict(dict(
+      source='embedded', data_dir='', validation_percent=20, tokenizer='sentencepiece',
+      vocab_size=600, spm_model_type='bpe', tokenizer_sample_chars=200_000,
+      eval_sequences=8))
+  config.update(overrides)
+  return config
+
+
+@pytest.fixture(scope='module')
+def prepared(cache_dir, corpus_root):
+  data_dir = os.path.join(cache_dir, 'tfds')
+  return (data_dir,) + source_dataset.prepare(corpus_root, data_dir, validation_percent=20)
+
+
+@pytest.fixture(scope='module')
+def spm_tokenizer(prepared):
+  _, identity, sources = prepared
+  texts = source_dataset.read_texts(sources['train'])
+  return spm_training.load_or_train(identity, texts, 600, 'bpe', 200_000)
+
+
+# --- dataset -----------------------------------------------------------------
+
+def test_dataset_reads_back_through_tfds_data_source(prepared, corpus_root):
+  data_dir, identity, sources = prepared
+  reopened = tfds.data_source(identity, data_dir=data_dir, download=False)
+  paths_by_split = {split: {r['path'].decode() for r in reopened[split]}
+                    for split in ('train', 'validation')}
+  expected = {f.relpath for f in corpus.list_source_files(corpus_root)} - {'latin1.py'}
+  assert paths_by_split['train'] | paths_by_split['validation'] == expected
+  assert not paths_by_split['train'] & paths_by_split['validation']
+  assert all(corpus.is_validation(p, 20) for p in paths_by_split['validation'])
+  assert not any(corpus.is_validation(p, 20) for p in paths_by_split['train'])
+  assert 'test/test_excluded.py' not in expected and 'notes.txt' not in expected
+  records = [r for split in ('train', 'validation') for r in reopened[split]]
+  unicode_doc = next(r for r in records if r['path'] == b'unicode_mod.py')
+  assert unicode_doc['text'].decode('utf-8') == CODE
+  assert len(sources['train']) == len(paths_by_split['train'])
+
+
+def test_prepare_again_reuses_files(prepared, corpus_root):
+  data_dir, identity, _ = prepared
+  variant = os.path.join(data_dir, *identity.replace(':', '/').split('/'))
+  before = {f: os.stat(os.path.join(variant, f)).st_mtime_ns for f in os.listdir(variant)}
+  again, _ = source_dataset.prepare(corpus_root, data_dir, validation_percent=20)
+  assert again == identity
+  assert {f: os.stat(os.path.join(variant, f)).st_mtime_ns
+          for f in os.listdir(variant)} == before
+
+
+def test_dataset_name_tracks_python_version_and_files(corpus_root, tmp_path):
+  name = source_dataset.make_config(corpus_root, 20).name
+  assert corpus.python_version_tag() in name
+  shutil.copytree(corpus_root, tmp_path / 'copy')
+  (tmp_path / 'copy' / 'extra.py').write_text('x = 1\n')
+  assert source_dataset.make_config(str(tmp_path / 'copy'), 20).name != name
+  assert source_dataset.make_config(corpus_root, 10).name != name
+
+
+def test_split_rule_is_deterministic_and_near_the_requested_fraction():
+  relpaths = [f'pkg/mod_{i}.py' for i in range(2000)]
+  held_out = [p for p in relpaths if corpus.is_validation(p, 5)]
+  assert held_out == [p for p in relpaths if corpus.is_validation(p, 5)]
+  assert 60 < len(held_out) < 140
+
+
+def test_empty_split_is_a_clear_error(tmp_path):
+  (tmp_path / 'only.py').write_text('x = 1\n')
+  with pytest.raises(ValueError, match='validation_percent=5'):
+    source_dataset.make_config(str(tmp_path), 5)
+
+
+# --- tokenizers ----------------------------------------------------------------
+
+def test_byte_tokenizer_round_trips_and_counts_bytes():
+  tok = ByteTokenizer()
+  ids = tok.encode(CODE)
+  assert tok.decode(ids + [tok.eos_id]) == CODE
+  assert tok.token_byte_lengths()[ids].sum() == len(CODE.encode('utf-8'))
+  assert tok.token_byte_lengths()[tok.eos_id] == 0
+
+
+def test_byte_tokenizer_invalid_utf8_becomes_replacement_char():
+  tok = ByteTokenizer()
+  ids = [0xFF, ord('a'), 0xC3]  # Stray byte, ASCII, truncated 2-byte sequence.
+  assert tok.decode(ids) == '\ufffda\ufffd'
+  assert tok.decode_bytes(ids) == b'\xffa\xc3'
+  with pytest.raises(UnicodeEncodeError):
+    tok.encode('\ud800')  # A lone surrogate is not encodable as UTF-8.
+
+
+def test_sentencepiece_round_trips_code_and_counts_bytes(spm_tokenizer, prepared):
+  tok = spm_tokenizer
+  _, _, sources = prepared
+  texts = [CODE, '\t\t\n  \n', '', 'x' * 5000] + source_dataset.read_texts(sources['validation'])
+  lengths = tok.token_byte_lengths()
+  for text in texts:
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
+    assert lengths[ids].sum() == len(text.encode('utf-8'))
+  assert tok.encode_batch(texts) == [tok.encode(t) for t in texts]
+  assert tok.vocab_size == 600 and lengths.shape == (600,)
+  assert lengths[tok.eos_id] == 0 and tok.eos_id not in tok.encode(CODE)
+
+
+def test_sentencepiece_training_is_deterministic(prepared):
+  _, _, sources = prepared
+  chunks = spm_training.sample_chunks(source_dataset.read_texts(sources['train']), 50_000)
+  assert sum(map(len, chunks)) == 50_000
+  for model_type in ('bpe', 'unigram'):
+    assert (spm_training.train(chunks, 400, model_type)
+            == spm_training.train(chunks, 400, model_type))
+
+
+def test_model_without_eos_is_rejected(prepared, tmp_path):
+  _, _, sources = prepared
+  model = io.BytesIO()
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(spm_training.sample_chunks(
+          source_dataset.read_texts(sources['train']), 20_000)),
+      model_writer=model, vocab_size=300, eos_id=-1, minloglevel=2)
+  path = tmp_path / 'no_eos.model'
+  path.write_bytes(model.getvalue())
+  with pytest.raises(ValueError, match='no EOS'):
+    SentencePieceTokenizer.from_file(str(path))
+
+
+# --- packing and batches -----------------------------------------------------------
+
+def test_packing_makes_every_token_a_target_exactly_once():
+  stream = packing.concat_documents([[5, 6, 7], [8], [9, 10, 11, 12, 13]], eos_id=1)
+  assert stream.tolist() == [5, 6, 7, 1, 8, 1, 9, 10, 11, 12, 13, 1]
+  rows = packing.pack(stream, seq_len=5)
+  assert rows.tokens.shape == (3, 6) and rows.target_mask.shape == (3, 5)
+  assert rows.tokens[0, 0] == 1  # The first document is predicted from EOS.
+  np.testing.assert_array_equal(rows.tokens[:-1, -1], rows.tokens[1:, 0])  # Shared boundary.
+  targets = rows.tokens[:, 1:][rows.target_mask == 1]
+  np.testing.assert_array_equal(targets, stream)
+  assert rows.target_mask.sum() == len(stream)
+  np.testing.assert_array_equal(rows.tokens[-1, 1:][rows.target_mask[-1] == 0], [5, 6, 7])
+
+
+def test_packing_a_stream_shorter_than_a_row_wraps():
+  rows = packing.pack(np.array([4, 1], dtype=np.int32), seq_len=4)
+  assert rows.tokens.tolist() == [[1, 4, 1, 4, 1]]
+  assert rows.target_mask.tolist() == [[1, 1, 0, 0]]
+
+
+def small_lmdata(seed: int = 0, train_tokens: int = 1000) -> pipeline.LMData:
+  train = packing.concat_documents([list(range(2, 2 + train_tokens // 10))] * 10, eos_id=1)
+  validation = packing.concat_documents([[2, 3, 4]] * 7, eos_id=1)
+  return pipeline.LMData(train, validation, seq_len=16, seed=seed, vocab_size=200, eos_id=1)
+
+
+def test_train_batch_is_a_pure_function_of_seed_and_step():
+  a, b, other = small_lmdata(0), small_lmdata(0), small_lmdata(1)
+  batch = a.train_batch(step=3, batch_size=8)
+  assert batch.shape == (8, 17) and batch.dtype == np.int32
+  np.testing.assert_array_equal(batch, b.train_batch(step=3, batch_size=8))
+  assert not np.array_equal(batch, other.train_batch(step=3, batch_size=8))
+  assert not np.array_equal(batch, a.train_batch(step=4, batch_size=8))
+
+
+def test_process_slices_concatenate_to_the_global_batch():
+  lm = small_lmdata()
+  global_batch = lm.train_batch(step=5, batch_size=12)
+  slices = [lm.train_batch(step=5, batch_size=12, process_index=p, process_count=4)
+            for p in range(4)]
+  np.testing.assert_array_equal(np.concatenate(slices), global_batch)
+  with pytest.raises(ValueError, match='process_count=5'):
+    lm.train_batch(step=0, batch_size=12, process_count=5)
+
+
+def test_each_epoch_visits_every_row_once_even_with_huge_batches():
+  lm = small_lmdata()
+  num_rows = lm.stats['train'].rows
+  stream = lm.train_batch(step=0, batch_size=3 * num_rows)  # Three epochs at once.
+  rows = {tuple(r) for r in lm.train_rows.tokens}
+  for epoch in range(3):
+    epoch_rows = stream[epoch * num_rows:(epoch + 1) * num_rows]
+    assert sorted(map(tuple, epoch_rows)) == sorted(map(tuple, lm.train_rows.tokens))
+    assert {tuple(r) for r in epoch_rows} == rows
+  assert not np.array_equal(stream[:num_rows], stream[num_rows:2 * num_rows])
+
+
+def test_eval_batches_are_fixed_padded_and_exact():
+  lm = small_lmdata()
+  batches = lm.eval_batches(batch_size=1, max_sequences=100)
+  assert sum(mask.sum() for _, mask in batches) == lm.stats['validation'].tokens == 28
+  padded = lm.eval_batches(batch_size=4, max_sequences=100)
+  assert [t.shape for t, _ in padded] == [(4, 17)]
+  assert padded[0][1][2:].sum() == 0  # Two real rows, two zero-weight pad rows.
+  np.testing.assert_array_equal(padded[0][0][:2], np.concatenate([t for t, _ in batches]))
+
+
+def test_unigram_cross_entropy():
+  uniform = baselines.unigram_cross_entropy(np.arange(4), np.array([0, 1, 2, 3]), 4)
+  assert uniform == pytest.approx(np.log(4))
+  skewed = baselines.unigram_cross_entropy(np.zeros(98, dtype=int), np.zeros(5, dtype=int), 4)
+  assert skewed == pytest.approx(-np.log(99 / 102))
+
+
+# --- end to end ------------------------------------------------------------------
+
+def test_load_corpus_caches_everything_and_saves_tokenizer(cache_dir, corpus_root, tmp_path):
+  config = make_config()
+  workdir = str(tmp_path / 'run')
+  tok, lm = data.load_corpus(corpus_root, config, seq_len=32, workdir=workdir, seed=0)
+  saved = os.path.join(workdir, 'tokenizer', 'spm.model')
+  assert data.load_saved(os.path.dirname(saved)).fingerprint() == tok.fingerprint()
+  cached = [os.path.join(dirpath, f) for dirpath, _, files in os.walk(cache_dir)
+            for f in files if f.endswith(('.model', '.npy', 'array_record-00000-of-00001'))]
+  mtimes = {f: os.stat(f).st_mtime_ns for f in cached}
+  assert any(f.endswith('.npy') for f in mtimes) and any(f.endswith('.model') for f in mtimes)
+
+  tok2, lm2 = data.load_corpus(corpus_root, config, seq_len=32, workdir=workdir, seed=0)
+  assert {f: os.stat(f).st_mtime_ns for f in cached} == mtimes
+  np.testing.assert_array_equal(lm.train_batch(7, 4), lm2.train_batch(7, 4))
+  assert lm.stats['train'].documents + lm.stats['validation'].documents == 61
+  assert lm.stats['validation'].tokens == sum(
+      m.sum() for _, m in lm.eval_batches(4, 10_000))
+  assert 0 < lm.unigram_cross_entropy() < np.log(tok.vocab_size)
+
+  with pytest.raises(ValueError, match='new workdir'):
+    data.load_corpus(corpus_root, make_config(tokenizer='bytes'), 32, workdir, 0)
+
+
+def test_byte_tokenizer_end_to_end(cache_dir, corpus_root, tmp_path):
+  tok, lm = data.load_corpus(corpus_root, make_config(tokenizer='bytes'), 64,
+                             str(tmp_path), seed=3)
+  assert tok.vocab_size == 257
+  assert isinstance(data.load_saved(str(tmp_path / 'tokenizer')), ByteTokenizer)
+  assert lm.train_batch(0, 2).max() <= 256
+
+
+def test_token_cache_key_depends_on_tokenizer(spm_tokenizer):
+  assert (token_cache.cache_path('ds', spm_tokenizer, 'train')
+          != token_cache.cache_path('ds', ByteTokenizer(), 'train'))
+
+
+def test_validate_names_field_value_and_fix():
+  assert data.validate(make_config()) == []
+  problems = data.validate(make_config(source='foo', validation_percent=0,
+                                       tokenizer='nope.model', spm_model_type='wordpiece',
+                                       eval_sequences=0))
+  assert any("data.source='foo'" in p and "'embedded'" in p for p in problems)
+  assert any('data.validation_percent=0' in p and '1..99' in p for p in problems)
+  assert any("data.tokenizer='nope.model'" in p for p in problems)
+  assert any("data.eval_sequences=0" in p for p in problems)
+  assert data.validate(make_config(vocab_size=100)) and data.validate(
+      make_config(spm_model_type='wordpiece'))
+  del_config = make_config()
+  del del_config['vocab_size']
+  assert any('data.vocab_size is missing' in p for p in data.validate(del_config))
+  with pytest.raises(ValueError, match="data.source='foo'"):
+    data.load(make_config(source='foo'), 32, '/nonexistent', 0)
