@@ -18,11 +18,18 @@ _EMBEDDINGS = ("wte", "wpe")
 
 
 def learning_rate(optim: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-  """Linear warmup to optim.lr, then cosine decay to lr * min_lr_ratio at total_steps."""
+  """The learning rate of update s (0-based).
+
+  Warmup gives update s lr * (s + 1) / warmup_steps, so no update is spent at
+  lr 0; cosine decay then reaches exactly lr * min_lr_ratio on the last update.
+  """
   warmup = min(optim.warmup_steps, total_steps)
-  return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=optim.lr, warmup_steps=warmup,
-      decay_steps=max(total_steps, warmup + 1), end_value=optim.lr * optim.min_lr_ratio)
+  decay = optax.cosine_decay_schedule(optim.lr, max(total_steps - 1 - warmup, 1),
+                                      alpha=optim.min_lr_ratio)
+  if warmup == 0:
+    return decay
+  ramp = optax.linear_schedule(optim.lr / warmup, optim.lr, max(warmup - 1, 1))
+  return optax.join_schedules([ramp, decay], [warmup])
 
 
 def weight_decay_mask(params, decay_embeddings: bool):

@@ -23,12 +23,15 @@ GPT2_SIZES = {
 
 # name: (n_layer, d_model, n_head, batch size in tokens, peak lr, paper's n_params)
 # d_head is d_model / n_head: 64, 64, 96, 128, 80, 128, 128, 128 as in the paper.
-# The paper lists d_model 5140 for 13B, which 40 heads do not divide; 5120 is used.
+# Two entries of the table are inconsistent and are fixed the way Megatron-LM does:
+# 13B lists d_model 5140, which 40 heads do not divide, so 5120 is used; 1.3B lists
+# 24 heads of d_head 128 on d_model 2048 (24 * 128 = 3072), so it keeps d_head 128
+# with 16 heads, which also keeps the paper's 1.3B parameter count.
 GPT3_SIZES = {
     "125m": (12, 768, 12, 0.5e6, 6.0e-4, 125e6),
     "350m": (24, 1024, 16, 0.5e6, 3.0e-4, 350e6),
     "760m": (24, 1536, 16, 0.5e6, 2.5e-4, 760e6),
-    "1.3b": (24, 2048, 24, 1e6, 2.0e-4, 1.3e9),
+    "1.3b": (24, 2048, 16, 1e6, 2.0e-4, 1.3e9),
     "2.7b": (32, 2560, 32, 1e6, 1.6e-4, 2.7e9),
     "6.7b": (32, 4096, 32, 2e6, 1.2e-4, 6.7e9),
     "13b": (40, 5120, 40, 2e6, 1.0e-4, 13.0e9),

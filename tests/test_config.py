@@ -1,0 +1,84 @@
+"""Config files load, and bad configs fail fast with the field, the value and the fix."""
+
+import os
+import runpy
+import subprocess
+import sys
+
+import pytest
+
+from gptjax import config as config_lib
+from gptjax.scaling import families
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def experiment(name: str, *args):
+  return runpy.run_path(os.path.join(ROOT, "experiments", name))["get_config"](*args)
+
+
+@pytest.mark.parametrize("name", ["quickstart.py", "gpt2_small.py", "gpt2_medium.py",
+                                  "gpt2_large.py", "gpt2_xl.py"])
+def test_experiment_files_validate(name):
+  config_lib.validate(experiment(name))
+
+
+@pytest.mark.parametrize("size", list(families.GPT3_SIZES))
+def test_gpt3_sizes_follow_the_paper(size):
+  c = experiment("gpt3.py", size)
+  config_lib.validate(c)
+  n_layer, d_model, n_head, batch_tokens, lr, _ = families.GPT3_SIZES[size]
+  assert (c.model.n_layer, c.model.d_model, c.model.n_head) == (n_layer, d_model, n_head)
+  assert c.model.seq_len == 2048 and c.model.d_ff == 4 * d_model
+  assert abs(c.train.batch_size * 2048 - batch_tokens) / batch_tokens < 0.03
+  assert c.optim.lr == lr
+  assert config_lib.train_steps(c) == -(-300_000_000_000 // (c.train.batch_size * 2048))
+
+
+def test_gpt3_13b_uses_d_model_5120():
+  assert experiment("gpt3.py", "13b").model.d_model == 5120
+
+
+def _error(mutate) -> str:
+  c = config_lib.base_config()
+  mutate(c)
+  with pytest.raises(ValueError) as e:
+    config_lib.validate(c)
+  return str(e.value)
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda c: setattr(c.model, "n_head", 5), ["model.d_model=256", "model.n_head=5", "divisors"]),
+    (lambda c: (setattr(c.train, "batch_size", 10), setattr(c.train, "grad_accum_steps", 4)),
+     ["train.batch_size=10", "train.grad_accum_steps=4", "multiple"]),
+    (lambda c: setattr(c.model, "remat_policy", "full"),
+     ["model.remat_policy='full'", "'nothing_saveable'"]),
+    (lambda c: setattr(c.train, "steps", -3), ["train.steps=-3", ">= 0"]),
+    (lambda c: setattr(c.data, "source", "no_such_dataset"), ["data.source='no_such_dataset'"]),
+    (lambda c: setattr(c.model, "architecture", "gpt4"), ["model.architecture='gpt4'", "'gpt1'"]),
+    (lambda c: setattr(c.model, "dtype", "float16"), ["model.dtype='float16'", "'bfloat16'"]),
+    (lambda c: (setattr(c.model, "attn_dropout", 0.1), setattr(c.model, "attention_impl", "cudnn")),
+     ["model.attn_dropout=0.1", "attention_impl='xla'"]),
+    (lambda c: setattr(c.mesh.ici, "data", 0), ["mesh.ici", "at most one -1"]),
+    (lambda c: setattr(c.optim, "lr", 0.0), ["optim.lr=0.0", "> 0"]),
+])
+def test_bad_config_names_field_value_and_fix(mutate, expected):
+  message = _error(mutate)
+  for fragment in expected:
+    assert fragment in message, message
+
+
+def test_every_error_is_reported_at_once():
+  message = _error(lambda c: (setattr(c.model, "n_layer", 0), setattr(c.optim, "lr", -1.0)))
+  assert "model.n_layer=0" in message and "optim.lr=-1.0" in message
+
+
+def test_command_line_override_is_validated_before_any_work(tmp_path):
+  workdir = tmp_path / "run"
+  result = subprocess.run(
+      [sys.executable, "-m", "gptjax.main", f"--config={ROOT}/experiments/quickstart.py",
+       f"--workdir={workdir}", "--config.model.d_model=30", "--config.model.n_head=4"],
+      capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert result.returncode != 0
+  assert "model.d_model=30" in result.stderr and "model.n_head=4" in result.stderr
+  assert not workdir.exists()  # nothing was started

@@ -1,0 +1,417 @@
+"""Tests for gptjax.model: the flax GPT against an independent numpy GPT, plus the
+properties (causality, scan/remat equivalence, cached decoding, init, dtypes,
+dropout, logical axes) that training and generation silently rely on."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from gptjax import generate as generate_lib
+from gptjax.config import base_config
+from gptjax.model import GPT, init_cache, model_config
+
+Params = dict
+
+VOCAB = 100
+SEQ_LEN = 16
+LOGICAL_AXES = {"batch", "length", "embed", "heads", "kv", "mlp", "vocab", "layers", None}
+BLOCK_KERNELS = ("qkv_kernel", "out_kernel", "fc_kernel", "proj_kernel")
+
+
+def tiny_model(**overrides) -> GPT:
+  """A 2-layer, d_model 32 GPT built from base_config() with `overrides` applied."""
+  c = base_config().model
+  c.update(dict(n_layer=2, d_model=32, n_head=4, d_ff=128, vocab_size=VOCAB, seq_len=SEQ_LEN))
+  c.update(overrides)
+  return GPT(model_config(c))
+
+
+def init_params(model: GPT, seed: int = 0) -> Params:
+  tokens = jnp.zeros((1, model.config.seq_len), jnp.int32)
+  return nn.unbox(model.init(jax.random.key(seed), tokens)["params"])
+
+
+def leaf_name(path) -> str:
+  return [p.key for p in path if isinstance(p, jax.tree_util.DictKey)][-1]
+
+
+def randomize(params: Params, seed: int = 1) -> Params:
+  """Replaces every leaf with random values: nonzero biases, LayerNorm scales away
+  from one and weights large enough that attention is far from uniform, so a
+  reference comparison exercises every parameter."""
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  rng = np.random.default_rng(seed)
+  out = []
+  for path, leaf in leaves:
+    name = leaf_name(path)
+    noise = rng.standard_normal(leaf.shape).astype(np.float32)
+    if name == "scale":
+      value = 1.0 + 0.2 * noise
+    elif name.endswith("bias"):
+      value = 0.1 * noise
+    else:
+      value = 0.3 * noise
+    out.append(jnp.asarray(value, leaf.dtype))
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def random_tokens(batch: int = 2, length: int = SEQ_LEN, seed: int = 0) -> jax.Array:
+  return jnp.asarray(np.random.default_rng(seed).integers(0, VOCAB, (batch, length)), jnp.int32)
+
+
+def layer_params(params: Params, scan_layers: bool, i: int) -> Params:
+  if scan_layers:
+    return jax.tree.map(lambda a: a[i], params["blocks"])
+  return params[f"block_{i}"]
+
+
+def stack_layers(params: Params, n_layer: int) -> Params:
+  """The non-scan tree rearranged into the scan layout: block_i leaves stacked under 'blocks'."""
+  out = {k: v for k, v in params.items() if not k.startswith("block_")}
+  out["blocks"] = jax.tree.map(lambda *a: np.stack(a), *[params[f"block_{i}"] for i in range(n_layer)])
+  return out
+
+
+# ---------------------------------------------------------------- numpy reference
+
+
+def np_layer_norm(x: np.ndarray, p: Params) -> np.ndarray:
+  mean = x.mean(-1, keepdims=True)
+  var = ((x - mean) ** 2).mean(-1, keepdims=True)
+  return (x - mean) / np.sqrt(var + 1e-5) * p["scale"] + p["bias"]
+
+
+def np_gelu(x: np.ndarray) -> np.ndarray:
+  return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
+
+
+def np_attention(x: np.ndarray, p: Params, n_head: int) -> np.ndarray:
+  b, t, d = x.shape
+  hd = d // n_head
+  w = p["qkv_kernel"].reshape(d, 3, d)  # [d, (q|k|v), heads*head_dim]
+  bias = p["qkv_bias"].reshape(3, d)
+  q, k, v = ((x @ w[:, s] + bias[s]).reshape(b, t, n_head, hd).transpose(0, 2, 1, 3)
+             for s in range(3))
+  scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(hd)
+  scores = np.where(np.tril(np.ones((t, t), bool)), scores, -np.inf)
+  probs = np.exp(scores - scores.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  heads = (probs @ v).transpose(0, 2, 1, 3).reshape(b, t, d)
+  return heads @ p["out_kernel"].reshape(d, d) + p["out_bias"]
+
+
+def np_mlp(x: np.ndarray, p: Params) -> np.ndarray:
+  return np_gelu(x @ p["fc_kernel"] + p["fc_bias"]) @ p["proj_kernel"] + p["proj_bias"]
+
+
+def np_gpt(params: Params, cfg: ml_collections.ConfigDict, tokens: np.ndarray) -> np.ndarray:
+  """GPT-1/GPT-2 forward in float64 numpy, written from the papers, not from model.py."""
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+  t = tokens.shape[1]
+  x = p["wte"][tokens] + p["wpe"][:t][None]
+  for i in range(cfg.n_layer):
+    lp = layer_params(p, cfg.scan_layers, i)
+    if cfg.architecture == "gpt2":
+      x = x + np_attention(np_layer_norm(x, lp["ln_1"]), lp["attn"], cfg.n_head)
+      x = x + np_mlp(np_layer_norm(x, lp["ln_2"]), lp["mlp"])
+    else:
+      x = np_layer_norm(x + np_attention(x, lp["attn"], cfg.n_head), lp["ln_1"])
+      x = np_layer_norm(x + np_mlp(x, lp["mlp"]), lp["ln_2"])
+  if cfg.architecture == "gpt2":
+    x = np_layer_norm(x, p["ln_f"])
+  return x @ p["wte"][:cfg.vocab_size].T
+
+
+# ---------------------------------------------------------------- helpers for loss/grad
+
+
+def loss_fn(model: GPT):
+  def loss(params: Params, tokens: jax.Array, targets: jax.Array) -> jax.Array:
+    logits, _ = model.apply({"params": params}, tokens, deterministic=True)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.take_along_axis(logp, targets[..., None], axis=-1).mean()
+  return loss
+
+
+def value_and_grad(model: GPT, params: Params) -> tuple[float, Params]:
+  tokens = random_tokens(seed=3)
+  targets = random_tokens(seed=4)
+  return jax.jit(jax.value_and_grad(loss_fn(model)))(params, tokens, targets)
+
+
+def assert_trees_close(a: Params, b: Params, rtol: float, atol: float) -> None:
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol,
+                               err_msg=jax.tree_util.keystr(path))
+
+
+def primitive_names(jaxpr) -> set[str]:
+  """Every primitive in a jaxpr, recursing into scan/remat/pjit sub-jaxprs."""
+  names = set()
+  for eqn in jaxpr.eqns:
+    names.add(eqn.primitive.name)
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        if hasattr(sub, "eqns"):
+          names |= primitive_names(sub)
+        elif hasattr(getattr(sub, "jaxpr", None), "eqns"):
+          names |= primitive_names(sub.jaxpr)
+  return names
+
+
+# ---------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("architecture,pad_vocab_multiple,scan_layers", [
+    ("gpt2", 1, True), ("gpt1", 1, True), ("gpt2", 128, False), ("gpt1", 128, True)])
+def test_logits_match_numpy_reference(architecture: str, pad_vocab_multiple: int,
+                                      scan_layers: bool) -> None:
+  """The flax model must compute exactly GPT as published (pre-LN GPT-2, post-LN
+  GPT-1, tied head); an independent float64 implementation catches wrong residual
+  wiring, LN placement, attention scaling, head layout or a leaked padded vocab row."""
+  model = tiny_model(architecture=architecture, pad_vocab_multiple=pad_vocab_multiple,
+                     scan_layers=scan_layers)
+  params = randomize(init_params(model))
+  if pad_vocab_multiple > 1:
+    assert params["wte"].shape[0] == 128
+  assert ("ln_f" in params) == (architecture == "gpt2")
+  tokens = random_tokens()
+  logits, cache = model.apply({"params": params}, tokens, deterministic=True)
+  assert cache is None
+  assert logits.shape == (2, SEQ_LEN, VOCAB) and logits.dtype == jnp.float32
+  expected = np_gpt(params, model.config, np.asarray(tokens))
+  np.testing.assert_allclose(np.asarray(logits), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_causality_by_gradient(scan_layers: bool) -> None:
+  """Position t must not see position j > t: the Jacobian of logits[t] with respect
+  to wpe[j] (which only enters at position j) is exactly zero above the diagonal,
+  and nonzero on and below it (proof the test can see a dependence at all)."""
+  model = tiny_model(scan_layers=scan_layers)
+  params = randomize(init_params(model))
+  tokens = random_tokens(batch=1)
+  weights = jnp.asarray(np.random.default_rng(5).standard_normal(VOCAB), jnp.float32)
+
+  def per_position(wpe: jax.Array) -> jax.Array:
+    logits, _ = model.apply({"params": {**params, "wpe": wpe}}, tokens, deterministic=True)
+    return logits[0] @ weights  # [T]
+
+  jac = np.asarray(jax.jit(jax.jacrev(per_position))(params["wpe"]))  # [T, T, d]
+  strength = np.abs(jac).sum(-1)  # [t, j]
+  future = np.triu(np.ones((SEQ_LEN, SEQ_LEN), bool), k=1)
+  assert np.all(strength[future] == 0.0)
+  assert np.all(strength[~future] > 0.0)
+
+
+def test_scan_layers_matches_unrolled_layers() -> None:
+  """nn.scan over blocks is a performance choice; with the same weights it must give
+  the same loss and gradients as the unrolled Python loop."""
+  loop_model = tiny_model(scan_layers=False)
+  scan_model = tiny_model(scan_layers=True)
+  loop_params = randomize(init_params(loop_model))
+  scan_params = stack_layers(loop_params, n_layer=2)
+
+  # The flag is real: the two models' own parameter trees are laid out differently,
+  # and the stacked tree is exactly the scan model's layout.
+  own_scan = init_params(scan_model)
+  assert "blocks" in own_scan and "block_0" not in own_scan
+  assert "block_0" in loop_params and "block_1" in loop_params and "blocks" not in loop_params
+  assert jax.tree.structure(own_scan) == jax.tree.structure(scan_params)
+  assert jax.tree.map(np.shape, own_scan) == jax.tree.map(np.shape, scan_params)
+
+  loop_loss, loop_grads = value_and_grad(loop_model, loop_params)
+  scan_loss, scan_grads = value_and_grad(scan_model, scan_params)
+  np.testing.assert_allclose(scan_loss, loop_loss, rtol=1e-6, atol=1e-6)
+  assert_trees_close(scan_grads, stack_layers(loop_grads, n_layer=2), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+@pytest.mark.parametrize("policy", ["dots_with_no_batch_dims_saveable", "nothing_saveable"])
+def test_remat_policies_change_memory_not_math(policy: str, scan_layers: bool) -> None:
+  """Rematerialisation trades compute for memory and must not change loss or
+  gradients; the jaxpr check proves the flag actually inserts a checkpoint."""
+  plain = tiny_model(scan_layers=scan_layers)
+  remat = tiny_model(scan_layers=scan_layers, remat_policy=policy)
+  params = randomize(init_params(plain))
+  plain_loss, plain_grads = value_and_grad(plain, params)
+  remat_loss, remat_grads = value_and_grad(remat, params)
+  np.testing.assert_allclose(remat_loss, plain_loss, rtol=1e-6, atol=1e-6)
+  assert_trees_close(remat_grads, plain_grads, rtol=1e-5, atol=1e-6)
+
+  tokens, targets = random_tokens(seed=3), random_tokens(seed=4)
+  plain_prims = primitive_names(jax.make_jaxpr(jax.grad(loss_fn(plain)))(params, tokens, targets).jaxpr)
+  remat_prims = primitive_names(jax.make_jaxpr(jax.grad(loss_fn(remat)))(params, tokens, targets).jaxpr)
+  is_remat = lambda names: any("checkpoint" in n or "remat" in n for n in names)
+  assert is_remat(remat_prims), sorted(remat_prims)
+  assert not is_remat(plain_prims), sorted(plain_prims)
+
+
+@pytest.mark.parametrize("architecture,scan_layers", [("gpt2", True), ("gpt2", False),
+                                                      ("gpt1", True)])
+def test_cached_decoding_equals_full_forward(architecture: str, scan_layers: bool) -> None:
+  """Generation runs the model one token at a time through the KV cache; every
+  position's logits must equal the full (training) forward pass, both for
+  single-token steps and for a multi-token prefill followed by steps."""
+  model = tiny_model(architecture=architecture, scan_layers=scan_layers)
+  params = randomize(init_params(model))
+  tokens = random_tokens()
+  full, _ = model.apply({"params": params}, tokens, deterministic=True)
+
+  @jax.jit
+  def step(chunk, cache, index):
+    return model.apply({"params": params}, chunk, cache=cache, index=index)
+
+  cache = init_cache(model.config, 2, SEQ_LEN)
+  stepped = []
+  for pos in range(SEQ_LEN):
+    logits, cache = step(tokens[:, pos:pos + 1], cache, jnp.int32(pos))
+    stepped.append(logits[:, 0])
+  np.testing.assert_allclose(np.stack(stepped, 1), full, rtol=1e-5, atol=1e-5)
+  assert cache["k"].shape == (2, 2, SEQ_LEN, 4, 8)
+
+  prefill = 5
+  cache = init_cache(model.config, 2, SEQ_LEN)
+  logits, cache = model.apply({"params": params}, tokens[:, :prefill], cache=cache, index=0)
+  chunks = [logits]
+  for pos in range(prefill, SEQ_LEN):
+    logits, cache = step(tokens[:, pos:pos + 1], cache, jnp.int32(pos))
+    chunks.append(logits)
+  np.testing.assert_allclose(np.concatenate(chunks, 1), full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_greedy_generate_equals_recomputing_loop(scan_layers: bool) -> None:
+  """generate() at temperature 0 must pick the argmax of the full-forward logits at
+  every step; a stale or misindexed cache would diverge within a few tokens."""
+  model = tiny_model(scan_layers=scan_layers)
+  params = randomize(init_params(model))
+  prompt = random_tokens(batch=2, length=4, seed=7)
+  new = 10
+  out = generate_lib.generate(model, params, prompt, jax.random.key(0), max_new_tokens=new,
+                              temperature=0.0)
+  assert out.shape == (2, 4 + new)
+
+  forward = jax.jit(lambda t: model.apply({"params": params}, t, deterministic=True)[0])
+  expected = np.zeros((2, SEQ_LEN), np.int32)
+  expected[:, :4] = np.asarray(prompt)
+  for n in range(4, 4 + new):
+    # Padding to seq_len keeps one compile; positions >= n cannot affect position n-1
+    # (test_causality_by_gradient).
+    logits = forward(jnp.asarray(expected))
+    expected[:, n] = np.argmax(np.asarray(logits[:, n - 1]), axis=-1)
+  np.testing.assert_array_equal(np.asarray(out), expected[:, :4 + new])
+  assert len(np.unique(expected[:, 4:])) > 1  # not a degenerate constant sequence
+
+
+def test_init_follows_gpt2() -> None:
+  """GPT-2's init (N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layer),
+  zero biases, unit LayerNorm) is what keeps deep stacks trainable at the
+  published learning rates."""
+  n_layer = 4
+  model = tiny_model(n_layer=n_layer, d_model=256, n_head=4, d_ff=1024, vocab_size=1000,
+                     seq_len=128)
+  params = init_params(model)
+  residual_std = 0.02 / np.sqrt(2 * n_layer)
+  checked = set()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    name, value = leaf_name(path), np.asarray(leaf)
+    where = jax.tree_util.keystr(path)
+    if name == "scale":
+      assert np.all(value == 1.0), where
+    elif name.endswith("bias"):
+      assert np.all(value == 0.0), where
+    else:
+      expected = residual_std if name in ("out_kernel", "proj_kernel") else 0.02
+      for layer in value if name in BLOCK_KERNELS else (value,):  # each scanned layer alone
+        assert abs(layer.std() / expected - 1) < 0.05, (where, layer.std(), expected)
+        assert abs(layer.mean()) < 0.1 * expected, where
+    checked.add(name)
+  assert checked >= {"wte", "wpe", "scale", "bias", *BLOCK_KERNELS}
+  # nn.scan must split the init rng: identical layers would be a silent waste of depth.
+  qkv = np.asarray(params["blocks"]["attn"]["qkv_kernel"])
+  assert not np.allclose(qkv[0], qkv[1])
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits() -> None:
+  """Mixed precision must only change the compute dtype: parameters (and so the
+  optimizer state) stay float32, the loss sees float32 logits, and the values are
+  close to float32 but really computed in bfloat16."""
+  f32 = tiny_model()
+  bf16 = tiny_model(dtype="bfloat16")
+  params = init_params(bf16)
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
+  tokens = random_tokens()
+  logits16, _ = bf16.apply({"params": params}, tokens, deterministic=True)
+  logits32, _ = f32.apply({"params": params}, tokens, deterministic=True)
+  assert logits16.dtype == jnp.float32 and logits16.shape == (2, SEQ_LEN, VOCAB)
+  scale = float(np.abs(logits32).max())
+  diff = float(np.abs(logits16 - logits32).max())
+  assert diff < 0.05 * scale, (diff, scale)
+  assert diff > 0.0  # bfloat16 really was used
+  assert init_cache(bf16.config, 1, 4)["k"].dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "gpt1"])
+def test_attention_dropout_path_matches_fused_attention(architecture: str) -> None:
+  """Attention dropout needs a hand-written softmax path; at a negligible rate it
+  must equal jax.nn.dot_product_attention (the deterministic path), and at rate
+  0.5 it must actually drop something."""
+  tokens = random_tokens()
+  tiny_rate = tiny_model(architecture=architecture, attn_dropout=1e-7)
+  params = randomize(init_params(tiny_rate))
+  fused, _ = tiny_rate.apply({"params": params}, tokens, deterministic=True)
+  explicit_fn = lambda p, t, key: tiny_rate.apply({"params": p}, t, deterministic=False,
+                                                  rngs={"dropout": key})[0]
+  explicit = explicit_fn(params, tokens, jax.random.key(0))
+  np.testing.assert_allclose(explicit, fused, rtol=1e-5, atol=1e-5)
+  # The non-deterministic call really went through a dropout (random bits drawn).
+  prims = primitive_names(jax.make_jaxpr(explicit_fn)(params, tokens, jax.random.key(0)).jaxpr)
+  assert any("random" in p or "threefry" in p for p in prims), sorted(prims)
+
+  half = tiny_model(architecture=architecture, attn_dropout=0.5)
+  dropped, _ = half.apply({"params": params}, tokens, deterministic=False,
+                          rngs={"dropout": jax.random.key(0)})
+  # model.dropout is 0, so only the attention probabilities can have been dropped.
+  assert np.all(np.isfinite(np.asarray(dropped)))
+  assert np.abs(np.asarray(dropped) - np.asarray(fused)).max() > 1e-2
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_every_parameter_has_logical_axis_names(scan_layers: bool) -> None:
+  """Sharding rules map logical names to mesh axes; a parameter without names (or
+  with an unknown one) would silently be replicated or fail to shard."""
+  model = tiny_model(scan_layers=scan_layers)
+  boxed = model.init(jax.random.key(0), jnp.zeros((1, SEQ_LEN), jnp.int32))["params"]
+  is_box = lambda x: isinstance(x, nn.LogicallyPartitioned)
+  leaves = jax.tree_util.tree_flatten_with_path(boxed, is_leaf=is_box)[0]
+  assert leaves and all(is_box(leaf) for _, leaf in leaves)
+  specs = nn.get_partition_spec(boxed)
+  spec_leaves = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  assert len(spec_leaves) == len(leaves)
+  for (path, leaf), spec in zip(leaves, spec_leaves):
+    where = jax.tree_util.keystr(path)
+    names = tuple(spec)
+    assert set(names) <= LOGICAL_AXES, where
+    assert len(names) == leaf.value.ndim, where
+    in_stack = scan_layers and path[0].key == "blocks"
+    assert (names[0] == "layers") == in_stack, where
+    assert "layers" not in names[1:], where
+  unboxed = nn.unbox(boxed)
+  block = unboxed["blocks"] if scan_layers else unboxed["block_0"]
+  prefix = ("layers",) if scan_layers else ()
+  assert tuple(specs["wte"]) == ("vocab", "embed")
+  assert tuple(specs["wpe"]) == ("length", "embed")
+  block_specs = specs["blocks"] if scan_layers else specs["block_0"]
+  assert tuple(block_specs["attn"]["qkv_kernel"]) == prefix + ("embed", None, "heads", "kv")
+  assert tuple(block_specs["attn"]["out_kernel"]) == prefix + ("heads", "kv", "embed")
+  assert tuple(block_specs["mlp"]["fc_kernel"]) == prefix + ("embed", "mlp")
+  assert tuple(block_specs["mlp"]["proj_kernel"]) == prefix + ("mlp", "embed")
+  n_stack = (2,) if scan_layers else ()
+  assert block["attn"]["qkv_kernel"].shape == n_stack + (32, 3, 4, 8)

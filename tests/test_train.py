@@ -1,0 +1,204 @@
+"""End-to-end training behaviour: accumulation, the run directory, exact resume."""
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gptjax import config as config_lib
+from gptjax import optim, train
+from gptjax.model import GPT, model_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMING_FIELDS = {"step_time_s", "tokens_per_s", "mfu"}
+TRAIN_ROW = {"step", "tokens", "flops", "train_loss", "lr", "grad_norm", "step_time_s",
+             "tokens_per_s", "mfu"}
+EVAL_ROW = {"step", "tokens", "flops", "eval_loss", "eval_loss_sem", "eval_ppl",
+            "eval_bits_per_byte"}
+SUMMARY = {"n_params", "n_params_non_embedding", "n_layer", "d_model", "n_head", "seq_len",
+           "vocab_size", "tokens", "flops", "final_train_loss", "final_eval_loss", "wall_s",
+           "status"}
+
+# A tiny model on the embedded corpus; the same overrides drive in-process and CLI runs.
+TINY = {
+    "model.n_layer": 2, "model.d_model": 32, "model.n_head": 2, "model.d_ff": 64,
+    "model.seq_len": 32, "model.vocab_size": 512, "data.vocab_size": 512,
+    "data.tokenizer_sample_chars": 500_000, "data.eval_sequences": 8,
+    "train.batch_size": 4, "train.log_every": 1, "train.num_samples": 1,
+    "train.sample_tokens": 8, "optim.warmup_steps": 2,
+}
+
+
+def tiny_config(**overrides):
+  c = config_lib.base_config()
+  for key, value in {**TINY, **overrides}.items():
+    group, name = key.split(".")
+    c[group][name] = value
+  return c
+
+
+def cli(workdir, **overrides) -> list[str]:
+  flags = [f"--config.{k}={v}" for k, v in {**TINY, **overrides}.items()]
+  return [sys.executable, "-m", "gptjax.main", f"--config={ROOT}/experiments/quickstart.py",
+          f"--workdir={workdir}", *flags]
+
+
+def rows(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def without_timing(row):
+  return {k: v for k, v in row.items() if k not in TIMING_FIELDS}
+
+
+def assert_rows_match(actual, expected, rtol=1e-5):
+  assert [r["step"] for r in actual] == [r["step"] for r in expected]
+  for a, e in zip(actual, expected):
+    a, e = without_timing(a), without_timing(e)
+    assert a.keys() == e.keys()
+    for key in a:
+      np.testing.assert_allclose(a[key], e[key], rtol=rtol, err_msg=f"step {a['step']} {key}")
+
+
+def test_grad_accumulation_matches_one_big_batch():
+  """4 micro-batches of b must be the same update as one batch of 4b (3 steps)."""
+  c = tiny_config()
+  model = GPT(model_config(c.model))
+  tx = optim.make(c.optim, 3)
+  schedule = optim.learning_rate(c.optim, 3)
+  state = jax.jit(lambda r: nn.unbox(train._init_state(r, model=model, tx=tx, seq_len=32)))(
+      jax.random.PRNGKey(0))
+  batches = jax.random.randint(jax.random.PRNGKey(1), (3, 16, 33), 0, 512)
+
+  def run(accum):
+    step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, schedule=schedule,
+                                     grad_accum_steps=accum, use_dropout=False))
+    s, losses = state, []
+    for batch in batches:
+      s, m = step(s, batch)
+      losses.append(m["train_loss"])
+    return s, np.array(losses)
+
+  state_1, losses_1 = run(1)
+  state_4, losses_4 = run(4)
+  np.testing.assert_allclose(losses_4, losses_1, rtol=1e-5)
+  assert losses_1[2] < losses_1[0]  # the updates did something
+  # Adam divides by sqrt(v) + eps, so an entry whose gradient is ~eps turns a float32
+  # reduction-order difference into a visible fraction of one lr-sized step: atol is 1% of lr.
+  for a, b in zip(jax.tree.leaves(state_4.params), jax.tree.leaves(state_1.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("run"))
+  summary = train.run(tiny_config(**{"train.steps": 6, "train.eval_every": 3,
+                                     "train.checkpoint_every": 3}), workdir)
+  return workdir, summary
+
+
+def test_run_directory_follows_the_contract(finished_run):
+  workdir, summary = finished_run
+  for name in ("config.json", "metrics.jsonl", "summary.json", "samples.txt",
+               "tokenizer/spm.model"):
+    assert os.path.isfile(os.path.join(workdir, name)), name
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(f"{workdir}/tensorboard"))
+  assert sorted(os.listdir(f"{workdir}/checkpoints")) == ["3", "6"]
+  with open(f"{workdir}/config.json") as f:
+    assert json.load(f)["model"]["d_model"] == 32
+  train_rows = [r for r in rows(workdir) if "train_loss" in r]
+  eval_rows = [r for r in rows(workdir) if "eval_loss" in r]
+  assert [r["step"] for r in train_rows] == [1, 2, 3, 4, 5, 6]
+  assert [r["step"] for r in eval_rows] == [3, 6]
+  assert all(set(r) == TRAIN_ROW for r in train_rows)
+  assert all(set(r) == EVAL_ROW for r in eval_rows)
+  assert train_rows[-1]["tokens"] == 6 * 4 * 32
+  with open(f"{workdir}/summary.json") as f:
+    on_disk = json.load(f)
+  assert SUMMARY <= set(on_disk) and on_disk["status"] == "completed"
+  assert on_disk["final_eval_loss"] == eval_rows[-1]["eval_loss"]
+  assert on_disk["tokens"] == 6 * 4 * 32 and summary["status"] == "completed"
+
+
+def test_metrics_are_sane(finished_run):
+  workdir, _ = finished_run
+  first, *_, last = [r for r in rows(workdir) if "train_loss" in r]
+  assert np.log(512) - 1 < first["train_loss"] < np.log(512) + 1  # starts near uniform
+  evals = [r for r in rows(workdir) if "eval_loss" in r]
+  assert evals[-1]["eval_ppl"] == pytest.approx(np.exp(evals[-1]["eval_loss"]))
+  assert 0 < evals[-1]["eval_bits_per_byte"] < 8 and evals[-1]["eval_loss_sem"] > 0
+  assert last["lr"] == pytest.approx(1e-3 * 0.1)  # cosine ends at 10% of the peak
+
+
+def test_restoring_a_different_model_says_what_differs(finished_run, tmp_path):
+  workdir, _ = finished_run
+  with pytest.raises(ValueError) as e:
+    train.run(tiny_config(**{"train.steps": 8, "model.n_layer": 3}), workdir)
+  assert "model.n_layer: checkpoint has 2, config has 3" in str(e.value)
+  with pytest.raises(ValueError) as e:
+    train.run(tiny_config(**{"train.steps": 8, "model.scan_layers": False}), workdir)
+  assert "model.scan_layers: checkpoint has True, config has False" in str(e.value)
+
+
+def _wait_for(predicate, proc, timeout=300.0):
+  deadline = time.time() + timeout
+  while not predicate():
+    assert proc.poll() is None, "training ended before it could be interrupted"
+    assert time.time() < deadline, "timed out waiting for the run"
+    time.sleep(0.01)
+
+
+def _checkpoints(workdir):
+  path = os.path.join(workdir, "checkpoints")
+  return sorted(int(d) for d in os.listdir(path) if d.isdigit()) if os.path.isdir(path) else []
+
+
+def test_kill_9_then_rerun_matches_an_uninterrupted_run(tmp_path):
+  """The acceptance test for exact resume: params, optimizer, step, RNG and data order."""
+  overrides = {"train.steps": 400, "train.checkpoint_every": 50, "train.eval_every": 100,
+               "model.dropout": 0.1}
+  reference = str(tmp_path / "reference")
+  subprocess.run(cli(reference, **overrides), check=True, capture_output=True, cwd=ROOT)
+
+  resumed = str(tmp_path / "resumed")
+  proc = subprocess.Popen(cli(resumed, **overrides), cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  _wait_for(lambda: _checkpoints(resumed) and _checkpoints(resumed)[-1] >= 100, proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  killed_at = len(rows(resumed))
+  resume_point = _checkpoints(resumed)[-1]
+  assert resume_point < 400
+  rerun = subprocess.run(cli(resumed, **overrides), check=True, capture_output=True, text=True,
+                         cwd=ROOT)
+  assert f"at step {resume_point}" in rerun.stderr  # it resumed rather than starting over
+
+  assert killed_at < len(rows(reference))
+  assert_rows_match(rows(resumed), rows(reference))
+  with open(os.path.join(resumed, "summary.json")) as f:
+    assert json.load(f)["status"] == "completed"
+
+
+def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(tmp_path):
+  workdir = str(tmp_path / "run")
+  overrides = {"train.steps": 3000, "train.checkpoint_every": 1000, "train.eval_every": 0}
+  proc = subprocess.Popen(cli(workdir, **overrides), cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  _wait_for(lambda: os.path.exists(os.path.join(workdir, "metrics.jsonl"))
+            and len(rows(workdir)) >= 20, proc)
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=120) == 0
+  saved = _checkpoints(workdir)
+  assert saved and 20 <= saved[-1] < 1000  # saved at the interrupted step, not a cadence step
+  with open(os.path.join(workdir, "summary.json")) as f:
+    assert json.load(f)["status"] == "running"
