@@ -21,7 +21,8 @@ def learning_rate(optim: ml_collections.ConfigDict, total_steps: int) -> optax.S
   """The learning rate of update s (0-based).
 
   Warmup gives update s lr * (s + 1) / warmup_steps, so no update is spent at
-  lr 0; cosine decay then reaches exactly lr * min_lr_ratio on the last update.
+  lr 0; cosine decay then reaches exactly lr * min_lr_ratio on the last update
+  (for runs longer than warmup_steps + 1; shorter ones end at or before the peak).
   """
   warmup = min(optim.warmup_steps, total_steps)
   decay = optax.cosine_decay_schedule(optim.lr, max(total_steps - 1 - warmup, 1),

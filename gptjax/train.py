@@ -137,6 +137,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         f"model.vocab_size={config.model.vocab_size}: smaller than the tokenizer's vocabulary "
         f"({tokenizer.vocab_size}); set model.vocab_size >= {tokenizer.vocab_size}")
 
+  logging.info("baseline: a unigram model of the train split scores %.4f nats/token on "
+               "validation", lm_data.unigram_cross_entropy())
   model = GPT(model_config(config.model))
   schedule = optim.learning_rate(config.optim, total_steps)
   tx = optim.make(config.optim, total_steps)

@@ -4,6 +4,8 @@ dropout, logical axes) that training and generation silently rely on."""
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -32,8 +34,26 @@ def tiny_model(**overrides) -> GPT:
 
 
 def init_params(model: GPT, seed: int = 0) -> Params:
+  """The model's real initialisation (slow to compile on CPU: used only where init matters)."""
   tokens = jnp.zeros((1, model.config.seq_len), jnp.int32)
-  return nn.unbox(model.init(jax.random.key(seed), tokens)["params"])
+  return nn.unbox(jax.jit(model.init)(jax.random.key(seed), tokens)["params"])
+
+
+def boxed_shapes(model: GPT) -> Params:
+  """The boxed parameter tree as ShapeDtypeStructs: structure, shapes and axis names, no compile."""
+  tokens = jax.ShapeDtypeStruct((1, model.config.seq_len), jnp.int32)
+  return jax.eval_shape(model.init, jax.random.key(0), tokens)["params"]
+
+
+def random_params(model: GPT, seed: int = 1) -> Params:
+  """Random values in the model's own parameter layout (see randomize)."""
+  return randomize(nn.unbox(boxed_shapes(model)), seed)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def forward(model: GPT, params: Params, tokens: jax.Array) -> jax.Array:
+  """Deterministic logits; jitted with the model static so equal configs share a compile."""
+  return model.apply({"params": params}, tokens, deterministic=True)[0]
 
 
 def leaf_name(path) -> str:
@@ -138,10 +158,13 @@ def loss_fn(model: GPT):
   return loss
 
 
-def value_and_grad(model: GPT, params: Params) -> tuple[float, Params]:
-  tokens = random_tokens(seed=3)
-  targets = random_tokens(seed=4)
-  return jax.jit(jax.value_and_grad(loss_fn(model)))(params, tokens, targets)
+@functools.partial(jax.jit, static_argnums=0)
+def _value_and_grad(model: GPT, params: Params, tokens: jax.Array, targets: jax.Array):
+  return jax.value_and_grad(loss_fn(model))(params, tokens, targets)
+
+
+def value_and_grad(model: GPT, params: Params) -> tuple[jax.Array, Params]:
+  return _value_and_grad(model, params, random_tokens(seed=3), random_tokens(seed=4))
 
 
 def assert_trees_close(a: Params, b: Params, rtol: float, atol: float) -> None:
@@ -177,13 +200,12 @@ def test_logits_match_numpy_reference(architecture: str, pad_vocab_multiple: int
   wiring, LN placement, attention scaling, head layout or a leaked padded vocab row."""
   model = tiny_model(architecture=architecture, pad_vocab_multiple=pad_vocab_multiple,
                      scan_layers=scan_layers)
-  params = randomize(init_params(model))
+  params = random_params(model)
   if pad_vocab_multiple > 1:
     assert params["wte"].shape[0] == 128
   assert ("ln_f" in params) == (architecture == "gpt2")
   tokens = random_tokens()
-  logits, cache = model.apply({"params": params}, tokens, deterministic=True)
-  assert cache is None
+  logits = forward(model, params, tokens)
   assert logits.shape == (2, SEQ_LEN, VOCAB) and logits.dtype == jnp.float32
   expected = np_gpt(params, model.config, np.asarray(tokens))
   np.testing.assert_allclose(np.asarray(logits), expected, rtol=1e-5, atol=1e-5)
@@ -195,7 +217,7 @@ def test_causality_by_gradient(scan_layers: bool) -> None:
   to wpe[j] (which only enters at position j) is exactly zero above the diagonal,
   and nonzero on and below it (proof the test can see a dependence at all)."""
   model = tiny_model(scan_layers=scan_layers)
-  params = randomize(init_params(model))
+  params = random_params(model)
   tokens = random_tokens(batch=1)
   weights = jnp.asarray(np.random.default_rng(5).standard_normal(VOCAB), jnp.float32)
 
@@ -215,12 +237,12 @@ def test_scan_layers_matches_unrolled_layers() -> None:
   the same loss and gradients as the unrolled Python loop."""
   loop_model = tiny_model(scan_layers=False)
   scan_model = tiny_model(scan_layers=True)
-  loop_params = randomize(init_params(loop_model))
+  loop_params = random_params(loop_model)
   scan_params = stack_layers(loop_params, n_layer=2)
 
   # The flag is real: the two models' own parameter trees are laid out differently,
   # and the stacked tree is exactly the scan model's layout.
-  own_scan = init_params(scan_model)
+  own_scan = nn.unbox(boxed_shapes(scan_model))
   assert "blocks" in own_scan and "block_0" not in own_scan
   assert "block_0" in loop_params and "block_1" in loop_params and "blocks" not in loop_params
   assert jax.tree.structure(own_scan) == jax.tree.structure(scan_params)
@@ -239,7 +261,7 @@ def test_remat_policies_change_memory_not_math(policy: str, scan_layers: bool) -
   gradients; the jaxpr check proves the flag actually inserts a checkpoint."""
   plain = tiny_model(scan_layers=scan_layers)
   remat = tiny_model(scan_layers=scan_layers, remat_policy=policy)
-  params = randomize(init_params(plain))
+  params = random_params(plain)
   plain_loss, plain_grads = value_and_grad(plain, params)
   remat_loss, remat_grads = value_and_grad(remat, params)
   np.testing.assert_allclose(remat_loss, plain_loss, rtol=1e-6, atol=1e-6)
@@ -260,9 +282,9 @@ def test_cached_decoding_equals_full_forward(architecture: str, scan_layers: boo
   position's logits must equal the full (training) forward pass, both for
   single-token steps and for a multi-token prefill followed by steps."""
   model = tiny_model(architecture=architecture, scan_layers=scan_layers)
-  params = randomize(init_params(model))
+  params = random_params(model)
   tokens = random_tokens()
-  full, _ = model.apply({"params": params}, tokens, deterministic=True)
+  full = forward(model, params, tokens)
 
   @jax.jit
   def step(chunk, cache, index):
@@ -278,7 +300,7 @@ def test_cached_decoding_equals_full_forward(architecture: str, scan_layers: boo
 
   prefill = 5
   cache = init_cache(model.config, 2, SEQ_LEN)
-  logits, cache = model.apply({"params": params}, tokens[:, :prefill], cache=cache, index=0)
+  logits, cache = step(tokens[:, :prefill], cache, jnp.int32(0))
   chunks = [logits]
   for pos in range(prefill, SEQ_LEN):
     logits, cache = step(tokens[:, pos:pos + 1], cache, jnp.int32(pos))
@@ -291,20 +313,19 @@ def test_greedy_generate_equals_recomputing_loop(scan_layers: bool) -> None:
   """generate() at temperature 0 must pick the argmax of the full-forward logits at
   every step; a stale or misindexed cache would diverge within a few tokens."""
   model = tiny_model(scan_layers=scan_layers)
-  params = randomize(init_params(model))
+  params = random_params(model)
   prompt = random_tokens(batch=2, length=4, seed=7)
   new = 10
   out = generate_lib.generate(model, params, prompt, jax.random.key(0), max_new_tokens=new,
                               temperature=0.0)
   assert out.shape == (2, 4 + new)
 
-  forward = jax.jit(lambda t: model.apply({"params": params}, t, deterministic=True)[0])
   expected = np.zeros((2, SEQ_LEN), np.int32)
   expected[:, :4] = np.asarray(prompt)
   for n in range(4, 4 + new):
     # Padding to seq_len keeps one compile; positions >= n cannot affect position n-1
     # (test_causality_by_gradient).
-    logits = forward(jnp.asarray(expected))
+    logits = forward(model, params, jnp.asarray(expected))
     expected[:, n] = np.argmax(np.asarray(logits[:, n - 1]), axis=-1)
   np.testing.assert_array_equal(np.asarray(out), expected[:, :4 + new])
   assert len(np.unique(expected[:, 4:])) > 1  # not a degenerate constant sequence
@@ -345,11 +366,11 @@ def test_bfloat16_compute_keeps_float32_params_and_logits() -> None:
   close to float32 but really computed in bfloat16."""
   f32 = tiny_model()
   bf16 = tiny_model(dtype="bfloat16")
-  params = init_params(bf16)
+  params = jax.tree.map(lambda a: 0.1 * a, random_params(bf16))
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
   tokens = random_tokens()
-  logits16, _ = bf16.apply({"params": params}, tokens, deterministic=True)
-  logits32, _ = f32.apply({"params": params}, tokens, deterministic=True)
+  logits16 = forward(bf16, params, tokens)
+  logits32 = forward(f32, params, tokens)
   assert logits16.dtype == jnp.float32 and logits16.shape == (2, SEQ_LEN, VOCAB)
   scale = float(np.abs(logits32).max())
   diff = float(np.abs(logits16 - logits32).max())
@@ -358,26 +379,26 @@ def test_bfloat16_compute_keeps_float32_params_and_logits() -> None:
   assert init_cache(bf16.config, 1, 4)["k"].dtype == jnp.bfloat16
 
 
-@pytest.mark.parametrize("architecture", ["gpt2", "gpt1"])
-def test_attention_dropout_path_matches_fused_attention(architecture: str) -> None:
+def test_attention_dropout_path_matches_fused_attention() -> None:
   """Attention dropout needs a hand-written softmax path; at a negligible rate it
   must equal jax.nn.dot_product_attention (the deterministic path), and at rate
   0.5 it must actually drop something."""
   tokens = random_tokens()
-  tiny_rate = tiny_model(architecture=architecture, attn_dropout=1e-7)
-  params = randomize(init_params(tiny_rate))
-  fused, _ = tiny_rate.apply({"params": params}, tokens, deterministic=True)
+  tiny_rate = tiny_model(attn_dropout=1e-7)
+  params = random_params(tiny_rate)
+  fused = forward(tiny_rate, params, tokens)
   explicit_fn = lambda p, t, key: tiny_rate.apply({"params": p}, t, deterministic=False,
                                                   rngs={"dropout": key})[0]
-  explicit = explicit_fn(params, tokens, jax.random.key(0))
+  explicit = jax.jit(explicit_fn)(params, tokens, jax.random.key(0))
   np.testing.assert_allclose(explicit, fused, rtol=1e-5, atol=1e-5)
   # The non-deterministic call really went through a dropout (random bits drawn).
   prims = primitive_names(jax.make_jaxpr(explicit_fn)(params, tokens, jax.random.key(0)).jaxpr)
   assert any("random" in p or "threefry" in p for p in prims), sorted(prims)
 
-  half = tiny_model(architecture=architecture, attn_dropout=0.5)
-  dropped, _ = half.apply({"params": params}, tokens, deterministic=False,
-                          rngs={"dropout": jax.random.key(0)})
+  half = tiny_model(attn_dropout=0.5)
+  dropped = jax.jit(lambda p, t, key: half.apply({"params": p}, t, deterministic=False,
+                                                 rngs={"dropout": key})[0])(
+      params, tokens, jax.random.key(0))
   # model.dropout is 0, so only the attention probabilities can have been dropped.
   assert np.all(np.isfinite(np.asarray(dropped)))
   assert np.abs(np.asarray(dropped) - np.asarray(fused)).max() > 1e-2
@@ -388,7 +409,7 @@ def test_every_parameter_has_logical_axis_names(scan_layers: bool) -> None:
   """Sharding rules map logical names to mesh axes; a parameter without names (or
   with an unknown one) would silently be replicated or fail to shard."""
   model = tiny_model(scan_layers=scan_layers)
-  boxed = model.init(jax.random.key(0), jnp.zeros((1, SEQ_LEN), jnp.int32))["params"]
+  boxed = boxed_shapes(model)
   is_box = lambda x: isinstance(x, nn.LogicallyPartitioned)
   leaves = jax.tree_util.tree_flatten_with_path(boxed, is_leaf=is_box)[0]
   assert leaves and all(is_box(leaf) for _, leaf in leaves)
@@ -399,7 +420,7 @@ def test_every_parameter_has_logical_axis_names(scan_layers: bool) -> None:
     where = jax.tree_util.keystr(path)
     names = tuple(spec)
     assert set(names) <= LOGICAL_AXES, where
-    assert len(names) == leaf.value.ndim, where
+    assert len(names) == len(leaf.value.shape), where
     in_stack = scan_layers and path[0].key == "blocks"
     assert (names[0] == "layers") == in_stack, where
     assert "layers" not in names[1:], where
