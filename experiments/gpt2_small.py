@@ -15,8 +15,8 @@ from gptjax.scaling import families
 
 def get_config():
   c = families.gpt2("small")  # n_layer, d_model, n_head, d_ff=4*d_model, seq_len=1024, vocab 50257
-  c.data.vocab_size = 32768  # sentencepiece vocabulary trained on the corpus (<= model.vocab_size)
-  c.data.eval_sequences = 128  # 131,072 validation tokens per eval
+  c.data.vocab_size = 50257  # sentencepiece vocabulary trained on the corpus, as large as GPT-2's
+  c.data.eval_sequences = 32  # 32,768 validation tokens per eval (raise on accelerators)
   c.train.batch_size = 512  # sequences per update (see batch arithmetic above)
   c.train.steps = 20_000  # 10.5B tokens at 524,288 tokens per step
   c.train.log_every = 10  # steps between train rows

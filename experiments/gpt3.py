@@ -16,7 +16,7 @@ from gptjax.scaling import families
 
 def get_config(size: str = "125m"):
   c = families.gpt3(size)  # shape, context, batch, lr, tokens and warmup from the paper
-  c.data.vocab_size = 32768  # sentencepiece vocabulary trained on the corpus (<= model.vocab_size)
+  c.data.vocab_size = 50257  # sentencepiece vocabulary trained on the corpus, as large as GPT-3's
   c.data.eval_sequences = 64  # 131,072 validation tokens per eval
   c.model.dtype = "bfloat16"  # GPT-3 sizes are meant for accelerators
   c.model.pad_vocab_multiple = 128  # 50257 -> 50304 embedding rows for aligned matmuls

@@ -13,7 +13,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from gptjax import config as config_lib
-from gptjax import train
+from gptjax import plan, train
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment file (experiments/*.py), optionally with ':arg'.",
@@ -22,8 +22,12 @@ _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run directory: config, metrics, checkpoints, tokenizer, samples.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False,
-    "Call jax.distributed.initialize() first (multi-host: TPU VM pods, SLURM, "
-    "or JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID set).")
+    "Multi-host: call jax.distributed.initialize() first. On TPU VMs and under SLURM it "
+    "finds the coordinator itself; elsewhere pass the three flags below.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 (multi-host outside TPU VMs/SLURM).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0-based.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -35,7 +39,14 @@ def main(argv: list[str]) -> None:
   except ValueError as e:
     sys.exit(f"error: {e}")
   if _DISTRIBUTED.value:
-    jax.distributed.initialize()
+    # CPU processes need a collectives backend to talk to each other; on GPU/TPU
+    # this setting is unused.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+  if _CONFIG.value.train.dry_run:
+    print(plan.dry_run(_CONFIG.value))
+    return
   logging.info("process %d of %d, %d local devices", jax.process_index(), jax.process_count(),
                jax.local_device_count())
   train.run(_CONFIG.value, _WORKDIR.value)

@@ -6,7 +6,9 @@ mesh axes those names map to, so changing a parallelism strategy is a config edi
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import flax.linen as nn
@@ -66,3 +68,49 @@ def batch_sharding(mesh: Mesh, axis_rules: Rules) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
+
+
+@contextlib.contextmanager
+def active(mesh: Mesh, axis_rules: Rules) -> Iterator[None]:
+  """The mesh and rules that logical constraints inside traced functions resolve against."""
+  with mesh, nn.logical_axis_rules(axis_rules):
+    yield
+
+
+def ineffective_settings(config: ml_collections.ConfigDict, mesh: Mesh) -> list[str]:
+  """Warnings for parallelism settings that cannot do what they seem to ask for."""
+  warnings = []
+  m = config.model
+  if mesh.shape["fsdp"] == 1 and mesh.shape["data"] > 1:
+    warnings.append(
+        f"mesh fsdp axis has size 1: parameters and optimizer state are replicated on all "
+        f"{mesh.shape['data']} data-parallel devices; set mesh.ici.fsdp to shard them")
+  tensor = mesh.shape["tensor"]
+  if tensor > m.n_head:
+    warnings.append(
+        f"mesh tensor axis has size {tensor} > model.n_head={m.n_head}: tensor parallelism "
+        f"wider than the number of heads cannot split attention")
+  return warnings
+
+
+def check_divisible(config: ml_collections.ConfigDict, abstract_state: Any, mesh: Mesh) -> None:
+  """Raises, before any compile, if a batch or parameter dimension cannot split evenly."""
+  errors = []
+  batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
+  micro_batch = config.train.batch_size // config.train.grad_accum_steps
+  if micro_batch % batch_ways:
+    errors.append(
+        f"train.batch_size={config.train.batch_size} / train.grad_accum_steps="
+        f"{config.train.grad_accum_steps} = {micro_batch} sequences per micro-batch does not "
+        f"split over data x fsdp = {batch_ways} devices; use a multiple of {batch_ways}")
+  for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_state.params):  # opt state mirrors it
+    try:
+      leaf.sharding.shard_shape(leaf.shape)
+    except ValueError:
+      name = "params" + jax.tree_util.keystr(path)
+      errors.append(
+          f"{name} of shape {leaf.shape} cannot split as {leaf.sharding.spec} over mesh "
+          f"{dict(mesh.shape)}; change the mesh, the model size (e.g. model.pad_vocab_multiple) "
+          f"or mesh.rules")
+  if errors:
+    raise ValueError("parallelism does not fit this model:\n  " + "\n  ".join(errors[:10]))

@@ -8,13 +8,14 @@ queued.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import flax.struct
@@ -24,6 +25,8 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
 
 from gptjax import checkpoint, data, flops, generate, metrics, optim, sharding
 from gptjax.config import padded_vocab_size, train_steps, validate
@@ -95,19 +98,86 @@ def _init_state(rng: jax.Array, *, model: GPT, tx: optax.GradientTransformation,
                     rng=jax.random.fold_in(rng, 1))
 
 
+@dataclasses.dataclass(frozen=True)
+class Program:
+  """The jitted functions of a run and the shardings of everything they touch.
+
+  Built from abstract shapes only, so the same object serves training and the
+  dry run's ahead-of-time compile without allocating a parameter.
+  """
+  model: GPT
+  mesh: Mesh
+  axis_rules: sharding.Rules
+  state_shardings: TrainState
+  batch_sharding: NamedSharding
+  abstract_state: TrainState  # ShapeDtypeStructs carrying their shardings
+  init: Callable[[jax.Array], TrainState]
+  train_step: Callable[[TrainState, jax.Array], tuple[TrainState, dict[str, jax.Array]]]
+  eval_step: Callable[..., dict[str, jax.Array]]
+
+  def abstract_batch(self, batch_size: int) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct((batch_size, self.model.config.seq_len + 1), jnp.int32,
+                                sharding=self.batch_sharding)
+
+
+def build(config: ml_collections.ConfigDict, mesh: Mesh) -> Program:
+  """eval_shape -> logical specs -> mesh shardings -> jit with explicit shardings."""
+  model = GPT(model_config(config.model))
+  total_steps = train_steps(config)
+  tx = optim.make(config.optim, total_steps)
+  axis_rules = sharding.rules(config.mesh)
+  init_fn = functools.partial(_init_state, model=model, tx=tx, seq_len=config.model.seq_len)
+  with sharding.active(mesh, axis_rules):
+    abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
+  state_shardings = sharding.logical_to_sharding(nn.get_partition_spec(abstract), mesh,
+                                                 axis_rules)
+  abstract_state = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(abstract),
+      state_shardings)
+  sharding.check_divisible(config, abstract_state, mesh)
+  batch_sharding = sharding.batch_sharding(mesh, axis_rules)
+  replicated = sharding.replicated(mesh)
+  step = functools.partial(
+      train_step, model=model, tx=tx, schedule=optim.learning_rate(config.optim, total_steps),
+      grad_accum_steps=config.train.grad_accum_steps,
+      use_dropout=config.model.dropout > 0 or config.model.attn_dropout > 0)
+  return Program(
+      model=model, mesh=mesh, axis_rules=axis_rules, state_shardings=state_shardings,
+      batch_sharding=batch_sharding, abstract_state=abstract_state,
+      init=jax.jit(lambda rng: nn.unbox(init_fn(rng)), out_shardings=state_shardings),
+      train_step=jax.jit(step, in_shardings=(state_shardings, batch_sharding),
+                         out_shardings=(state_shardings, replicated), donate_argnums=0),
+      eval_step=jax.jit(functools.partial(eval_step, model=model),
+                        in_shardings=(state_shardings.params, batch_sharding, batch_sharding,
+                                      replicated),
+                        out_shardings=replicated))
+
+
 class _Preemption:
-  """Turns SIGTERM (what TPU VMs and SLURM send before reclaiming a host) into a flag."""
+  """Whether to checkpoint and stop now, agreed by every process.
+
+  With several processes, jax.distributed's preemption service catches SIGTERM
+  and picks one step at which all hosts stop; alone, a SIGTERM handler sets a flag.
+  SIGTERM is what TPU VMs and SLURM send before reclaiming a host.
+  """
 
   def __init__(self):
-    self.requested = False
-    try:
-      signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread (e.g. some test runners)
-      pass
+    self._requested = False
+    self._multihost = jax.process_count() > 1
+    if not self._multihost:
+      try:
+        signal.signal(signal.SIGTERM, self._handle)
+      except ValueError:  # not the main thread (e.g. some test runners)
+        pass
 
   def _handle(self, signum, frame):
     del signum, frame
-    self.requested = True
+    self._requested = True
+
+  def reached(self, step: int) -> bool:
+    if self._multihost:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._requested
 
 
 def _write_json(path: str, obj: dict[str, Any]) -> None:
@@ -115,6 +185,32 @@ def _write_json(path: str, obj: dict[str, Any]) -> None:
     with open(path + ".tmp", "w") as f:
       json.dump(obj, f, indent=2)
     os.replace(path + ".tmp", path)
+
+
+def _local_rows(global_rows: np.ndarray) -> np.ndarray:
+  """This process's contiguous slice of a global batch, as make_array_from_process_local_data wants."""
+  local = global_rows.shape[0] // jax.process_count()
+  return global_rows[jax.process_index() * local:(jax.process_index() + 1) * local]
+
+
+def _evaluate(program: Program, params: Any, eval_set: list, token_bytes: jax.Array
+              ) -> dict[str, float]:
+  """Eval loss over the fixed validation rows, with its standard error and bits per byte.
+
+  The SEM treats each validation sequence as one sample: tokens within a sequence
+  are not independent, so a per-token SEM would be too small.
+  """
+  as_global = functools.partial(jax.make_array_from_process_local_data, program.batch_sharding)
+  sums = jax.device_get([
+      program.eval_step(params, as_global(_local_rows(tokens)), as_global(_local_rows(weights)),
+                        token_bytes)
+      for tokens, weights in eval_set])
+  loss_sum = sum(float(s["loss_sum"]) for s in sums)
+  loss = loss_sum / sum(float(s["tokens"]) for s in sums)
+  means = np.concatenate([s["sequence_means"][s["sequence_tokens"] > 0] for s in sums])
+  return {"eval_loss": loss, "eval_loss_sem": float(means.std(ddof=1) / math.sqrt(len(means))),
+          "eval_ppl": math.exp(loss),
+          "eval_bits_per_byte": loss_sum / math.log(2) / sum(float(s["bytes"]) for s in sums)}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -127,21 +223,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   tc = config.train
 
   mesh = sharding.make_mesh(config.mesh)
-  axis_rules = sharding.rules(config.mesh)
-  logging.info("mesh %s over %d devices (%s)", dict(mesh.shape), mesh.size,
-               jax.devices()[0].device_kind)
+  logging.info("mesh %s over %d devices in %d processes (%s)", dict(mesh.shape), mesh.size,
+               jax.process_count(), jax.devices()[0].device_kind)
+  for warning in sharding.ineffective_settings(config, mesh):
+    logging.warning(warning)
 
   tokenizer, lm_data = data.load(config.data, config.model.seq_len, workdir, tc.seed)
   if tokenizer.vocab_size > config.model.vocab_size:
     raise ValueError(
         f"model.vocab_size={config.model.vocab_size}: smaller than the tokenizer's vocabulary "
         f"({tokenizer.vocab_size}); set model.vocab_size >= {tokenizer.vocab_size}")
-
   logging.info("baseline: a unigram model of the train split scores %.4f nats/token on "
                "validation", lm_data.unigram_cross_entropy())
-  model = GPT(model_config(config.model))
-  schedule = optim.learning_rate(config.optim, total_steps)
-  tx = optim.make(config.optim, total_steps)
+
   counts = flops.param_counts(config.model)
   per_token = flops.flops_per_token(config.model)
   logging.info("parameters: %s total, %s non-embedding (tied embedding counted once, "
@@ -150,57 +244,27 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                config.model.vocab_size)
   logging.info("training FLOPs/token: %s (6*N_matmul + 6*n_layer*d_model*seq_len)", f"{per_token:,}")
 
-  init_fn = functools.partial(_init_state, model=model, tx=tx, seq_len=config.model.seq_len)
-  rng = jax.random.PRNGKey(tc.seed)
-  abstract = jax.eval_shape(init_fn, rng)
-  state_shardings = sharding.logical_to_sharding(nn.get_partition_spec(abstract), mesh,
-                                                 axis_rules)
-  batch_sharding = sharding.batch_sharding(mesh, axis_rules)
-
-  with mesh, nn.logical_axis_rules(axis_rules):
+  program = build(config, mesh)
+  with sharding.active(mesh, program.axis_rules):
     mngr = checkpoint.manager(workdir, config)
-    abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                  nn.unbox(abstract), state_shardings)
-    restored = checkpoint.restore_latest(mngr, abstract_state, config)
+    restored = checkpoint.restore_latest(mngr, program.abstract_state, config)
     if restored is None:
-      state = jax.jit(lambda r: nn.unbox(init_fn(r)), out_shardings=state_shardings)(rng)
-      start_step = 0
+      state, start_step = program.init(jax.random.PRNGKey(tc.seed)), 0
     else:
       state, start_step = restored
       logging.info("resumed from %s at step %d", mngr.directory, start_step)
 
-    step_fn = jax.jit(
-        functools.partial(train_step, model=model, tx=tx, schedule=schedule,
-                          grad_accum_steps=tc.grad_accum_steps,
-                          use_dropout=config.model.dropout > 0 or config.model.attn_dropout > 0),
-        in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, None),
-        donate_argnums=0)
-    eval_fn = jax.jit(functools.partial(eval_step, model=model),
-                      in_shardings=(state_shardings.params, batch_sharding, batch_sharding, None))
-
     def global_batch(step: int) -> jax.Array:
       local = lm_data.train_batch(step, tc.batch_size, jax.process_index(), jax.process_count())
-      return jax.make_array_from_process_local_data(batch_sharding, local)
+      return jax.make_array_from_process_local_data(program.batch_sharding, local)
 
     token_bytes = jnp.asarray(tokenizer.token_byte_lengths())
     eval_set = lm_data.eval_batches(tc.batch_size // tc.grad_accum_steps, config.data.eval_sequences)
-
-    def evaluate(params: Any) -> dict[str, float]:
-      sums = [eval_fn(params, jax.make_array_from_process_local_data(batch_sharding, tokens),
-                      jax.make_array_from_process_local_data(batch_sharding, weights), token_bytes)
-              for tokens, weights in eval_set]
-      sums = jax.device_get(sums)
-      loss = sum(s["loss_sum"] for s in sums) / sum(s["tokens"] for s in sums)
-      means = np.concatenate([s["sequence_means"][s["sequence_tokens"] > 0] for s in sums])
-      bits = sum(s["loss_sum"] for s in sums) / math.log(2) / sum(s["bytes"] for s in sums)
-      return {"eval_loss": float(loss), "eval_loss_sem": float(means.std(ddof=1) / math.sqrt(len(means))),
-              "eval_ppl": float(math.exp(loss)), "eval_bits_per_byte": float(bits)}
-
     tokens_per_step = tc.batch_size * config.model.seq_len
     peak_tflops, peak_note = flops.device_peak(tc.peak_tflops)
     logging.info("MFU divides by %s per device, %d devices", peak_note, jax.device_count())
     compile_start = time.perf_counter()
-    step_fn = step_fn.lower(state, global_batch(start_step)).compile()
+    step_fn = program.train_step.lower(state, program.abstract_batch(tc.batch_size)).compile()
     logging.info("compiled the train step in %.1f s", time.perf_counter() - compile_start)
 
     writer = metrics.MetricsWriter(workdir, start_step)
@@ -244,7 +308,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     def run_eval(step: int) -> None:
       nonlocal last_eval_step, last_log
       start = time.perf_counter()
-      row = {**position(step), **evaluate(state.params)}
+      row = {**position(step), **_evaluate(program, state.params, eval_set, token_bytes)}
       writer.write(row)
       summary["final_eval_loss"] = row["eval_loss"]
       last_eval_step = step
@@ -255,8 +319,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     try:
       step = start_step
       while step < total_steps:
-        batch = global_batch(step)
-        state, step_metrics = step_fn(state, batch)
+        state, step_metrics = step_fn(state, global_batch(step))
         step += 1
         if pending is not None:
           emit(*pending)
@@ -268,10 +331,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             emit(*pending)
             pending = None
           run_eval(step)
-        if step % tc.checkpoint_every == 0 or step == total_steps or preemption.requested:
+        preempted = preemption.reached(step)
+        if step % tc.checkpoint_every == 0 or step == total_steps or preempted:
           checkpoint.save(mngr, step, state, config)
-        if preemption.requested and step < total_steps:
-          logging.warning("SIGTERM: checkpointed step %d; rerun the same command to resume", step)
+        if preempted and step < total_steps:
+          logging.warning("preempted: checkpointed step %d; rerun the same command to resume", step)
           break
       if pending is not None:
         emit(*pending)
@@ -280,7 +344,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       if completed and last_eval_step != total_steps:
         run_eval(total_steps)
       if completed and tc.num_samples:
-        _write_samples(workdir, model, state.params, tokenizer, tc)
+        _write_samples(workdir, program.model, state.params, tokenizer, tc)
       summary.update(position(step), status="completed" if completed else "running",
                      wall_s=previous_wall + time.time() - wall_start)
     except BaseException:
@@ -300,7 +364,7 @@ def _write_samples(workdir: str, model: GPT, params: Any, tokenizer: Any,
   prompt = jnp.full((tc.num_samples, 1), tokenizer.eos_id, jnp.int32)
   out = generate.generate(model, params, prompt, jax.random.PRNGKey(tc.seed + 1),
                           max_new_tokens=new_tokens, temperature=tc.sample_temperature,
-                          top_k=tc.sample_top_k)
+                          top_k=tc.sample_top_k, vocab_limit=tokenizer.vocab_size)
   texts = [tokenizer.decode([int(t) for t in row[1:]]) for row in jax.device_get(out)]
   for i, text in enumerate(texts):
     logging.info("sample %d:\n%s", i, text)

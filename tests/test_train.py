@@ -29,11 +29,14 @@ SUMMARY = {"n_params", "n_params_non_embedding", "n_layer", "d_model", "n_head",
            "status"}
 
 # A tiny model on the embedded corpus; the same overrides drive in-process and CLI runs.
+# The model's vocabulary is larger than the tokenizer's, as with GPT-2's 50257 rows over a
+# smaller corpus tokenizer: samples must still only use the tokenizer's ids. Batches of 8
+# split over the 8 test devices (tests/conftest.py).
 TINY = {
     "model.n_layer": 2, "model.d_model": 32, "model.n_head": 2, "model.d_ff": 64,
-    "model.seq_len": 32, "model.vocab_size": 512, "data.vocab_size": 512,
+    "model.seq_len": 32, "model.vocab_size": 640, "data.vocab_size": 512,
     "data.tokenizer_sample_chars": 500_000, "data.eval_sequences": 8,
-    "train.batch_size": 4, "train.log_every": 1, "train.num_samples": 1,
+    "train.batch_size": 8, "train.log_every": 1, "train.num_samples": 1,
     "train.sample_tokens": 8, "optim.warmup_steps": 2,
 }
 
@@ -122,18 +125,18 @@ def test_run_directory_follows_the_contract(finished_run):
   assert [r["step"] for r in eval_rows] == [3, 6]
   assert all(set(r) == TRAIN_ROW for r in train_rows)
   assert all(set(r) == EVAL_ROW for r in eval_rows)
-  assert train_rows[-1]["tokens"] == 6 * 4 * 32
+  assert train_rows[-1]["tokens"] == 6 * 8 * 32
   with open(f"{workdir}/summary.json") as f:
     on_disk = json.load(f)
   assert SUMMARY <= set(on_disk) and on_disk["status"] == "completed"
   assert on_disk["final_eval_loss"] == eval_rows[-1]["eval_loss"]
-  assert on_disk["tokens"] == 6 * 4 * 32 and summary["status"] == "completed"
+  assert on_disk["tokens"] == 6 * 8 * 32 and summary["status"] == "completed"
 
 
 def test_metrics_are_sane(finished_run):
   workdir, _ = finished_run
   first, *_, last = [r for r in rows(workdir) if "train_loss" in r]
-  assert np.log(512) - 1 < first["train_loss"] < np.log(512) + 1  # starts near uniform
+  assert np.log(640) - 1 < first["train_loss"] < np.log(640) + 1  # starts near uniform
   evals = [r for r in rows(workdir) if "eval_loss" in r]
   assert evals[-1]["eval_ppl"] == pytest.approx(np.exp(evals[-1]["eval_loss"]))
   assert 0 < evals[-1]["eval_bits_per_byte"] < 8 and evals[-1]["eval_loss_sem"] > 0
