@@ -228,7 +228,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   for warning in sharding.ineffective_settings(config, mesh):
     logging.warning(warning)
 
-  tokenizer, lm_data = data.load(config.data, config.model.seq_len, workdir, tc.seed)
+  if jax.process_index() == 0:  # prepares the dataset and tokenizer caches once
+    tokenizer, lm_data = data.load(config.data, config.model.seq_len, workdir, tc.seed)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("data prepared by process 0")
+  if jax.process_index() != 0:  # now reads what process 0 prepared
+    tokenizer, lm_data = data.load(config.data, config.model.seq_len, workdir, tc.seed)
   if tokenizer.vocab_size > config.model.vocab_size:
     raise ValueError(
         f"model.vocab_size={config.model.vocab_size}: smaller than the tokenizer's vocabulary "
