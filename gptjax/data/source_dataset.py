@@ -56,6 +56,7 @@ class SourceCorpus(tfds.core.GeneratorBasedBuilder):
     return tfds.core.DatasetInfo(
         builder=self,
         description='Documents read from local files.',
+        disable_shuffling=True,  # Keep file order: the corpus reads as written.
         features=tfds.features.FeaturesDict({
             'text': tfds.features.Text(),
             'path': tfds.features.Text(),  # Document id: relpath, or relpath#index.
