@@ -35,10 +35,10 @@ def prepare(name: str, data_dir: str, download: bool, splits: dict[str, str],
       raise ValueError(
           f'data.source={name!r}: {full_name} is not prepared in data.data_dir='
           f'{data_dir!r}. Prepare it once (this downloads it and writes ArrayRecord '
-          f'files) with --config.data.download=True, e.g. python -m '
-          f'gptjax.data.benchmark --config=... --config.data.source={name} '
-          f'--config.data.data_dir={data_dir} --config.data.download=True, or point '
-          'data.data_dir at the directory where it was prepared')
+          f'files): python -m gptjax.data.benchmark --config=YOUR_EXPERIMENT.py '
+          f'--config.data.source={name} --config.data.data_dir={data_dir} '
+          '--config.data.download=True (or add --config.data.download=True to this '
+          'run), or point data.data_dir at the directory where it was prepared')
     logging.info('catalog: downloading and preparing %s into %s', full_name, data_dir)
     builder.download_and_prepare(file_format='array_record')
   features = builder.info.features
