@@ -207,6 +207,8 @@ def test_bad_sources_fail_early_naming_the_problem(tmp_path):
       data_config(source=str(tmp_path / 'none' / '*.txt'))))
   assert any('must end in .txt or .jsonl' in p for p in data.validate(
       data_config(source=str(tmp_path / '*.csv'))))
+  assert any("data.source='no_such_dataset': not a TFDS catalog" in p
+             for p in data.validate(data_config(source='no_such_dataset')))
   with pytest.raises(ValueError, match=r"data.source='no_such_dataset': not a TFDS catalog"):
     data.load(data_config(source='no_such_dataset'), 16, str(tmp_path / 'w'), 0)
   (tmp_path / 'lines.jsonl').write_text('{"text": "a"}\n\n{"body": "b"}\n')

@@ -23,11 +23,11 @@ def prepare(name: str, data_dir: str, download: bool, splits: dict[str, str],
   """
   try:
     builder = tfds.builder(name, data_dir=data_dir, file_format='array_record')
-  except tfds.core.registered.DatasetNotFoundError as e:
+  except ValueError as e:  # Unknown name, config or version.
     raise ValueError(
         f'data.source={name!r}: not a TFDS catalog dataset ({str(e).splitlines()[0]}); '
-        'use a name from https://www.tensorflow.org/datasets/catalog (e.g. '
-        "'lm1b' or 'c4/en:3.1.0'), 'embedded', or a local glob ending in .txt or "
+        'use a name, config and version from https://www.tensorflow.org/datasets/catalog '
+        "(e.g. 'lm1b' or 'c4/en:3.1.0'), 'embedded', or a local glob ending in .txt or "
         '.jsonl') from e
   full_name = builder.info.full_name
   if not builder.is_prepared():

@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterator, Sequence
 
 import ml_collections
+import tensorflow_datasets as tfds
 
 from gptjax.data import catalog, corpus, paths, source_dataset
 
@@ -43,9 +44,16 @@ def problems(data_config: ml_collections.ConfigDict) -> list[str]:
     if not glob.glob(os.path.expanduser(source), recursive=True):
       return [f'data.source={source!r}: matches no files; check the path (relative '
               f'paths start at {os.getcwd()})']
-  elif kind(source) == 'catalog' and not CATALOG_NAME.match(source):
-    return [f"data.source={source!r}: not a TFDS name like 'lm1b', 'c4/en' or "
-            "'c4/en:3.1.0', 'embedded', or a local glob ending in .txt or .jsonl"]
+  elif kind(source) == 'catalog':
+    if not CATALOG_NAME.match(source):
+      return [f"data.source={source!r}: not a TFDS name like 'lm1b', 'c4/en' or "
+              "'c4/en:3.1.0', 'embedded', or a local glob ending in .txt or .jsonl"]
+    try:
+      tfds.builder_cls(source.split(':')[0].split('/')[0])
+    except tfds.core.registered.DatasetNotFoundError:
+      return [f'data.source={source!r}: not a TFDS catalog dataset; use a name from '
+              "https://www.tensorflow.org/datasets/catalog (e.g. 'lm1b' or "
+              "'c4/en:3.1.0'), 'embedded', or a local glob ending in .txt or .jsonl"]
   return []
 
 
