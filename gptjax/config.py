@@ -41,9 +41,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.init_std = 0.02  # N(0, init_std) for weights; residual output projections get / sqrt(2 * n_layer)
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "embedded"  # 'embedded' (the Python standard library's source, offline)
-  c.data.data_dir = ""  # where TFDS datasets are prepared and read; '' -> $GPTJAX_CACHE/tensorflow_datasets
-  c.data.validation_percent = 5  # percent of documents held out for validation, chosen by a hash of their path
+  c.data.source = "embedded"  # 'embedded' (stdlib source, offline), a TFDS name ('c4/en:3.1.0', 'lm1b') or a glob of .txt/.jsonl files
+  c.data.data_dir = ""  # where TFDS datasets are prepared and read (local or gs://); '' -> $GPTJAX_CACHE/tensorflow_datasets
+  c.data.download = False  # TFDS names only: download and prepare the dataset if data_dir lacks it (else fail with the command)
+  c.data.train_split = "train"  # TFDS names only: split to train on; slices work, e.g. 'train[:99%]'
+  c.data.eval_split = "validation"  # TFDS names only: split for the fixed eval set, e.g. 'train[99%:]' if there is none
+  c.data.text_field = "text"  # TFDS names only: the feature holding each document's text
+  c.data.txt_documents = "file"  # .txt globs: 'file' (one document per file) or 'blank_lines' (split on blank lines)
+  c.data.jsonl_field = "text"  # .jsonl globs: the field of each line's JSON object holding the document
+  c.data.validation_percent = 5  # embedded and globs: percent of documents held out, chosen by a hash of their id
+  c.data.document_mask = False  # let attention see only the current document (segment ids and positions per row)
   c.data.tokenizer = "sentencepiece"  # 'sentencepiece' (trained on the corpus), 'bytes', or a path to a .model file
   c.data.vocab_size = 8192  # sentencepiece vocabulary to train (ignored for 'bytes' and .model paths)
   c.data.spm_model_type = "bpe"  # sentencepiece algorithm: 'bpe' or 'unigram'

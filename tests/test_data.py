@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 
 from gptjax import data
 from gptjax.data import (baselines, corpus, packing, paths, pipeline, source_dataset,
-                         spm_training, token_cache)
+                         sources, spm_training, token_cache)
 from gptjax.data.tokenizer import ByteTokenizer, SentencePieceTokenizer
 
 CODE = ('class Foo:\n\tdef bar(self, x):\n'
@@ -52,11 +52,16 @@ def corpus_root(tmp_path_factory):
   return str(root)
 
 
+def read_texts(source) -> list[str]:
+  return list(sources.texts(source, 'text'))
+
+
 def make_config(**overrides) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(dict(
       source='embedded', data_dir='', validation_percent=20, tokenizer='sentencepiece',
       vocab_size=600, spm_model_type='bpe', tokenizer_sample_chars=200_000,
-      eval_sequences=8))
+      eval_sequences=8, download=False, train_split='train', eval_split='validation',
+      text_field='text', txt_documents='file', jsonl_field='text', document_mask=False))
   config.update(overrides)
   return config
 
@@ -64,13 +69,14 @@ def make_config(**overrides) -> ml_collections.ConfigDict:
 @pytest.fixture(scope='module')
 def prepared(cache_dir, corpus_root):
   data_dir = os.path.join(cache_dir, 'tfds')
-  return (data_dir,) + source_dataset.prepare(corpus_root, data_dir, validation_percent=20)
+  return (data_dir,) + source_dataset.prepare(source_dataset.make_config(corpus_root, 20),
+                                              data_dir)
 
 
 @pytest.fixture(scope='module')
 def spm_tokenizer(prepared):
-  _, identity, sources = prepared
-  texts = source_dataset.read_texts(sources['train'])
+  _, identity, splits = prepared
+  texts = read_texts(splits['train'])
   return spm_training.load_or_train(identity, texts, 600, 'bpe', 200_000)
 
 
@@ -81,7 +87,7 @@ def test_dataset_reads_back_through_tfds_data_source(prepared, corpus_root):
   reopened = tfds.data_source(identity, data_dir=data_dir, download=False)
   paths_by_split = {split: {r['path'].decode() for r in reopened[split]}
                     for split in ('train', 'validation')}
-  expected = {f.relpath for f in corpus.list_source_files(corpus_root)} - {'latin1.py'}
+  expected = {f.relpath for f in corpus.list_source_files(corpus_root)}
   assert paths_by_split['train'] | paths_by_split['validation'] == expected
   assert not paths_by_split['train'] & paths_by_split['validation']
   assert all(corpus.is_validation(p, 20) for p in paths_by_split['validation'])
@@ -90,6 +96,8 @@ def test_dataset_reads_back_through_tfds_data_source(prepared, corpus_root):
   records = [r for split in ('train', 'validation') for r in reopened[split]]
   unicode_doc = next(r for r in records if r['path'] == b'unicode_mod.py')
   assert unicode_doc['text'].decode('utf-8') == CODE
+  latin1_doc = next(r for r in records if r['path'] == b'latin1.py')
+  assert latin1_doc['text'].decode('utf-8') == 's = "caf\ufffd"\n'  # Replaced, not skipped.
   assert len(sources['train']) == len(paths_by_split['train'])
 
 
@@ -97,7 +105,7 @@ def test_prepare_again_reuses_files(prepared, corpus_root):
   data_dir, identity, _ = prepared
   variant = os.path.join(data_dir, *identity.replace(':', '/').split('/'))
   before = {f: os.stat(os.path.join(variant, f)).st_mtime_ns for f in os.listdir(variant)}
-  again, _ = source_dataset.prepare(corpus_root, data_dir, validation_percent=20)
+  again, _ = source_dataset.prepare(source_dataset.make_config(corpus_root, 20), data_dir)
   assert again == identity
   assert {f: os.stat(os.path.join(variant, f)).st_mtime_ns
           for f in os.listdir(variant)} == before
@@ -122,7 +130,8 @@ def test_split_rule_is_deterministic_and_near_the_requested_fraction():
 def test_empty_split_is_a_clear_error(tmp_path):
   (tmp_path / 'only.py').write_text('x = 1\n')
   with pytest.raises(ValueError, match='validation_percent=5'):
-    source_dataset.make_config(str(tmp_path), 5)
+    source_dataset.prepare(source_dataset.make_config(str(tmp_path), 5),
+                           str(tmp_path / 'tfds'))
 
 
 # --- tokenizers ----------------------------------------------------------------
@@ -146,8 +155,8 @@ def test_byte_tokenizer_invalid_utf8_becomes_replacement_char():
 
 def test_sentencepiece_round_trips_code_and_counts_bytes(spm_tokenizer, prepared):
   tok = spm_tokenizer
-  _, _, sources = prepared
-  texts = [CODE, '\t\t\n  \n', '', 'x' * 5000] + source_dataset.read_texts(sources['validation'])
+  _, _, splits = prepared
+  texts = [CODE, '\t\t\n  \n', '', 'x' * 5000] + read_texts(splits['validation'])
   lengths = tok.token_byte_lengths()
   for text in texts:
     ids = tok.encode(text)
@@ -159,8 +168,8 @@ def test_sentencepiece_round_trips_code_and_counts_bytes(spm_tokenizer, prepared
 
 
 def test_sentencepiece_training_is_deterministic(prepared):
-  _, _, sources = prepared
-  chunks = spm_training.sample_chunks(source_dataset.read_texts(sources['train']), 50_000)
+  _, _, splits = prepared
+  chunks = spm_training.sample_chunks(read_texts(splits['train']), 50_000)
   assert sum(map(len, chunks)) == 50_000
   for model_type in ('bpe', 'unigram'):
     assert (spm_training.train(chunks, 400, model_type)
@@ -168,11 +177,10 @@ def test_sentencepiece_training_is_deterministic(prepared):
 
 
 def test_model_without_eos_is_rejected(prepared, tmp_path):
-  _, _, sources = prepared
+  _, _, splits = prepared
   model = io.BytesIO()
   spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(spm_training.sample_chunks(
-          source_dataset.read_texts(sources['train']), 20_000)),
+      sentence_iterator=iter(spm_training.sample_chunks(read_texts(splits['train']), 20_000)),
       model_writer=model, vocab_size=300, eos_id=-1, minloglevel=2)
   path = tmp_path / 'no_eos.model'
   path.write_bytes(model.getvalue())
@@ -204,7 +212,9 @@ def test_packing_a_stream_shorter_than_a_row_wraps():
 def small_lmdata(seed: int = 0, train_tokens: int = 1000) -> pipeline.LMData:
   train = packing.concat_documents([list(range(2, 2 + train_tokens // 10))] * 10, eos_id=1)
   validation = packing.concat_documents([[2, 3, 4]] * 7, eos_id=1)
-  return pipeline.LMData(train, validation, seq_len=16, seed=seed, vocab_size=200, eos_id=1)
+  return pipeline.LMData(token_cache.TokenFile(train, documents=10, chars=0),
+                         token_cache.TokenFile(validation, documents=7, chars=0),
+                         seq_len=16, seed=seed, vocab_size=200, eos_id=1, identity='small')
 
 
 def test_train_batch_is_a_pure_function_of_seed_and_step():
@@ -230,10 +240,11 @@ def test_each_epoch_visits_every_row_once_even_with_huge_batches():
   lm = small_lmdata()
   num_rows = lm.stats['train'].rows
   stream = lm.train_batch(step=0, batch_size=3 * num_rows)  # Three epochs at once.
-  rows = {tuple(r) for r in lm.train_rows.tokens}
+  all_rows = packing.pack(lm.train_tokens, lm.seq_len).tokens
+  rows = {tuple(r) for r in all_rows}
   for epoch in range(3):
     epoch_rows = stream[epoch * num_rows:(epoch + 1) * num_rows]
-    assert sorted(map(tuple, epoch_rows)) == sorted(map(tuple, lm.train_rows.tokens))
+    assert sorted(map(tuple, epoch_rows)) == sorted(map(tuple, all_rows))
     assert {tuple(r) for r in epoch_rows} == rows
   assert not np.array_equal(stream[:num_rows], stream[num_rows:2 * num_rows])
 
@@ -264,14 +275,14 @@ def test_load_corpus_caches_everything_and_saves_tokenizer(cache_dir, corpus_roo
   saved = os.path.join(workdir, 'tokenizer', 'spm.model')
   assert data.load_saved(os.path.dirname(saved)).fingerprint() == tok.fingerprint()
   cached = [os.path.join(dirpath, f) for dirpath, _, files in os.walk(cache_dir)
-            for f in files if f.endswith(('.model', '.npy', 'array_record-00000-of-00001'))]
+            for f in files if f.endswith(('.model', '.bin', 'array_record-00000-of-00001'))]
   mtimes = {f: os.stat(f).st_mtime_ns for f in cached}
-  assert any(f.endswith('.npy') for f in mtimes) and any(f.endswith('.model') for f in mtimes)
+  assert any(f.endswith('.bin') for f in mtimes) and any(f.endswith('.model') for f in mtimes)
 
   tok2, lm2 = data.load_corpus(corpus_root, config, seq_len=32, workdir=workdir, seed=0)
   assert {f: os.stat(f).st_mtime_ns for f in cached} == mtimes
   np.testing.assert_array_equal(lm.train_batch(7, 4), lm2.train_batch(7, 4))
-  assert lm.stats['train'].documents + lm.stats['validation'].documents == 61
+  assert lm.stats['train'].documents + lm.stats['validation'].documents == 62
   assert lm.stats['validation'].tokens == sum(
       m.sum() for _, m in lm.eval_batches(4, 10_000))
   assert 0 < lm.unigram_cross_entropy() < np.log(tok.vocab_size)
@@ -295,10 +306,10 @@ def test_token_cache_key_depends_on_tokenizer(spm_tokenizer):
 
 def test_validate_names_field_value_and_fix():
   assert data.validate(make_config()) == []
-  problems = data.validate(make_config(source='foo', validation_percent=0,
+  problems = data.validate(make_config(source='Foo Bar', validation_percent=0,
                                        tokenizer='nope.model', spm_model_type='wordpiece',
                                        eval_sequences=0))
-  assert any("data.source='foo'" in p and "'embedded'" in p for p in problems)
+  assert any("data.source='Foo Bar'" in p and "'embedded'" in p for p in problems)
   assert any('data.validation_percent=0' in p and '1..99' in p for p in problems)
   assert any("data.tokenizer='nope.model'" in p for p in problems)
   assert any("data.eval_sequences=0" in p for p in problems)
@@ -307,5 +318,5 @@ def test_validate_names_field_value_and_fix():
   del_config = make_config()
   del del_config['vocab_size']
   assert any('data.vocab_size is missing' in p for p in data.validate(del_config))
-  with pytest.raises(ValueError, match="data.source='foo'"):
-    data.load(make_config(source='foo'), 32, '/nonexistent', 0)
+  with pytest.raises(ValueError, match="data.source='Foo Bar'"):
+    data.load(make_config(source='Foo Bar'), 32, '/nonexistent', 0)

@@ -1,22 +1,24 @@
-"""Data for gptjax: corpus -> TFDS dataset -> tokenizer -> packed, seeded batches.
+"""Data for gptjax: source -> TFDS ArrayRecord dataset -> tokenizer -> token file -> batches.
 
 `load` is what training calls; every expensive step (dataset preparation,
-tokenizer training, tokenization) is cached under `$GPTJAX_CACHE`, keyed by
-what determines its output, so a second run starts in about a second.
+tokenizer training, tokenization) is cached under `$GPTJAX_CACHE` (datasets
+under `data.data_dir`), keyed by what determines its output, so a second run
+starts in about a second.
 """
 
 import os
+from collections.abc import Iterable
 from typing import Any
 
 from absl import logging
 import ml_collections
 
-from gptjax.data import corpus, paths, source_dataset, spm_training, token_cache
-from gptjax.data.pipeline import LMData, SplitStats
+from gptjax.data import documents, paths, source_dataset, sources, spm_training, token_cache
+from gptjax.data.pipeline import LMData, SegmentedBatch, SplitStats
 from gptjax.data.tokenizer import (ByteTokenizer, SentencePieceTokenizer, Tokenizer,
                                    load_saved, save_to_workdir)
 
-__all__ = ['ByteTokenizer', 'LMData', 'SentencePieceTokenizer', 'SplitStats',
+__all__ = ['ByteTokenizer', 'LMData', 'SegmentedBatch', 'SentencePieceTokenizer', 'SplitStats',
            'Tokenizer', 'load', 'load_corpus', 'load_saved', 'validate']
 
 SPM_MODEL_TYPES = ('bpe', 'unigram')
@@ -34,12 +36,8 @@ def validate(data_config: ml_collections.ConfigDict) -> list[str]:
       return None
     return data_config[field]
 
-  source = get('source')
-  if source is not None and source != 'embedded':
-    problems.append(
-        f'data.source={source!r}: not supported yet; only \'embedded\' (the '
-        'Python standard library source of this interpreter) is implemented, '
-        'TFDS names and local globs come later')
+  if get('source') is not None:
+    problems.extend(sources.problems(data_config))
   percent = get('validation_percent')
   if percent is not None and (not isinstance(percent, int) or not 1 <= percent <= 99):
     problems.append(f'data.validation_percent={percent!r}: use an integer in 1..99')
@@ -63,14 +61,26 @@ def validate(data_config: ml_collections.ConfigDict) -> list[str]:
       problems.append(f'data.{field}={value!r}: use a positive integer')
   data_dir = get('data_dir')
   if data_dir is not None and not isinstance(data_dir, str):
-    problems.append(f'data.data_dir={data_dir!r}: use a directory path, or \'\' '
-                    'for $GPTJAX_CACHE/tensorflow_datasets')
+    problems.append(f'data.data_dir={data_dir!r}: use a directory path (local or '
+                    'gs://), or \'\' for $GPTJAX_CACHE/tensorflow_datasets')
+  for field in ('train_split', 'eval_split', 'text_field', 'jsonl_field'):
+    value = get(field)
+    if value is not None and (not isinstance(value, str) or not value):
+      problems.append(f'data.{field}={value!r}: use a non-empty string')
+  txt_documents = get('txt_documents')
+  if txt_documents is not None and txt_documents not in documents.TXT_DOCUMENTS:
+    problems.append(f'data.txt_documents={txt_documents!r}: use one of '
+                    f'{documents.TXT_DOCUMENTS}')
+  for field in ('download', 'document_mask'):
+    value = get(field)
+    if value is not None and not isinstance(value, bool):
+      problems.append(f'data.{field}={value!r}: use True or False')
   return problems
 
 
 def load(data_config: ml_collections.ConfigDict, seq_len: int, workdir: str,
          seed: int) -> tuple[Tokenizer, LMData]:
-  """Prepares (or reuses) the configured corpus and returns tokenizer and batches.
+  """Prepares (or reuses) the configured source and returns tokenizer and batches.
 
   The tokenizer is also saved to `WORKDIR/tokenizer` so sampling and resumed
   runs use exactly the tokenizer the checkpoint was trained with.
@@ -78,29 +88,37 @@ def load(data_config: ml_collections.ConfigDict, seq_len: int, workdir: str,
   problems = validate(data_config)
   if problems:
     raise ValueError('invalid data config:\n  ' + '\n  '.join(problems))
-  return load_corpus(corpus.stdlib_root(), data_config, seq_len, workdir, seed)
+  identity, splits, text_field = sources.open_sources(data_config)
+  return _load(identity, splits, text_field, data_config, seq_len, workdir, seed)
 
 
 def load_corpus(root: str, data_config: ml_collections.ConfigDict, seq_len: int,
                 workdir: str, seed: int) -> tuple[Tokenizer, LMData]:
-  """`load` for the source files under any directory `root` (tests use tiny ones)."""
-  identity, sources = source_dataset.prepare(
-      root, paths.resolve_data_dir(data_config.data_dir),
-      data_config.validation_percent)
-  texts = {split: source_dataset.read_texts(src) for split, src in sources.items()}
-  tokenizer = _make_tokenizer(data_config, identity, texts['train'])
+  """`load` with the embedded corpus rules applied to any directory `root` (tests use tiny ones)."""
+  identity, splits = source_dataset.prepare(
+      source_dataset.make_config(root, data_config.validation_percent),
+      paths.resolve_data_dir(data_config.data_dir))
+  return _load(identity, splits, 'text', data_config, seq_len, workdir, seed)
+
+
+def _load(identity: str, splits: sources.Sources, text_field: str,
+          data_config: ml_collections.ConfigDict, seq_len: int, workdir: str,
+          seed: int) -> tuple[Tokenizer, LMData]:
+  tokenizer = _make_tokenizer(data_config, identity,
+                              sources.texts(splits['train'], text_field))
   save_to_workdir(tokenizer, os.path.join(workdir, 'tokenizer'))
-  streams = {split: token_cache.load_or_encode(identity, split, split_texts, tokenizer)
-             for split, split_texts in texts.items()}
-  data = LMData(streams['train'], streams['validation'], seq_len=seq_len, seed=seed,
-                vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id)
+  files = {split: token_cache.load_or_encode(identity, split, source, text_field, tokenizer)
+           for split, source in splits.items()}
+  data = LMData(files['train'], files['validation'], seq_len=seq_len, seed=seed,
+                vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id,
+                identity=f'{identity}|{tokenizer.fingerprint()}')
   logging.info('data: %s, tokenizer %s (vocab %d)', identity,
                tokenizer.fingerprint(), tokenizer.vocab_size)
   return tokenizer, data
 
 
 def _make_tokenizer(data_config: ml_collections.ConfigDict, identity: str,
-                    train_texts: list[str]) -> Tokenizer:
+                    train_texts: Iterable[str]) -> Tokenizer:
   if data_config.tokenizer == 'bytes':
     return ByteTokenizer()
   if data_config.tokenizer == 'sentencepiece':

@@ -5,6 +5,7 @@ Pure functions over a directory tree, kept apart from TFDS so the rules
 """
 
 import dataclasses
+import glob
 import hashlib
 import os
 import sys
@@ -57,6 +58,25 @@ def list_source_files(
       if not filename.endswith(tuple(suffixes)):
         continue
       path = os.path.join(dirpath, filename)
+      stat = os.stat(path)
+      files.append(SourceFile(relpath=os.path.relpath(path, root).replace(os.sep, '/'),
+                              size=stat.st_size, mtime_ns=stat.st_mtime_ns))
+  return sorted(files, key=lambda f: f.relpath)
+
+
+def glob_root(pattern: str) -> str:
+  """The directory above the first wildcard of `pattern`; documents are named relative to it."""
+  parts = os.path.abspath(os.path.expanduser(pattern)).split(os.sep)
+  fixed = next(i for i, part in enumerate(parts + ['*']) if glob.has_magic(part))
+  return os.sep.join(parts[:min(fixed, len(parts) - 1)]) or os.sep
+
+
+def list_glob(pattern: str) -> list[SourceFile]:
+  """The regular files matching `pattern` ('**' recurses), relative to `glob_root`, sorted."""
+  root = glob_root(pattern)
+  files = []
+  for path in glob.glob(os.path.expanduser(pattern), recursive=True):
+    if os.path.isfile(path):
       stat = os.stat(path)
       files.append(SourceFile(relpath=os.path.relpath(path, root).replace(os.sep, '/'),
                               size=stat.st_size, mtime_ns=stat.st_mtime_ns))

@@ -7,6 +7,9 @@ position (the first document is predicted from EOS, like all the others).
 The last row is completed by wrapping around to the start of S; those wrapped
 targets are repeats, flagged 0 in `target_mask` so evaluation counts every
 token exactly once while training simply sees a few tokens twice.
+
+Rows are gathered from S on demand (S may be a memmap far larger than RAM), so
+any seq_len can be served from one token file.
 """
 
 import dataclasses
@@ -39,17 +42,45 @@ def concat_documents(documents: Sequence[Sequence[int]], eos_id: int) -> np.ndar
   return stream
 
 
-def pack(stream: np.ndarray, seq_len: int) -> PackedRows:
-  """Cuts an EOS-terminated stream into ceil(len/seq_len) rows (module docstring)."""
+def num_rows(num_tokens: int, seq_len: int) -> int:
+  """ceil(num_tokens / seq_len): every token of the stream is a target once."""
   if seq_len < 1:
     raise ValueError(f'seq_len={seq_len}: must be a positive number of tokens')
-  num_tokens = len(stream)
   if num_tokens == 0:
     raise ValueError('cannot pack an empty token stream; the split has no documents')
-  num_rows = -(-num_tokens // seq_len)
+  return -(-num_tokens // seq_len)
+
+
+def gather_rows(stream: np.ndarray, row_ids: np.ndarray, seq_len: int) -> PackedRows:
+  """Rows `row_ids` of an EOS-terminated stream (module docstring), in that order."""
+  num_tokens = len(stream)
+  num_rows(num_tokens, seq_len)  # Validates.
   # Position p of S' is S[p - 1]; S ends with EOS, so S'[0] = S[-1] = EOS.
-  positions = (np.arange(num_rows, dtype=np.int64)[:, None] * seq_len
+  positions = (np.asarray(row_ids, dtype=np.int64)[:, None] * seq_len
                + np.arange(seq_len + 1, dtype=np.int64)[None, :] - 1)
-  tokens = stream[positions % num_tokens]
+  tokens = stream[positions % num_tokens].astype(np.int32)
   target_mask = (positions[:, 1:] < num_tokens).astype(np.float32)
   return PackedRows(tokens=tokens, target_mask=target_mask)
+
+
+def pack(stream: np.ndarray, seq_len: int) -> PackedRows:
+  """All ceil(len/seq_len) rows of a stream (for small streams and tests)."""
+  return gather_rows(stream, np.arange(num_rows(len(stream), seq_len)), seq_len)
+
+
+def document_segments(tokens: np.ndarray, eos_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """Segment ids and positions for the model inputs `tokens[:, :-1]` of rows [B, L+1].
+
+  An EOS input starts a segment: it is the token every document is predicted
+  from, so it belongs with the document that follows it. Ids count segments
+  from 1 within each row (0 is left free for padding) and positions restart at
+  0 with each segment. Attention from query q to key k is allowed iff
+  k <= q and segment_ids[q] == segment_ids[k]. Both are int32 [B, L].
+  """
+  inputs = tokens[:, :-1]
+  starts = inputs == eos_id
+  starts[:, 0] = True
+  segment_ids = np.cumsum(starts, axis=1, dtype=np.int32)
+  index = np.broadcast_to(np.arange(inputs.shape[1], dtype=np.int32), inputs.shape)
+  segment_start = np.maximum.accumulate(np.where(starts, index, 0), axis=1)
+  return segment_ids, (index - segment_start).astype(np.int32)

@@ -1,19 +1,35 @@
 """Deterministic training batches and a fixed evaluation set.
 
-The training stream is a function of (seed, step) only: epoch e visits the
-train rows in the order `default_rng((seed, e)).permutation(rows)`, epochs are
-concatenated, and step s takes rows [s*B, (s+1)*B) of that infinite stream. So
-resuming needs nothing but the step number, and each process can compute its
-own contiguous slice of the global batch without coordination.
+The training stream is a function of (seed, step, data) only: epoch e visits
+the train rows in a permutation given by Grain's `MapDataset.shuffle` (an index
+shuffle: row k of epoch e is computed, never a materialised N-element array, so
+a C4-sized row count costs nothing), epochs are concatenated with a fresh seed
+each (`repeat`), and step s takes positions [s*B, (s+1)*B) of that infinite
+stream. So resuming needs nothing but the step number, and each process
+computes its own contiguous slice of the global batch without coordination:
+the order is the same whatever the number of processes.
+
+Rows are gathered from the on-disk token stream per batch, so memory use does
+not grow with the corpus.
 """
 
 import dataclasses
-import functools
+import hashlib
+import json
+from typing import Any
 
 from absl import logging
+import grain
 import numpy as np
 
 from gptjax.data import baselines, packing
+from gptjax.data.token_cache import TokenFile
+
+# Bump when the row order or row layout changes: old checkpoints then refuse to
+# resume instead of silently continuing on different data.
+ORDER_VERSION = 'grain-shuffle-repeat-v1'
+# The unigram baseline reads at most this many tokens per split.
+UNIGRAM_MAX_TOKENS = 100_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,91 +40,130 @@ class SplitStats:
   wrapped_tokens: int  # Targets repeated to complete the last row.
 
 
-@functools.lru_cache(maxsize=4)
-def _epoch_permutation(seed: int, epoch: int, num_rows: int) -> np.ndarray:
-  order = np.random.default_rng((seed, epoch)).permutation(num_rows)
-  order.flags.writeable = False
-  return order
+@dataclasses.dataclass(frozen=True)
+class SegmentedBatch:
+  """A train batch with document structure, for attention that stays in a document.
+
+  `tokens` int32 [B, L+1] (exactly `train_batch`); `segment_ids` and `positions`
+  int32 [B, L] describe the inputs `tokens[:, :-1]` (`packing.document_segments`).
+  """
+  tokens: np.ndarray
+  segment_ids: np.ndarray
+  positions: np.ndarray
 
 
-def stream_rows(seed: int, num_rows: int, start: int, count: int) -> np.ndarray:
-  """Row ids at positions [start, start+count) of the epoch-concatenated stream."""
-  positions = np.arange(start, start + count, dtype=np.int64)
-  epochs, offsets = np.divmod(positions, num_rows)
-  rows = np.empty(count, dtype=np.int64)
-  for epoch in np.unique(epochs):
-    selected = epochs == epoch
-    rows[selected] = _epoch_permutation(seed, int(epoch), num_rows)[offsets[selected]]
-  return rows
+def _check_shard(batch_size: int, process_index: int, process_count: int) -> int:
+  if batch_size % process_count:
+    raise ValueError(f'batch_size={batch_size} is not divisible by '
+                     f'process_count={process_count}; use a multiple of it')
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index={process_index}: must be in '
+                     f'[0, process_count={process_count})')
+  return batch_size // process_count
 
 
 class LMData:
   """Packed train/validation rows of one tokenized corpus.
 
-  `train_rows` and `validation_rows` are `packing.PackedRows`; `stats` maps
-  each split name to its `SplitStats`.
+  `identity` names the dataset and tokenizer; with seq_len and the stream sizes
+  it forms the fingerprint that `state`/`check_state` compare on resume.
+  `stats` maps each split name to its `SplitStats`.
   """
 
-  def __init__(self, train_stream: np.ndarray, validation_stream: np.ndarray,
-               seq_len: int, seed: int, vocab_size: int, eos_id: int):
+  def __init__(self, train: TokenFile, validation: TokenFile, seq_len: int, seed: int,
+               vocab_size: int, eos_id: int, identity: str):
     self.seq_len = seq_len
     self.seed = seed
     self.vocab_size = vocab_size
-    self._train_stream = train_stream
-    self._validation_stream = validation_stream
-    self.train_rows = packing.pack(train_stream, seq_len)
-    self.validation_rows = packing.pack(validation_stream, seq_len)
-    self.stats = {
-        split: SplitStats(documents=int(np.count_nonzero(stream == eos_id)),
-                          tokens=len(stream), rows=rows.num_rows,
-                          wrapped_tokens=rows.num_rows * seq_len - len(stream))
-        for split, stream, rows in (('train', train_stream, self.train_rows),
-                                    ('validation', validation_stream, self.validation_rows))
-    }
-    for split, s in self.stats.items():
+    self.eos_id = eos_id
+    self.identity = identity
+    self.train_tokens = train.tokens
+    self.validation_tokens = validation.tokens
+    self.stats = {}
+    for split, token_file in (('train', train), ('validation', validation)):
+      tokens = len(token_file.tokens)
+      rows = packing.num_rows(tokens, seq_len)
+      self.stats[split] = SplitStats(documents=token_file.documents, tokens=tokens,
+                                     rows=rows, wrapped_tokens=rows * seq_len - tokens)
       logging.info('data %s: %d documents, %d tokens, %d rows of %d+1 '
-                   '(%d wrapped tokens complete the last row)',
-                   split, s.documents, s.tokens, s.rows, seq_len, s.wrapped_tokens)
+                   '(%d wrapped tokens complete the last row)', split,
+                   token_file.documents, tokens, rows, seq_len, rows * seq_len - tokens)
+    self._order = grain.MapDataset.range(self.stats['train'].rows).shuffle(seed=seed).repeat()
+    self.fingerprint = hashlib.sha256(json.dumps(
+        [identity, seq_len, len(train.tokens), len(validation.tokens), ORDER_VERSION]
+    ).encode()).hexdigest()[:16]
+
+  def stream_rows(self, start: int, count: int) -> np.ndarray:
+    """Train row ids at positions [start, start+count) of the epoch-concatenated stream."""
+    return np.fromiter((self._order[i] for i in range(start, start + count)),
+                       dtype=np.int64, count=count)
 
   def train_batch(self, step: int, batch_size: int, process_index: int = 0,
                   process_count: int = 1) -> np.ndarray:
     """This process's slice of the global batch for `step`, int32 [B/P, seq_len+1]."""
-    if batch_size % process_count:
-      raise ValueError(f'batch_size={batch_size} is not divisible by '
-                       f'process_count={process_count}; use a multiple of it')
-    if not 0 <= process_index < process_count:
-      raise ValueError(f'process_index={process_index}: must be in '
-                       f'[0, process_count={process_count})')
+    local = _check_shard(batch_size, process_index, process_count)
     if step < 0:
       raise ValueError(f'step={step}: must be >= 0')
-    local = batch_size // process_count
-    start = step * batch_size + process_index * local
-    rows = stream_rows(self.seed, self.train_rows.num_rows, start, local)
-    return self.train_rows.tokens[rows]
+    rows = self.stream_rows(step * batch_size + process_index * local, local)
+    return packing.gather_rows(self.train_tokens, rows, self.seq_len).tokens
 
-  def eval_batches(self, batch_size: int, max_sequences: int
-                   ) -> list[tuple[np.ndarray, np.ndarray]]:
+  def train_batch_segments(self, step: int, batch_size: int, process_index: int = 0,
+                           process_count: int = 1) -> SegmentedBatch:
+    """`train_batch` plus segment ids and positions (see `SegmentedBatch`)."""
+    tokens = self.train_batch(step, batch_size, process_index, process_count)
+    segment_ids, positions = packing.document_segments(tokens, self.eos_id)
+    return SegmentedBatch(tokens=tokens, segment_ids=segment_ids, positions=positions)
+
+  def eval_batches(self, batch_size: int, max_sequences: int, process_index: int = 0,
+                   process_count: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
     """The first `max_sequences` validation rows, in order, as (tokens, mask) pairs.
 
-    Every batch has `batch_size` rows so eval compiles once: the last batch is
-    padded with zero-mask rows. `mask` (float32 [B, seq_len]) weights targets,
+    Every global batch has `batch_size` rows so eval compiles once: the last one
+    is padded with zero-mask rows. `mask` (float32 [B, seq_len]) weights targets,
     so sum(loss * mask) / sum(mask) is the exact mean over validation tokens.
+    Each process gets its contiguous slice [B/P] of every global batch.
     """
-    count = min(max_sequences, self.validation_rows.num_rows)
+    local = _check_shard(batch_size, process_index, process_count)
+    count = min(max_sequences, self.stats['validation'].rows)
     if count < max_sequences:
       logging.info('data validation: only %d rows available (asked for %d)',
                    count, max_sequences)
+    rows = packing.gather_rows(self.validation_tokens, np.arange(count), self.seq_len)
     batches = []
     for start in range(0, count, batch_size):
       stop = min(start + batch_size, count)
       tokens = np.zeros((batch_size, self.seq_len + 1), dtype=np.int32)
       mask = np.zeros((batch_size, self.seq_len), dtype=np.float32)
-      tokens[:stop - start] = self.validation_rows.tokens[start:stop]
-      mask[:stop - start] = self.validation_rows.target_mask[start:stop]
-      batches.append((tokens, mask))
+      tokens[:stop - start] = rows.tokens[start:stop]
+      mask[:stop - start] = rows.target_mask[start:stop]
+      shard = slice(process_index * local, (process_index + 1) * local)
+      batches.append((tokens[shard], mask[shard]))
     return batches
 
+  def state(self, step: int) -> dict[str, Any]:
+    """The data position to save with a checkpoint (JSON-serialisable)."""
+    return {'step': int(step), 'seed': self.seed, 'fingerprint': self.fingerprint,
+            'dataset': self.identity, 'seq_len': self.seq_len}
+
+  def check_state(self, state: dict[str, Any]) -> int:
+    """Raises ValueError unless `state` (from `state`) describes this data; returns its step."""
+    expected = self.state(int(state.get('step', 0)))
+    differences = [f'{key}: checkpoint {state.get(key)!r}, now {expected[key]!r}'
+                   for key in ('seed', 'fingerprint', 'dataset', 'seq_len')
+                   if state.get(key) != expected[key]]
+    if differences:
+      raise ValueError(
+          'the checkpoint was trained on different data, so resuming would not '
+          'continue its data order:\n    ' + '\n    '.join(differences) +
+          '\n  restore the data.*, train.seed and model.seq_len settings (and the '
+          'corpus files) the run started with, or use a new workdir')
+    return expected['step']
+
   def unigram_cross_entropy(self) -> float:
-    """Nats/token of a unigram model of train tokens on all validation targets."""
-    return baselines.unigram_cross_entropy(self._train_stream,
-                                           self._validation_stream, self.vocab_size)
+    """Nats/token of a unigram model of train tokens on validation targets.
+
+    Both splits are capped at UNIGRAM_MAX_TOKENS so this stays cheap on huge corpora.
+    """
+    return baselines.unigram_cross_entropy(self.train_tokens[:UNIGRAM_MAX_TOKENS],
+                                           self.validation_tokens[:UNIGRAM_MAX_TOKENS],
+                                           self.vocab_size)

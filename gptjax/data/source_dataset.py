@@ -1,24 +1,26 @@
-"""A TFDS dataset of source files (one document per file), stored as ArrayRecord.
+"""Local documents as a TFDS dataset stored as ArrayRecord: the embedded corpus and file globs.
 
 Why TFDS + ArrayRecord: the prepared dataset is a standard, self-describing
 on-disk artefact (`dataset_info.json`, features, shards) that `tfds.data_source`
-reads with random access and without TensorFlow, so the same reading path will
-serve real TFDS corpora later. Generation runs in-process without TensorFlow
-(verified with tensorflow-datasets 4.9.10).
+reads with random access and without TensorFlow, exactly like a prepared TFDS
+catalog dataset, so everything downstream has one reading path. Generation runs
+in-process without TensorFlow (verified with tensorflow-datasets 4.9.10).
 
-The dataset name encodes everything that determines its contents (interpreter
-version, held-out percentage, and a fingerprint of the file list), so a changed
-corpus gets a new directory and a prepared one is never rebuilt.
+The builder config name encodes everything that determines the contents (the
+file list with sizes and mtimes, how files become documents, the held-out
+percentage), so a changed corpus gets a new directory and a prepared one is
+never rebuilt.
 """
 
 import dataclasses
+import hashlib
 import os
 from collections.abc import Iterator, Sequence
 
 from absl import logging
 import tensorflow_datasets as tfds
 
-from gptjax.data import corpus
+from gptjax.data import corpus, documents
 
 DATASET_NAME = 'source_corpus'
 SPLITS = ('train', 'validation')
@@ -26,109 +28,146 @@ SPLITS = ('train', 'validation')
 
 @dataclasses.dataclass(eq=False)
 class SourceCorpusConfig(tfds.core.BuilderConfig):
-  """Which directory to read and how many documents to hold out."""
+  """Which files to read, how they become documents, and how many are held out."""
   root: str = ''
+  pattern: str = ''  # A glob; '' means the embedded rules: .py files under root.
   fingerprint: str = ''  # corpus.fingerprint of the file list at config time.
   validation_percent: int = 5
+  txt_documents: str = 'file'
+  jsonl_field: str = 'text'
+
+
+def list_files(root: str, pattern: str) -> list[corpus.SourceFile]:
+  """The files of a glob, or the embedded rules' files under root when pattern is ''."""
+  return corpus.list_glob(pattern) if pattern else corpus.list_source_files(root)
 
 
 class SourceCorpus(tfds.core.GeneratorBasedBuilder):
-  """Source files under `config.root`, split into train/validation by path hash."""
+  """Documents of local files, split into train/validation by a hash of their id."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'One document per source file.'}
+  VERSION = tfds.core.Version('2.0.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'One document per source file.',
+      '2.0.0': 'File globs, blank-line and JSON-lines documents; invalid UTF-8 '
+               'is replaced instead of skipping the file.',
+  }
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
         builder=self,
-        description='Source files of a directory tree, one document per file.',
+        description='Documents read from local files.',
+        disable_shuffling=True,  # Keep file order: the corpus reads as written.
         features=tfds.features.FeaturesDict({
             'text': tfds.features.Text(),
-            'path': tfds.features.Text(),
+            'path': tfds.features.Text(),  # Document id: relpath, or relpath#index.
         }),
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing is downloaded: the corpus is local.
     config = self.builder_config
-    files = corpus.list_source_files(config.root)
+    files = list_files(config.root, config.pattern)
     if corpus.fingerprint(files) != config.fingerprint:
       raise RuntimeError(f'files under {config.root!r} changed while preparing '
                          f'{config.name}; rerun once they are stable')
-    by_split = split_files(files, config.validation_percent)
-    for split, split_files_ in by_split.items():
-      logging.info('source_corpus %s: %s has %d documents (%d bytes)', config.name,
-                   split, len(split_files_), sum(f.size for f in split_files_))
-    return {split: self._generate_examples(config.root, split_files_)
-            for split, split_files_ in by_split.items()}
+    return {split: self._generate_examples(files, split) for split in SPLITS}
 
-  def _generate_examples(self, root: str, files: Sequence[corpus.SourceFile]
+  def _generate_examples(self, files: Sequence[corpus.SourceFile], split: str
                          ) -> Iterator[tuple[str, dict[str, str]]]:
-    skipped = 0
-    for f in files:
-      with open(os.path.join(root, f.relpath), 'rb') as handle:
-        raw = handle.read()
-      try:
-        text = raw.decode('utf-8')
-      except UnicodeDecodeError:
-        skipped += 1
-        logging.warning('source_corpus: skipping %s (not UTF-8)', f.relpath)
-        continue
-      yield f.relpath, {'text': text, 'path': f.relpath}
-    if skipped:
-      logging.warning('source_corpus: skipped %d non-UTF-8 files', skipped)
+    config = self.builder_config
+    for doc_id, text in iter_documents(config, files, documents.ReadStats()):
+      if corpus.is_validation(doc_id, config.validation_percent) == (split == 'validation'):
+        yield doc_id, {'text': text, 'path': doc_id}
 
 
-def split_files(files: Sequence[corpus.SourceFile], validation_percent: int
-                ) -> dict[str, list[corpus.SourceFile]]:
-  """Partitions files into train/validation; fails loudly if either is empty."""
-  validation = [f for f in files if corpus.is_validation(f.relpath, validation_percent)]
-  train = [f for f in files if not corpus.is_validation(f.relpath, validation_percent)]
-  if not train or not validation:
+def iter_documents(config: SourceCorpusConfig, files: Sequence[corpus.SourceFile],
+                   stats: documents.ReadStats) -> Iterator[tuple[str, str]]:
+  """(document id, text) of every document, in file order.
+
+  The id is the file's relative path, plus '#index' when a file holds several
+  documents; the train/validation split is a hash of it.
+  """
+  for f in files:
+    several = config.txt_documents != 'file' or documents.is_jsonl(f.relpath)
+    texts = documents.read(os.path.join(config.root, f.relpath), config.txt_documents,
+                           config.jsonl_field, stats)
+    for index, text in enumerate(texts):
+      yield (f'{f.relpath}#{index}' if several else f.relpath), text
+
+
+def check_documents(config: SourceCorpusConfig) -> None:
+  """Reads the corpus once before TFDS does, to fail (and warn) with our own messages.
+
+  Bad lines, empty corpora and empty splits are reported naming the file or
+  field and the fix; TFDS would only say that a split yielded no examples.
+  """
+  stats = documents.ReadStats()
+  counts = {split: 0 for split in SPLITS}
+  source = config.pattern or config.root
+  for doc_id, _ in iter_documents(config, list_files(config.root, config.pattern), stats):
+    counts['validation' if corpus.is_validation(doc_id, config.validation_percent)
+           else 'train'] += 1
+  if stats.files_with_invalid_utf8:
+    logging.warning('source_corpus %s: %d files had invalid UTF-8; %d byte sequences '
+                    'were replaced with U+FFFD', source, stats.files_with_invalid_utf8,
+                    stats.replaced_bytes)
+  if not sum(counts.values()):
+    raise ValueError(f'empty corpus: {source!r} holds no documents (only empty or '
+                     'blank files); point data.source at files with text')
+  if not all(counts.values()):
     raise ValueError(
-        f'data.validation_percent={validation_percent} puts {len(validation)} '
-        f'of {len(files)} documents in validation and {len(train)} in train; '
-        'both splits need documents: use a value between 1 and 99, or a corpus '
-        'with more files')
-  return {'train': train, 'validation': validation}
+        f'data.validation_percent={config.validation_percent} puts '
+        f'{counts["validation"]} documents of {source!r} in validation and '
+        f'{counts["train"]} in train; both splits need documents: add documents '
+        "(or split files with data.txt_documents='blank_lines') or change "
+        'data.validation_percent')
 
 
-def make_config(root: str, validation_percent: int) -> SourceCorpusConfig:
-  """Builds the config (and thus the cache identity) for a corpus directory."""
-  files = tuple(corpus.list_source_files(root))
+def make_config(root: str, validation_percent: int, pattern: str = '',
+                txt_documents: str = 'file', jsonl_field: str = 'text'
+                ) -> SourceCorpusConfig:
+  """Builds the config (and thus the cache identity) for a directory or a glob.
+
+  With `pattern` set, `root` is ignored and derived from the glob.
+  """
+  if pattern:
+    root = corpus.glob_root(pattern)
+  files = tuple(list_files(root, pattern))
   if not files:
-    raise ValueError(f'corpus root {root!r} contains no {corpus.DEFAULT_SUFFIXES} '
-                     'files; point it at a directory of source files')
-  is_stdlib = os.path.realpath(root) == os.path.realpath(corpus.stdlib_root())
-  label = 'stdlib' if is_stdlib else 'dir'
-  split_files(files, validation_percent)  # Fail before TFDS creates any directory.
+    what = (f'data.source={pattern!r} matches no files; check the path and quote the '
+            'glob so the shell does not expand it' if pattern else
+            f'corpus root {root!r} contains no {corpus.DEFAULT_SUFFIXES} files; point '
+            'it at a directory of source files')
+    raise ValueError(what)
   files_hash = corpus.fingerprint(files)
-  name = f'{label}_{corpus.python_version_tag()}_val{validation_percent}_{files_hash}'
-  return SourceCorpusConfig(name=name, root=root, fingerprint=files_hash,
-                            validation_percent=validation_percent,
-                            description=f'source files under {root}')
+  if pattern:
+    settings = f'{root}\0{pattern}\0{txt_documents}\0{jsonl_field}'
+    label = 'files_' + hashlib.sha256(settings.encode()).hexdigest()[:8]
+  else:
+    is_stdlib = os.path.realpath(root) == os.path.realpath(corpus.stdlib_root())
+    label = ('stdlib' if is_stdlib else 'dir') + '_' + corpus.python_version_tag()
+  return SourceCorpusConfig(
+      name=f'{label}_val{validation_percent}_{files_hash}',
+      description=f'documents of {pattern or root}', root=root, pattern=pattern,
+      fingerprint=files_hash, validation_percent=validation_percent,
+      txt_documents=txt_documents, jsonl_field=jsonl_field)
 
 
-def prepare(root: str, data_dir: str, validation_percent: int
+def prepare(config: SourceCorpusConfig, data_dir: str
             ) -> tuple[str, dict[str, Sequence[dict]]]:
   """Prepares the dataset once (no-op if already on disk) and opens it.
 
   Returns the dataset identity ('source_corpus/<config>:<version>', used in
   downstream cache keys) and a random-access data source per split.
   """
-  config = make_config(root, validation_percent)
   builder = SourceCorpus(config=config, data_dir=data_dir, file_format='array_record')
   identity = f'{DATASET_NAME}/{config.name}:{builder.version}'
   if builder.is_prepared():
     logging.info('source_corpus: reusing prepared %s in %s', identity, data_dir)
   else:
-    logging.info('source_corpus: preparing %s from files under %s into %s',
-                 identity, root, data_dir)
+    logging.info('source_corpus: preparing %s from %s into %s', identity,
+                 config.pattern or config.root, data_dir)
+    check_documents(config)
     builder.download_and_prepare()
   sources = tfds.data_source(identity, data_dir=data_dir, download=False)
   return identity, {split: sources[split] for split in SPLITS}
-
-
-def read_texts(source: Sequence[dict]) -> list[str]:
-  """All documents of one split, in the data source's (deterministic) order."""
-  return [source[i]['text'].decode('utf-8') for i in range(len(source))]

@@ -11,7 +11,7 @@ import io
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from absl import logging
 import sentencepiece as spm
@@ -28,11 +28,12 @@ MAX_SENTENCE_BYTES = 4 * CHUNK_CHARS
 UNK_ID, EOS_ID = 0, 1
 
 
-def sample_chunks(texts: Sequence[str], sample_chars: int) -> list[str]:
+def sample_chunks(texts: Iterable[str], sample_chars: int) -> list[str]:
   """The first `sample_chars` characters of `texts`, as line-aligned chunks.
 
   Documents keep their given (deterministic) order, so the sample, and hence
-  the trained model, depends only on the dataset and the settings.
+  the trained model, depends only on the dataset and the settings; `texts` is
+  consumed lazily, so only the sample is ever read from a large corpus.
   """
   chunks, total = [], 0
   for text in texts:
@@ -101,7 +102,7 @@ def cache_key(dataset_identity: str, vocab_size: int, model_type: str,
   return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def load_or_train(dataset_identity: str, train_texts: Sequence[str],
+def load_or_train(dataset_identity: str, train_texts: Iterable[str],
                   vocab_size: int, model_type: str, sample_chars: int
                   ) -> SentencePieceTokenizer:
   """Returns the cached model for these settings, training it on first use."""

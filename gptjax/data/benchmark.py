@@ -1,0 +1,45 @@
+"""Input-pipeline throughput: `python -m gptjax.data.benchmark --config=FILE [--config.x=y]`.
+
+Prepares the configured data exactly as training does (so it also serves as
+the one-time preparation command, e.g. with --config.data.download=True), then
+times `train_batch` alone at the config's batch_size x seq_len and prints
+tokens/s, to compare with the training step's tokens/s.
+"""
+
+import tempfile
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from gptjax import config as config_lib
+from gptjax import data
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment file (experiments/*.py).')
+_STEPS = flags.DEFINE_integer('steps', 20, 'Batches to time after one warm-up batch.')
+_SEGMENTS = flags.DEFINE_bool('segments', False, 'Time train_batch_segments instead.')
+flags.mark_flags_as_required(['config'])
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  config = _CONFIG.value
+  config_lib.validate(config)
+  batch_size, seq_len = config.train.batch_size, config.model.seq_len
+  with tempfile.TemporaryDirectory() as workdir:
+    _, lm = data.load(config.data, seq_len, workdir, config.train.seed)
+  batch = lm.train_batch_segments if _SEGMENTS.value else lm.train_batch
+  batch(0, batch_size)
+  start = time.perf_counter()
+  for step in range(1, _STEPS.value + 1):
+    batch(step, batch_size)
+  elapsed = time.perf_counter() - start
+  tokens = _STEPS.value * batch_size * seq_len
+  print(f'input pipeline: {_STEPS.value} batches of {batch_size} x {seq_len} tokens in '
+        f'{elapsed:.3f} s: {tokens / elapsed:,.0f} tokens/s '
+        f'({elapsed / _STEPS.value * 1e3:.1f} ms/batch)')
+
+
+if __name__ == '__main__':
+  app.run(main)
