@@ -2,8 +2,8 @@
 
 Orbax writes each step into a temporary directory and renames it when complete,
 so a `kill -9` at any moment leaves only whole checkpoints behind. The data
-position is the step itself (data batches are a pure function of seed and step),
-so restoring the state restores the input pipeline too.
+position is the step itself (batches are a pure function of data, seed and step);
+the data package's state, saved beside it, makes sure it is the same data.
 """
 
 from __future__ import annotations
@@ -14,14 +14,16 @@ from typing import Any
 import ml_collections
 import orbax.checkpoint as ocp
 
-# Settings that change the shape or layout of the saved state: restoring across a
-# change in any of them cannot work, so it is refused with the difference spelled out.
-STRUCTURAL_FIELDS = ("architecture", "n_layer", "d_model", "n_head", "d_ff", "vocab_size",
-                     "pad_vocab_multiple", "seq_len", "scan_layers", "param_dtype")
+# Settings that change the shape or layout of the saved state, or the data order
+# a resumed run continues: resuming across a change in any of them is refused with
+# the difference spelled out. (Data identity and seed are checked by the data package.)
+RESUME_FIELDS = tuple(f"model.{name}" for name in (
+    "architecture", "n_layer", "d_model", "n_head", "d_ff", "vocab_size", "pad_vocab_multiple",
+    "seq_len", "scan_layers", "param_dtype")) + ("train.batch_size",)
 
 
-def structure(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  return {f"model.{name}": config.model[name] for name in STRUCTURAL_FIELDS}
+def resume_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  return {field: config[field.split(".")[0]][field.split(".")[1]] for field in RESUME_FIELDS}
 
 
 def manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
@@ -33,28 +35,32 @@ def manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointMa
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any,
-         config: ml_collections.ConfigDict) -> None:
-  """Starts an async save; orbax finishes it in the background."""
-  meta = {"step": step, "structure": structure(config)}
+         config: ml_collections.ConfigDict, data_state: dict[str, Any]) -> None:
+  """Starts an async save of the state with its settings and data position."""
+  meta = {"step": step, "settings": resume_settings(config), "data": data_state}
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                           meta=ocp.args.JsonSave(meta)), force=True)
 
 
-def restore_latest(mngr: ocp.CheckpointManager, abstract_state: Any,
-                   config: ml_collections.ConfigDict) -> tuple[Any, int] | None:
-  """The latest state restored into `abstract_state`'s shardings, or None for a fresh run."""
+def latest(mngr: ocp.CheckpointManager, config: ml_collections.ConfigDict
+           ) -> tuple[int, dict[str, Any]] | None:
+  """The newest step and its metadata, after checking the config can resume it."""
   step = mngr.latest_step()
   if step is None:
     return None
   meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-  saved, wanted = meta["structure"], structure(config)
+  saved = meta["settings"]
   diffs = [f"{k}: checkpoint has {saved.get(k)!r}, config has {v!r}"
-           for k, v in wanted.items() if saved.get(k) != v]
+           for k, v in resume_settings(config).items() if saved.get(k) != v]
   if diffs:
     raise ValueError(
-        f"checkpoint {mngr.directory}/{step} was written by a different model:\n  "
+        f"checkpoint {mngr.directory}/{step} was written with other settings:\n  "
         + "\n  ".join(diffs)
         + "\nuse the original settings to resume, or a fresh --workdir to start over")
-  restored = mngr.restore(step, args=ocp.args.Composite(
+  return step, meta
+
+
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any) -> Any:
+  """The state at `step`, laid out as `abstract_state`'s shardings say (any mesh)."""
+  return mngr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_state)))["state"]
-  return restored, step

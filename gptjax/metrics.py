@@ -12,7 +12,6 @@ import os
 from typing import Any
 
 import jax
-from absl import logging
 from tensorboardX import SummaryWriter
 
 

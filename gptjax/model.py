@@ -6,6 +6,8 @@ which mesh axes they land on is decided by the config's rules, never here.
 The model optionally takes a key/value cache so generation reuses the same
 weights and code path as training: `cache=None` is a training/eval forward pass,
 a cache plus `index` (the position of the first token given) is a decode step.
+Packed rows can carry `segment_ids`, so attention and positions restart at every
+document instead of running across the end-of-text token into the previous one.
 """
 
 from __future__ import annotations
@@ -50,8 +52,9 @@ class CausalSelfAttention(nn.Module):
   deterministic: bool
 
   @nn.compact
-  def __call__(self, x: jax.Array, cache: Cache | None, index: jax.Array | None
-               ) -> tuple[jax.Array, Cache | None]:
+  def __call__(self, x: jax.Array, cache: Cache | None, index: jax.Array | None,
+               mask: jax.Array | None) -> tuple[jax.Array, Cache | None]:
+    """`mask` [batch, 1, q, k] replaces the plain causal mask when rows hold several documents."""
     cfg = self.config
     head_dim = cfg.d_model // cfg.n_head
     normal = nn.initializers.normal(cfg.init_std)
@@ -76,12 +79,12 @@ class CausalSelfAttention(nn.Module):
       # jax.nn.dot_product_attention has no dropout, so this path spells the softmax out.
       scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
       scores = scores / jnp.sqrt(head_dim).astype(jnp.float32)
-      causal = jnp.tril(jnp.ones((q.shape[1], k.shape[1]), bool))
-      probs = jax.nn.softmax(jnp.where(causal, scores, jnp.finfo(jnp.float32).min), axis=-1)
+      allowed = jnp.tril(jnp.ones((q.shape[1], k.shape[1]), bool)) if mask is None else mask
+      probs = jax.nn.softmax(jnp.where(allowed, scores, jnp.finfo(jnp.float32).min), axis=-1)
       probs = nn.Dropout(cfg.attn_dropout, deterministic=False)(probs)
       out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
     else:
-      out = jax.nn.dot_product_attention(q, k, v, is_causal=True,
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=mask is None,
                                          implementation=cfg.attention_impl)
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
 
@@ -116,19 +119,19 @@ class Block(nn.Module):
   deterministic: bool
 
   @nn.compact
-  def __call__(self, x: jax.Array, cache: Cache | None, index: jax.Array | None
-               ) -> tuple[jax.Array, Cache | None]:
+  def __call__(self, x: jax.Array, cache: Cache | None, index: jax.Array | None,
+               mask: jax.Array | None) -> tuple[jax.Array, Cache | None]:
     cfg = self.config
     attn = CausalSelfAttention(cfg, self.deterministic, name="attn")
     mlp = Mlp(cfg, name="mlp")
     ln_1, ln_2 = _layer_norm(cfg, "ln_1"), _layer_norm(cfg, "ln_2")
     drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
     if cfg.architecture == "gpt2":
-      h, cache = attn(ln_1(x), cache, index)
+      h, cache = attn(ln_1(x), cache, index, mask)
       x = x + drop(h)
       x = x + drop(mlp(ln_2(x)))
     else:
-      h, cache = attn(x, cache, index)
+      h, cache = attn(x, cache, index, mask)
       x = ln_1(x + drop(h))
       x = ln_2(x + drop(mlp(x)))
     return nn.with_logical_constraint(x, ("batch", "length", "embed")), cache
@@ -144,17 +147,27 @@ class GPT(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: jax.Array, *, deterministic: bool = True,
-               cache: Cache | None = None, index: jax.Array | int = 0
-               ) -> tuple[jax.Array, Cache | None]:
-    """Returns float32 logits [batch, length, vocab_size] and the updated cache."""
+               cache: Cache | None = None, index: jax.Array | int = 0,
+               segment_ids: jax.Array | None = None) -> tuple[jax.Array, Cache | None]:
+    """Returns float32 logits [batch, length, vocab_size] and the updated cache.
+
+    `segment_ids` [batch, length] (training and eval only) numbers the documents
+    in each row; see `document_segments`.
+    """
     cfg = self.config
     normal = nn.initializers.normal(cfg.init_std)
     wte = _param(self, "wte", (padded_vocab_size(cfg), cfg.d_model), ("vocab", "embed"), normal,
                  cfg.param_dtype)
     wpe = _param(self, "wpe", (cfg.seq_len, cfg.d_model), ("length", "embed"), normal,
                  cfg.param_dtype)
-    positions = jax.lax.dynamic_slice_in_dim(wpe, index, tokens.shape[1], axis=0)
-    x = (jnp.take(wte, tokens, axis=0) + positions[None]).astype(cfg.dtype)
+    mask = None
+    if segment_ids is None:
+      positions = jax.lax.dynamic_slice_in_dim(wpe, index, tokens.shape[1], axis=0)[None]
+    else:
+      same_document = segment_ids[:, :, None] == segment_ids[:, None, :]
+      mask = (same_document & jnp.tril(jnp.ones(same_document.shape[1:], bool)))[:, None]
+      positions = jnp.take(wpe, document_positions(segment_ids), axis=0)
+    x = (jnp.take(wte, tokens, axis=0) + positions).astype(cfg.dtype)
     x = nn.Dropout(cfg.dropout, deterministic=deterministic)(x)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
@@ -165,14 +178,14 @@ class GPT(nn.Module):
     if cfg.scan_layers:
       stack = nn.scan(block, variable_axes={"params": 0},
                       split_rngs={"params": True, "dropout": True},
-                      in_axes=(0, nn.broadcast), length=cfg.n_layer,
+                      in_axes=(0, nn.broadcast, nn.broadcast), length=cfg.n_layer,
                       metadata_params={nn.PARTITION_NAME: "layers"})
-      x, cache = stack(cfg, deterministic, name="blocks")(x, cache, index)
+      x, cache = stack(cfg, deterministic, name="blocks")(x, cache, index, mask)
     else:
       layer_caches = []
       for i in range(cfg.n_layer):
         layer_cache = None if cache is None else jax.tree.map(lambda a, i=i: a[i], cache)
-        x, layer_cache = block(cfg, deterministic, name=f"block_{i}")(x, layer_cache, index)
+        x, layer_cache = block(cfg, deterministic, name=f"block_{i}")(x, layer_cache, index, mask)
         layer_caches.append(layer_cache)
       cache = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *layer_caches)
 
@@ -195,3 +208,20 @@ def init_cache(cfg: ml_collections.ConfigDict, batch: int, max_len: int) -> Cach
   """An empty key/value cache for `batch` sequences of up to `max_len` tokens."""
   shape = (cfg.n_layer, batch, max_len, cfg.n_head, cfg.d_model // cfg.n_head)
   return {"k": jnp.zeros(shape, cfg.dtype), "v": jnp.zeros(shape, cfg.dtype)}
+
+
+def document_segments(inputs: jax.Array, eos_id: int) -> jax.Array:
+  """Document ids [batch, length] for packed rows, counting from 1 in each row.
+
+  An end-of-text input starts a segment: every document is predicted from the
+  end-of-text token before it, so that token belongs to the document it opens.
+  """
+  return jnp.cumsum(inputs == eos_id, axis=1, dtype=jnp.int32) + (inputs[:, :1] != eos_id)
+
+
+def document_positions(segment_ids: jax.Array) -> jax.Array:
+  """Positions [batch, length] restarting at 0 where each segment starts."""
+  index = jnp.arange(segment_ids.shape[1])
+  starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool),
+                            segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+  return index - jax.lax.cummax(jnp.where(starts, index, 0), axis=1)

@@ -30,7 +30,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from gptjax import checkpoint, data, flops, generate, metrics, optim, sharding
 from gptjax.config import padded_vocab_size, train_steps, validate
-from gptjax.model import GPT, model_config
+from gptjax.model import GPT, document_segments, model_config
 
 
 @flax.struct.dataclass
@@ -42,10 +42,16 @@ class TrainState:
 
 
 def loss_sums(model: GPT, params: Any, tokens: jax.Array, weights: jax.Array | None,
-              rng: jax.Array | None) -> jax.Array:
-  """Per-sequence summed next-token cross-entropy [batch] of rows [batch, seq_len + 1]."""
-  logits, _ = model.apply({"params": params}, tokens[:, :-1], deterministic=rng is None,
-                          rngs=None if rng is None else {"dropout": rng})
+              rng: jax.Array | None, document_eos_id: int | None) -> jax.Array:
+  """Per-sequence summed next-token cross-entropy [batch] of rows [batch, seq_len + 1].
+
+  With `document_eos_id`, attention and positions restart after each end-of-text
+  token, so packed documents do not see each other.
+  """
+  inputs = tokens[:, :-1]
+  segment_ids = None if document_eos_id is None else document_segments(inputs, document_eos_id)
+  logits, _ = model.apply({"params": params}, inputs, deterministic=rng is None,
+                          rngs=None if rng is None else {"dropout": rng}, segment_ids=segment_ids)
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
   if weights is not None:
     losses = losses * weights
@@ -54,7 +60,8 @@ def loss_sums(model: GPT, params: Any, tokens: jax.Array, weights: jax.Array | N
 
 def train_step(state: TrainState, batch: jax.Array, *, model: GPT,
                tx: optax.GradientTransformation, schedule: optax.Schedule,
-               grad_accum_steps: int, use_dropout: bool) -> tuple[TrainState, dict[str, jax.Array]]:
+               grad_accum_steps: int, use_dropout: bool, document_eos_id: int | None = None
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update on the global batch [batch_size, seq_len + 1].
 
   Micro-batch gradients of sum(loss) / (all target tokens) are summed, which is
@@ -68,7 +75,8 @@ def train_step(state: TrainState, batch: jax.Array, *, model: GPT,
     tokens, index = xs
     rng = jax.random.fold_in(step_rng, index) if use_dropout else None
     loss, grads = jax.value_and_grad(
-        lambda p: loss_sums(model, p, tokens, None, rng).sum() / n_targets)(state.params)
+        lambda p: loss_sums(model, p, tokens, None, rng, document_eos_id).sum() / n_targets
+    )(state.params)
     return jax.tree.map(jnp.add, carry, (loss, grads)), None
 
   zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
@@ -82,9 +90,9 @@ def train_step(state: TrainState, batch: jax.Array, *, model: GPT,
 
 
 def eval_step(params: Any, tokens: jax.Array, weights: jax.Array, token_bytes: jax.Array,
-              *, model: GPT) -> dict[str, jax.Array]:
-  """Sums over one eval batch; eval() turns them into means, SEM and bits per byte."""
-  per_sequence = loss_sums(model, params, tokens, weights, None)
+              *, model: GPT, document_eos_id: int | None = None) -> dict[str, jax.Array]:
+  """Sums over one eval batch; _evaluate() turns them into means, SEM and bits per byte."""
+  per_sequence = loss_sums(model, params, tokens, weights, None, document_eos_id)
   counts = weights.sum(axis=-1)
   return {"loss_sum": per_sequence.sum(), "tokens": counts.sum(),
           "bytes": (token_bytes[tokens[:, 1:]] * weights).sum(),
@@ -120,9 +128,13 @@ class Program:
                                 sharding=self.batch_sharding)
 
 
-def build(config: ml_collections.ConfigDict, mesh: Mesh) -> Program:
-  """eval_shape -> logical specs -> mesh shardings -> jit with explicit shardings."""
+def build(config: ml_collections.ConfigDict, mesh: Mesh, eos_id: int) -> Program:
+  """eval_shape -> logical specs -> mesh shardings -> jit with explicit shardings.
+
+  `eos_id` is the tokenizer's end-of-text id, used when data.document_mask is on.
+  """
   model = GPT(model_config(config.model))
+  document_eos_id = eos_id if config.data.document_mask else None
   total_steps = train_steps(config)
   tx = optim.make(config.optim, total_steps)
   axis_rules = sharding.rules(config.mesh)
@@ -140,14 +152,16 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh) -> Program:
   step = functools.partial(
       train_step, model=model, tx=tx, schedule=optim.learning_rate(config.optim, total_steps),
       grad_accum_steps=config.train.grad_accum_steps,
-      use_dropout=config.model.dropout > 0 or config.model.attn_dropout > 0)
+      use_dropout=config.model.dropout > 0 or config.model.attn_dropout > 0,
+      document_eos_id=document_eos_id)
   return Program(
       model=model, mesh=mesh, axis_rules=axis_rules, state_shardings=state_shardings,
       batch_sharding=batch_sharding, abstract_state=abstract_state,
       init=jax.jit(lambda rng: nn.unbox(init_fn(rng)), out_shardings=state_shardings),
       train_step=jax.jit(step, in_shardings=(state_shardings, batch_sharding),
                          out_shardings=(state_shardings, replicated), donate_argnums=0),
-      eval_step=jax.jit(functools.partial(eval_step, model=model),
+      eval_step=jax.jit(functools.partial(eval_step, model=model,
+                                          document_eos_id=document_eos_id),
                         in_shardings=(state_shardings.params, batch_sharding, batch_sharding,
                                       replicated),
                         out_shardings=replicated))
@@ -187,12 +201,6 @@ def _write_json(path: str, obj: dict[str, Any]) -> None:
     os.replace(path + ".tmp", path)
 
 
-def _local_rows(global_rows: np.ndarray) -> np.ndarray:
-  """This process's contiguous slice of a global batch, as make_array_from_process_local_data wants."""
-  local = global_rows.shape[0] // jax.process_count()
-  return global_rows[jax.process_index() * local:(jax.process_index() + 1) * local]
-
-
 def _evaluate(program: Program, params: Any, eval_set: list, token_bytes: jax.Array
               ) -> dict[str, float]:
   """Eval loss over the fixed validation rows, with its standard error and bits per byte.
@@ -202,8 +210,7 @@ def _evaluate(program: Program, params: Any, eval_set: list, token_bytes: jax.Ar
   """
   as_global = functools.partial(jax.make_array_from_process_local_data, program.batch_sharding)
   sums = jax.device_get([
-      program.eval_step(params, as_global(_local_rows(tokens)), as_global(_local_rows(weights)),
-                        token_bytes)
+      program.eval_step(params, as_global(tokens), as_global(weights), token_bytes)
       for tokens, weights in eval_set])
   loss_sum = sum(float(s["loss_sum"]) for s in sums)
   loss = loss_sum / sum(float(s["tokens"]) for s in sums)
@@ -249,14 +256,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                config.model.vocab_size)
   logging.info("training FLOPs/token: %s (6*N_matmul + 6*n_layer*d_model*seq_len)", f"{per_token:,}")
 
-  program = build(config, mesh)
+  program = build(config, mesh, tokenizer.eos_id)
   with sharding.active(mesh, program.axis_rules):
     mngr = checkpoint.manager(workdir, config)
-    restored = checkpoint.restore_latest(mngr, program.abstract_state, config)
-    if restored is None:
+    found = checkpoint.latest(mngr, config)
+    if found is None:
       state, start_step = program.init(jax.random.PRNGKey(tc.seed)), 0
     else:
-      state, start_step = restored
+      start_step, meta = found
+      lm_data.check_state(meta["data"])
+      state = checkpoint.restore(mngr, start_step, program.abstract_state)
       logging.info("resumed from %s at step %d", mngr.directory, start_step)
 
     def global_batch(step: int) -> jax.Array:
@@ -264,7 +273,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       return jax.make_array_from_process_local_data(program.batch_sharding, local)
 
     token_bytes = jnp.asarray(tokenizer.token_byte_lengths())
-    eval_set = lm_data.eval_batches(tc.batch_size // tc.grad_accum_steps, config.data.eval_sequences)
+    eval_set = lm_data.eval_batches(tc.batch_size // tc.grad_accum_steps, config.data.eval_sequences,
+                                    jax.process_index(), jax.process_count())
     tokens_per_step = tc.batch_size * config.model.seq_len
     peak_tflops, peak_note = flops.device_peak(tc.peak_tflops)
     logging.info("MFU divides by %s per device, %d devices", peak_note, jax.device_count())
@@ -338,7 +348,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           run_eval(step)
         preempted = preemption.reached(step)
         if step % tc.checkpoint_every == 0 or step == total_steps or preempted:
-          checkpoint.save(mngr, step, state, config)
+          checkpoint.save(mngr, step, state, config, lm_data.state(step))
         if preempted and step < total_steps:
           logging.warning("preempted: checkpointed step %d; rerun the same command to resume", step)
           break

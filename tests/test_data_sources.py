@@ -1,11 +1,10 @@
 """Data sources end to end: .txt/.jsonl globs and a real TFDS catalog builder, offline.
 
-Also resume, process sharding, segment ids and bad input. Real TFDS, real
+Also resume, process sharding and bad input. Real TFDS, real
 Grain, real training runs of a tiny model; nothing is downloaded.
 """
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -128,7 +127,7 @@ def test_tfds_catalog_builder_offline(tmp_path):
     run_tiny(tmp_path, **{**catalog, 'data.text_field': 'body'})
 
 
-# --- resume, sharding, segments ------------------------------------------------------
+# --- resume, sharding ------------------------------------------------------
 
 def lmdata(seed=0, documents=13, seq_len=16) -> pipeline.LMData:
   docs = [list(range(2, 2 + 7 * (i % 5 + 1))) for i in range(documents)]
@@ -181,17 +180,6 @@ def test_two_processes_get_disjoint_shards_of_the_global_batch():
       np.testing.assert_array_equal(mask, g_mask[2 * p:2 * p + 2])
   with pytest.raises(ValueError, match='process_count=3'):
     lm.eval_batches(4, 6, 0, 3)
-
-
-def test_segments_restart_at_each_document():
-  tokens = np.array([[7, 8, 1, 5, 6, 1, 1, 9, 4], [1, 3, 3, 3, 3, 3, 3, 3, 3]], np.int32)
-  segment_ids, positions = packing.document_segments(tokens, eos_id=1)
-  assert segment_ids.tolist() == [[1, 1, 2, 2, 2, 3, 4, 4], [1] * 8]
-  assert positions.tolist() == [[0, 1, 0, 1, 2, 0, 0, 1], list(range(8))]
-  batch = lmdata().train_batch_segments(2, 4)
-  np.testing.assert_array_equal(batch.tokens, lmdata().train_batch(2, 4))
-  assert batch.segment_ids.shape == batch.positions.shape == (4, 16)
-  assert batch.segment_ids.dtype == batch.positions.dtype == np.int32
 
 
 # --- bad input -----------------------------------------------------------------------

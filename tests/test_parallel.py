@@ -13,7 +13,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -44,9 +43,13 @@ def mesh_for(shape):
   return sharding.make_mesh(small_config(shape).mesh, devices=jax.devices()[:int(np.prod(shape))])
 
 
+def build(config, shape):
+  return train.build(config, mesh_for(shape), eos_id=256)  # the byte tokenizer's EOS
+
+
 def train_three_steps(shape):
   config = small_config(shape)
-  program = train.build(config, mesh_for(shape))
+  program = build(config, shape)
   # One batch three times, so the loss must fall as the model fits it.
   batches = np.asarray(jax.random.randint(jax.random.PRNGKey(1), (1, 8, 17), 0, 256), np.int32)
   batches = np.repeat(batches, 3, axis=0)
@@ -92,7 +95,7 @@ RULES = {"batch": ("data", "fsdp"), "embed": "fsdp", "heads": "tensor", "mlp": "
 
 @pytest.mark.parametrize("shape", [(1, 4, 2), (2, 2, 2)], ids=lambda s: "x".join(map(str, s)))
 def test_every_leaf_is_sharded_as_the_rules_say(shape):
-  program = train.build(small_config(shape), mesh_for(shape))
+  program = build(small_config(shape), shape)
   state = program.abstract_state
   for tree in (state.params, state.opt_state[1][0].mu, state.opt_state[1][0].nu):
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
@@ -105,9 +108,8 @@ def test_every_leaf_is_sharded_as_the_rules_say(shape):
 
 
 def test_per_device_parameter_bytes_fall_by_fsdp_times_tensor():
-  replicated = plan.per_device_bytes(train.build(small_config((8, 1, 1)), mesh_for((8, 1, 1)))
-                                     .abstract_state.params)
-  sharded = train.build(small_config((1, 4, 2)), mesh_for((1, 4, 2))).abstract_state.params
+  replicated = plan.per_device_bytes(build(small_config((8, 1, 1)), (8, 1, 1)).abstract_state.params)
+  sharded = build(small_config((1, 4, 2)), (1, 4, 2)).abstract_state.params
   kernels = {k: v for k, v in sharded["blocks"]["mlp"].items() if k.endswith("kernel")}
   full = sum(v.size * 4 for v in kernels.values())
   assert plan.per_device_bytes(kernels) * 8 == full  # 2-D sharded matrices: exactly 1/8
@@ -129,15 +131,15 @@ def test_mesh_errors_name_the_field_and_fix():
 def test_indivisible_parameters_are_refused_before_compiling():
   c = small_config((1, 1, 8), **{"model.n_head": 4, "model.d_model": 64})
   with pytest.raises(ValueError, match=r"qkv_kernel.*cannot split.*tensor"):
-    train.build(c, mesh_for((1, 1, 8)))
+    build(c, (1, 1, 8))
   c = small_config((8, 1, 1), **{"train.batch_size": 4})
   with pytest.raises(ValueError, match=r"train.batch_size=4.*multiple of 8"):
-    train.build(c, mesh_for((8, 1, 1)))
+    build(c, (8, 1, 1))
 
 
 def test_dry_run_reports_per_device_memory_and_ineffective_settings():
   report = plan.dry_run(small_config((8, 1, 1), **{"model.n_head": 4}))
-  params = train.build(small_config((8, 1, 1)), mesh_for((8, 1, 1))).abstract_state.params
+  params = build(small_config((8, 1, 1)), (8, 1, 1)).abstract_state.params
   total_gib = sum(leaf.size * 4 for leaf in jax.tree.leaves(params)) / 1024**3
   assert f"parameters        {total_gib:9.3f} GiB" in report  # data-parallel: full copy
   assert "peak estimate" in report

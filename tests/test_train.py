@@ -10,7 +10,6 @@ import time
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -151,6 +150,12 @@ def test_restoring_a_different_model_says_what_differs(finished_run, tmp_path):
   with pytest.raises(ValueError) as e:
     train.run(tiny_config(**{"train.steps": 8, "model.scan_layers": False}), workdir)
   assert "model.scan_layers: checkpoint has True, config has False" in str(e.value)
+  with pytest.raises(ValueError) as e:  # another global batch would change the data order
+    train.run(tiny_config(**{"train.steps": 8, "train.batch_size": 16}), workdir)
+  assert "train.batch_size: checkpoint has 8, config has 16" in str(e.value)
+  with pytest.raises(ValueError) as e:
+    train.run(tiny_config(**{"train.steps": 8, "train.seed": 1}), workdir)
+  assert "seed: checkpoint 0, now 1" in str(e.value)
 
 
 def _wait_for(predicate, proc, timeout=300.0):

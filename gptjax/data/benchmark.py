@@ -17,7 +17,6 @@ from gptjax import data
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment file (experiments/*.py).')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Batches to time after one warm-up batch.')
-_SEGMENTS = flags.DEFINE_bool('segments', False, 'Time train_batch_segments instead.')
 flags.mark_flags_as_required(['config'])
 
 
@@ -29,11 +28,10 @@ def main(argv: list[str]) -> None:
   batch_size, seq_len = config.train.batch_size, config.model.seq_len
   with tempfile.TemporaryDirectory() as workdir:
     _, lm = data.load(config.data, seq_len, workdir, config.train.seed)
-  batch = lm.train_batch_segments if _SEGMENTS.value else lm.train_batch
-  batch(0, batch_size)
+  lm.train_batch(0, batch_size)
   start = time.perf_counter()
   for step in range(1, _STEPS.value + 1):
-    batch(step, batch_size)
+    lm.train_batch(step, batch_size)
   elapsed = time.perf_counter() - start
   tokens = _STEPS.value * batch_size * seq_len
   print(f'input pipeline: {_STEPS.value} batches of {batch_size} x {seq_len} tokens in '

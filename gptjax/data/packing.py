@@ -66,21 +66,3 @@ def gather_rows(stream: np.ndarray, row_ids: np.ndarray, seq_len: int) -> Packed
 def pack(stream: np.ndarray, seq_len: int) -> PackedRows:
   """All ceil(len/seq_len) rows of a stream (for small streams and tests)."""
   return gather_rows(stream, np.arange(num_rows(len(stream), seq_len)), seq_len)
-
-
-def document_segments(tokens: np.ndarray, eos_id: int) -> tuple[np.ndarray, np.ndarray]:
-  """Segment ids and positions for the model inputs `tokens[:, :-1]` of rows [B, L+1].
-
-  An EOS input starts a segment: it is the token every document is predicted
-  from, so it belongs with the document that follows it. Ids count segments
-  from 1 within each row (0 is left free for padding) and positions restart at
-  0 with each segment. Attention from query q to key k is allowed iff
-  k <= q and segment_ids[q] == segment_ids[k]. Both are int32 [B, L].
-  """
-  inputs = tokens[:, :-1]
-  starts = inputs == eos_id
-  starts[:, 0] = True
-  segment_ids = np.cumsum(starts, axis=1, dtype=np.int32)
-  index = np.broadcast_to(np.arange(inputs.shape[1], dtype=np.int32), inputs.shape)
-  segment_start = np.maximum.accumulate(np.where(starts, index, 0), axis=1)
-  return segment_ids, (index - segment_start).astype(np.int32)

@@ -40,18 +40,6 @@ class SplitStats:
   wrapped_tokens: int  # Targets repeated to complete the last row.
 
 
-@dataclasses.dataclass(frozen=True)
-class SegmentedBatch:
-  """A train batch with document structure, for attention that stays in a document.
-
-  `tokens` int32 [B, L+1] (exactly `train_batch`); `segment_ids` and `positions`
-  int32 [B, L] describe the inputs `tokens[:, :-1]` (`packing.document_segments`).
-  """
-  tokens: np.ndarray
-  segment_ids: np.ndarray
-  positions: np.ndarray
-
-
 def _check_shard(batch_size: int, process_index: int, process_count: int) -> int:
   if batch_size % process_count:
     raise ValueError(f'batch_size={batch_size} is not divisible by '
@@ -106,13 +94,6 @@ class LMData:
       raise ValueError(f'step={step}: must be >= 0')
     rows = self.stream_rows(step * batch_size + process_index * local, local)
     return packing.gather_rows(self.train_tokens, rows, self.seq_len).tokens
-
-  def train_batch_segments(self, step: int, batch_size: int, process_index: int = 0,
-                           process_count: int = 1) -> SegmentedBatch:
-    """`train_batch` plus segment ids and positions (see `SegmentedBatch`)."""
-    tokens = self.train_batch(step, batch_size, process_index, process_count)
-    segment_ids, positions = packing.document_segments(tokens, self.eos_id)
-    return SegmentedBatch(tokens=tokens, segment_ids=segment_ids, positions=positions)
 
   def eval_batches(self, batch_size: int, max_sequences: int, process_index: int = 0,
                    process_count: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
