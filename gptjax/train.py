@@ -60,14 +60,25 @@ def loss_sums(model: GPT, params: Any, tokens: jax.Array, weights: jax.Array | N
 
 def train_step(state: TrainState, batch: jax.Array, *, model: GPT,
                tx: optax.GradientTransformation, schedule: optax.Schedule,
-               grad_accum_steps: int, use_dropout: bool, document_eos_id: int | None = None
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
+               grad_accum_steps: int, use_dropout: bool, document_eos_id: int | None = None,
+               grad_shardings: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update on the global batch [batch_size, seq_len + 1].
 
   Micro-batch gradients of sum(loss) / (all target tokens) are summed, which is
-  exactly the gradient of the mean loss over the whole global batch.
+  exactly the gradient of the mean loss over the whole global batch. The running
+  sum is pinned to the parameters' shardings (`grad_shardings`); left to itself,
+  XLA may keep a replicated float32 copy of every gradient on each device.
   """
-  micro_batches = batch.reshape(grad_accum_steps, -1, batch.shape[-1])
+  def constrain(grads):
+    return grads if grad_shardings is None else jax.lax.with_sharding_constraint(
+        grads, grad_shardings)
+
+  # Micro-batch m takes rows m, m + accum, m + 2 * accum, ...: every device's block of
+  # the batch then holds an equal share of every micro-batch, so each one stays spread
+  # over all data-parallel devices (a plain reshape would put whole micro-batches on
+  # single devices and make the others wait or duplicate the work).
+  micro_batches = batch.reshape(-1, grad_accum_steps, batch.shape[-1]).swapaxes(0, 1)
+  micro_batches = nn.with_logical_constraint(micro_batches, (None, "batch", "length"))
   n_targets = batch.shape[0] * (batch.shape[1] - 1)
   step_rng = jax.random.fold_in(state.rng, state.step)
 
@@ -77,9 +88,9 @@ def train_step(state: TrainState, batch: jax.Array, *, model: GPT,
     loss, grads = jax.value_and_grad(
         lambda p: loss_sums(model, p, tokens, None, rng, document_eos_id).sum() / n_targets
     )(state.params)
-    return jax.tree.map(jnp.add, carry, (loss, grads)), None
+    return jax.tree.map(jnp.add, carry, (loss, constrain(grads))), None
 
-  zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
+  zeros = (jnp.zeros((), jnp.float32), constrain(jax.tree.map(jnp.zeros_like, state.params)))
   (loss, grads), _ = jax.lax.scan(accumulate, zeros,
                                   (micro_batches, jnp.arange(grad_accum_steps)))
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -153,7 +164,7 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, eos_id: int) -> Program
       train_step, model=model, tx=tx, schedule=optim.learning_rate(config.optim, total_steps),
       grad_accum_steps=config.train.grad_accum_steps,
       use_dropout=config.model.dropout > 0 or config.model.attn_dropout > 0,
-      document_eos_id=document_eos_id)
+      document_eos_id=document_eos_id, grad_shardings=state_shardings.params)
   return Program(
       model=model, mesh=mesh, axis_rules=axis_rules, state_shardings=state_shardings,
       batch_sharding=batch_sharding, abstract_state=abstract_state,

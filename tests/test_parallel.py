@@ -47,11 +47,13 @@ def build(config, shape):
   return train.build(config, mesh_for(shape), eos_id=256)  # the byte tokenizer's EOS
 
 
-def train_three_steps(shape):
-  config = small_config(shape)
+def train_three_steps(shape, batch_size=8, grad_accum_steps=1):
+  config = small_config(shape, **{"train.batch_size": batch_size,
+                                  "train.grad_accum_steps": grad_accum_steps})
   program = build(config, shape)
   # One batch three times, so the loss must fall as the model fits it.
-  batches = np.asarray(jax.random.randint(jax.random.PRNGKey(1), (1, 8, 17), 0, 256), np.int32)
+  batches = np.asarray(jax.random.randint(jax.random.PRNGKey(1), (1, batch_size, 17), 0, 256),
+                       np.int32)
   batches = np.repeat(batches, 3, axis=0)
   with sharding.active(program.mesh, program.axis_rules):
     state = program.init(jax.random.PRNGKey(0))
@@ -75,6 +77,15 @@ def test_same_losses_and_parameters_on_every_mesh(reference, shape):
   np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
   assert losses[-1] < losses[0]
   # atol: Adam turns float32 reduction-order noise on ~eps gradients into <1% of an lr step.
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_accumulation_on_a_mesh_matches_one_batch_on_one_device():
+  """Micro-batches stay spread over the data x fsdp devices and still sum to the full batch."""
+  ref_losses, ref_params, _ = train_three_steps((1, 1, 1), batch_size=16)
+  losses, params, _ = train_three_steps((2, 2, 2), batch_size=16, grad_accum_steps=2)
+  np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 

@@ -21,21 +21,23 @@ GPT2_SIZES = {
     "xl": (48, 1600, 25),
 }
 
-# name: (n_layer, d_model, n_head, batch size in tokens, peak lr, paper's n_params)
+# name: (n_layer, d_model, n_head, batch in sequences of 2048, peak lr, paper's n_params)
 # d_head is d_model / n_head: 64, 64, 96, 128, 80, 128, 128, 128 as in the paper.
+# The paper's batch sizes 0.5M, 1M, 2M and 3.2M tokens are read as 256, 512, 1024 and 1536
+# sequences (524,288 / 1,048,576 / 2,097,152 / 3,145,728 tokens), as Megatron-LM does.
 # Two entries of the table are inconsistent and are fixed the way Megatron-LM does:
 # 13B lists d_model 5140, which 40 heads do not divide, so 5120 is used; 1.3B lists
 # 24 heads of d_head 128 on d_model 2048 (24 * 128 = 3072), so it keeps d_head 128
 # with 16 heads, which also keeps the paper's 1.3B parameter count.
 GPT3_SIZES = {
-    "125m": (12, 768, 12, 0.5e6, 6.0e-4, 125e6),
-    "350m": (24, 1024, 16, 0.5e6, 3.0e-4, 350e6),
-    "760m": (24, 1536, 16, 0.5e6, 2.5e-4, 760e6),
-    "1.3b": (24, 2048, 16, 1e6, 2.0e-4, 1.3e9),
-    "2.7b": (32, 2560, 32, 1e6, 1.6e-4, 2.7e9),
-    "6.7b": (32, 4096, 32, 2e6, 1.2e-4, 6.7e9),
-    "13b": (40, 5120, 40, 2e6, 1.0e-4, 13.0e9),
-    "175b": (96, 12288, 96, 3.2e6, 0.6e-4, 175.0e9),
+    "125m": (12, 768, 12, 256, 6.0e-4, 125e6),
+    "350m": (24, 1024, 16, 256, 3.0e-4, 350e6),
+    "760m": (24, 1536, 16, 256, 2.5e-4, 760e6),
+    "1.3b": (24, 2048, 16, 512, 2.0e-4, 1.3e9),
+    "2.7b": (32, 2560, 32, 512, 1.6e-4, 2.7e9),
+    "6.7b": (32, 4096, 32, 1024, 1.2e-4, 6.7e9),
+    "13b": (40, 5120, 40, 1024, 1.0e-4, 13.0e9),
+    "175b": (96, 12288, 96, 1536, 0.6e-4, 175.0e9),
 }
 GPT3_CONTEXT = 2048
 GPT3_TRAIN_TOKENS = 300e9  # every GPT-3 model saw 300B tokens
@@ -64,10 +66,10 @@ def gpt3(size: str) -> ml_collections.ConfigDict:
   key = size.lower()
   if key not in GPT3_SIZES:
     raise ValueError(f"GPT-3 size {size!r}: unknown; use one of {', '.join(GPT3_SIZES)}")
-  n_layer, d_model, n_head, batch_tokens, lr, _ = GPT3_SIZES[key]
+  n_layer, d_model, n_head, batch_size, lr, _ = GPT3_SIZES[key]
   c = base_config()
   _shape(c, n_layer, d_model, n_head, seq_len=GPT3_CONTEXT)
-  c.train.batch_size = round(batch_tokens / GPT3_CONTEXT)
+  c.train.batch_size = batch_size
   c.train.steps = 0
   c.train.tokens = int(GPT3_TRAIN_TOKENS)
   c.optim.lr = lr
