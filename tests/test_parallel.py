@@ -3,7 +3,6 @@
 The 8 devices come from tests/conftest.py (XLA host-platform devices on CPU).
 """
 
-import json
 import os
 import runpy
 import shutil
@@ -20,6 +19,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from gptjax import config as config_lib
 from gptjax import plan, sharding, train
+from run_rows import assert_same_curve, rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESHES = [(1, 1, 1), (8, 1, 1), (1, 8, 1), (1, 1, 8), (2, 2, 2)]
@@ -161,21 +161,6 @@ def test_dry_run_reports_per_device_memory_and_ineffective_settings():
   assert "warning" not in report
 
 
-def _rows(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
-
-
-def _assert_same_curve(actual, expected, rtol=1e-5):
-  strip = lambda r: {k: v for k, v in r.items() if k not in ("step_time_s", "tokens_per_s", "mfu")}
-  assert [r["step"] for r in actual] == [r["step"] for r in expected]
-  for a, e in zip(actual, expected):
-    a, e = strip(a), strip(e)
-    assert a.keys() == e.keys()
-    for key in a:
-      np.testing.assert_allclose(a[key], e[key], rtol=rtol, err_msg=f"step {a['step']} {key}")
-
-
 def test_restore_onto_another_mesh_continues_the_loss_curve(tmp_path):
   reference = str(tmp_path / "reference")
   train.run(small_config((8, 1, 1), **{"train.steps": 6, "train.checkpoint_every": 3}), reference)
@@ -183,7 +168,7 @@ def test_restore_onto_another_mesh_continues_the_loss_curve(tmp_path):
   shutil.copytree(reference, resharded)
   shutil.rmtree(os.path.join(resharded, "checkpoints", "6"))  # as if stopped after step 3
   train.run(small_config((2, 2, 2), **{"train.steps": 6, "train.checkpoint_every": 3}), resharded)
-  _assert_same_curve(_rows(resharded), _rows(reference))
+  assert_same_curve(rows(resharded), rows(reference))
 
 
 def _free_port() -> int:
@@ -251,4 +236,4 @@ def test_two_processes_train_get_killed_resume_and_match_one_process(tmp_path):
   assert "process 1 of 2" in outputs[1]
   # gloo sums across processes in another order than one process does over 8 devices, and
   # that float32 difference compounds over the steps: 1e-4 instead of 1e-5.
-  _assert_same_curve(_rows(workdir), _rows(reference), rtol=1e-4)
+  assert_same_curve(rows(workdir), rows(reference), rtol=1e-4)

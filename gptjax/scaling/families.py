@@ -13,12 +13,12 @@ from gptjax.config import base_config
 GPT2_VOCAB = 50257  # GPT-2's byte-level BPE, also used by GPT-3
 
 
-# name: (n_layer, d_model, n_head)
+# name: (n_layer, d_model, n_head, peak lr); the lr is GPT-3 Table 2.1's for the nearest size.
 GPT2_SIZES = {
-    "small": (12, 768, 12),
-    "medium": (24, 1024, 16),
-    "large": (36, 1280, 20),
-    "xl": (48, 1600, 25),
+    "small": (12, 768, 12, 6e-4),
+    "medium": (24, 1024, 16, 3e-4),
+    "large": (36, 1280, 20, 2.5e-4),
+    "xl": (48, 1600, 25, 2e-4),
 }
 
 # name: (n_layer, d_model, n_head, batch in sequences of 2048, peak lr, paper's n_params)
@@ -53,11 +53,28 @@ def _shape(c: ml_collections.ConfigDict, n_layer: int, d_model: int, n_head: int
 
 
 def gpt2(size: str) -> ml_collections.ConfigDict:
-  """A GPT-2 shape (1024 context, vocab 50257) with nanoGPT-style training settings."""
+  """A GPT-2 shape (1024 context, vocab 50257) with GPT-3-style training settings.
+
+  Batch arithmetic: 512 sequences x 1024 tokens = 524,288 tokens per update (~0.5M,
+  as GPT-3 used at these sizes); 20,000 updates = 10.5B tokens; 700 warmup updates
+  = ~375M tokens, GPT-3's warmup. If 512 sequences do not fit, raise
+  train.grad_accum_steps: the update stays the same. On an accelerator add
+  --config.model.dtype=bfloat16 --config.model.pad_vocab_multiple=128.
+  """
   if size not in GPT2_SIZES:
     raise ValueError(f"GPT-2 size {size!r}: unknown; use one of {', '.join(GPT2_SIZES)}")
+  n_layer, d_model, n_head, lr = GPT2_SIZES[size]
   c = base_config()
-  _shape(c, *GPT2_SIZES[size], seq_len=1024)
+  _shape(c, n_layer, d_model, n_head, seq_len=1024)
+  c.data.vocab_size = GPT2_VOCAB  # a corpus tokenizer as large as GPT-2's
+  c.data.eval_sequences = 32  # 32,768 validation tokens per eval (raise on accelerators)
+  c.train.batch_size = 512
+  c.train.steps = 20_000
+  c.train.log_every = 10
+  c.train.eval_every = 500
+  c.train.checkpoint_every = 1000
+  c.optim.lr = lr
+  c.optim.warmup_steps = 700
   return c
 
 
