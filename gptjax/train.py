@@ -28,7 +28,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
-from gptjax import checkpoint, data, flops, generate, metrics, optim, sharding
+from gptjax import checkpoint, data, flops, generate, optim, run_record, sharding
 from gptjax.config import padded_vocab_size, train_steps, validate
 from gptjax.model import GPT, document_segments, model_config
 
@@ -205,13 +205,6 @@ class _Preemption:
     return self._requested
 
 
-def _write_json(path: str, obj: dict[str, Any]) -> None:
-  if jax.process_index() == 0:
-    with open(path + ".tmp", "w") as f:
-      json.dump(obj, f, indent=2)
-    os.replace(path + ".tmp", path)
-
-
 def _evaluate(program: Program, params: Any, eval_set: list, token_bytes: jax.Array
               ) -> dict[str, float]:
   """Eval loss over the fixed validation rows, with its standard error and bits per byte.
@@ -231,12 +224,41 @@ def _evaluate(program: Program, params: Any, eval_set: list, token_bytes: jax.Ar
           "eval_bits_per_byte": loss_sum / math.log(2) / sum(float(s["bytes"]) for s in sums)}
 
 
+def _load_data(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, Any]:
+  """Tokenizer and batches; process 0 prepares the caches while the others wait."""
+  load = functools.partial(data.load, config.data, config.model.seq_len, workdir,
+                           config.train.seed)
+  if jax.process_index() == 0:
+    tokenizer, lm_data = load()
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("data prepared by process 0")
+  if jax.process_index() != 0:
+    tokenizer, lm_data = load()
+  if tokenizer.vocab_size > config.model.vocab_size:
+    raise ValueError(
+        f"model.vocab_size={config.model.vocab_size}: smaller than the tokenizer's vocabulary "
+        f"({tokenizer.vocab_size}); set model.vocab_size >= {tokenizer.vocab_size}")
+  logging.info("baseline: a unigram model of the train split scores %.4f nats/token on "
+               "validation", lm_data.unigram_cross_entropy())
+  return tokenizer, lm_data
+
+
+def _log_model(config: ml_collections.ConfigDict) -> None:
+  counts = flops.param_counts(config.model)
+  logging.info("parameters: %s total, %s non-embedding (tied embedding counted once, "
+               "%d embedding rows for vocab %d)", f"{counts['n_params']:,}",
+               f"{counts['n_params_non_embedding']:,}", padded_vocab_size(config.model),
+               config.model.vocab_size)
+  logging.info("training FLOPs/token: %s (6*N_matmul + 6*n_layer*d_model*seq_len)",
+               f"{flops.flops_per_token(config.model):,}")
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (or resumes) the run in `workdir`; returns the summary it writes."""
   validate(config)
-  wall_start = time.time()
   os.makedirs(workdir, exist_ok=True)
-  _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+  run_record.write_json(os.path.join(workdir, "config.json"),
+                        json.loads(config.to_json_best_effort()))
   total_steps = train_steps(config)
   tc = config.train
 
@@ -245,29 +267,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                jax.process_count(), jax.devices()[0].device_kind)
   for warning in sharding.ineffective_settings(config, mesh):
     logging.warning(warning)
-
-  if jax.process_index() == 0:  # prepares the dataset and tokenizer caches once
-    tokenizer, lm_data = data.load(config.data, config.model.seq_len, workdir, tc.seed)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("data prepared by process 0")
-  if jax.process_index() != 0:  # now reads what process 0 prepared
-    tokenizer, lm_data = data.load(config.data, config.model.seq_len, workdir, tc.seed)
-  if tokenizer.vocab_size > config.model.vocab_size:
-    raise ValueError(
-        f"model.vocab_size={config.model.vocab_size}: smaller than the tokenizer's vocabulary "
-        f"({tokenizer.vocab_size}); set model.vocab_size >= {tokenizer.vocab_size}")
-  logging.info("baseline: a unigram model of the train split scores %.4f nats/token on "
-               "validation", lm_data.unigram_cross_entropy())
-
-  counts = flops.param_counts(config.model)
-  per_token = flops.flops_per_token(config.model)
-  logging.info("parameters: %s total, %s non-embedding (tied embedding counted once, "
-               "%d embedding rows for vocab %d)", f"{counts['n_params']:,}",
-               f"{counts['n_params_non_embedding']:,}", padded_vocab_size(config.model),
-               config.model.vocab_size)
-  logging.info("training FLOPs/token: %s (6*N_matmul + 6*n_layer*d_model*seq_len)", f"{per_token:,}")
-
+  tokenizer, lm_data = _load_data(config, workdir)
+  _log_model(config)
   program = build(config, mesh, tokenizer.eos_id)
+
   with sharding.active(mesh, program.axis_rules):
     mngr = checkpoint.manager(workdir, config)
     found = checkpoint.latest(mngr, config)
@@ -286,75 +289,33 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     token_bytes = jnp.asarray(tokenizer.token_byte_lengths())
     eval_set = lm_data.eval_batches(tc.batch_size // tc.grad_accum_steps, config.data.eval_sequences,
                                     jax.process_index(), jax.process_count())
-    tokens_per_step = tc.batch_size * config.model.seq_len
+
+    def run_eval(step: int) -> None:
+      start = time.perf_counter()
+      values = _evaluate(program, state.params, eval_set, token_bytes)
+      record.eval_row(step, values, time.perf_counter() - start)
+
     peak_tflops, peak_note = flops.device_peak(tc.peak_tflops)
     logging.info("MFU divides by %s per device, %d devices", peak_note, jax.device_count())
     compile_start = time.perf_counter()
     step_fn = program.train_step.lower(state, program.abstract_batch(tc.batch_size)).compile()
     logging.info("compiled the train step in %.1f s", time.perf_counter() - compile_start)
-
-    writer = metrics.MetricsWriter(workdir, start_step)
-    summary_path = os.path.join(workdir, "summary.json")
-    previous_wall = 0.0
-    if start_step and os.path.exists(summary_path):
-      with open(summary_path) as f:
-        previous_wall = json.load(f).get("wall_s", 0.0)
-    summary = {**counts, **{k: config.model[k] for k in
-                            ("n_layer", "d_model", "n_head", "seq_len", "vocab_size")},
-               "tokens": start_step * tokens_per_step, "flops": start_step * tokens_per_step * per_token,
-               "final_train_loss": None, "final_eval_loss": None, "wall_s": previous_wall,
-               "status": "running"}
-    _write_json(summary_path, summary)
-
-    def position(step: int) -> dict[str, int]:
-      return {"step": step, "tokens": step * tokens_per_step,
-              "flops": step * tokens_per_step * per_token}
-
+    record = run_record.RunRecord(config, workdir, start_step, total_steps, peak_tflops)
     preemption = _Preemption()
-    pending = None  # (step, device metrics) waiting to be read after the next dispatch
-    last_log = (start_step, time.perf_counter())
-    last_eval_step = None
-
-    def emit(step: int, device_metrics: dict[str, jax.Array]) -> None:
-      nonlocal last_log
-      values = jax.device_get(device_metrics)
-      now = time.perf_counter()
-      step_time = (now - last_log[1]) / max(step - last_log[0], 1)
-      last_log = (step, now)
-      tokens_per_s = tokens_per_step / step_time
-      row = {**position(step), "train_loss": float(values["train_loss"]),
-             "lr": float(values["lr"]), "grad_norm": float(values["grad_norm"]),
-             "step_time_s": step_time, "tokens_per_s": tokens_per_s,
-             "mfu": (per_token * tokens_per_s / (peak_tflops * 1e12 * jax.device_count())
-                     if peak_tflops else None)}
-      writer.write(row)
-      summary["final_train_loss"] = row["train_loss"]
-      logging.info(metrics.console_line(row, total_steps, step_time * (total_steps - step)))
-
-    def run_eval(step: int) -> None:
-      nonlocal last_eval_step, last_log
-      start = time.perf_counter()
-      row = {**position(step), **_evaluate(program, state.params, eval_set, token_bytes)}
-      writer.write(row)
-      summary["final_eval_loss"] = row["eval_loss"]
-      last_eval_step = step
-      last_log = (last_log[0], last_log[1] + time.perf_counter() - start)  # keep eval out of step time
-      logging.info("eval at step %d: loss %.4f ± %.4f | ppl %.2f | %.4f bits/byte", step,
-                   row["eval_loss"], row["eval_loss_sem"], row["eval_ppl"], row["eval_bits_per_byte"])
-
+    pending = None  # (step, device metrics), read only after the next step is dispatched
+    step, status = start_step, "failed"
     try:
-      step = start_step
       while step < total_steps:
         state, step_metrics = step_fn(state, global_batch(step))
         step += 1
         if pending is not None:
-          emit(*pending)
+          record.train_row(*pending)
           pending = None
         if step % tc.log_every == 0 or step == total_steps:
           pending = (step, step_metrics)
         if (tc.eval_every and step % tc.eval_every == 0) or step == total_steps:
           if pending is not None:
-            emit(*pending)
+            record.train_row(*pending)
             pending = None
           run_eval(step)
         preempted = preemption.reached(step)
@@ -364,21 +325,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           logging.warning("preempted: checkpointed step %d; rerun the same command to resume", step)
           break
       if pending is not None:
-        emit(*pending)
+        record.train_row(*pending)
       mngr.wait_until_finished()
       completed = step == total_steps
-      if completed and last_eval_step != total_steps:
+      if completed and record.last_eval_step != total_steps:
         run_eval(total_steps)
       if completed and tc.num_samples:
         _write_samples(workdir, program.model, state.params, tokenizer, tc)
-      summary.update(position(step), status="completed" if completed else "running",
-                     wall_s=previous_wall + time.time() - wall_start)
-    except BaseException:
-      summary.update(status="failed", wall_s=previous_wall + time.time() - wall_start)
-      raise
+      status = "completed" if completed else "running"
     finally:
-      _write_json(summary_path, summary)
-      writer.close()
+      summary = record.close(step, status)
       mngr.close()
   return summary
 

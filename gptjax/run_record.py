@@ -1,0 +1,91 @@
+"""A run's record: train and eval rows, the console line, and summary.json.
+
+Holds all of training's bookkeeping, so the loop in train.py only dispatches
+steps. Only process 0 writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+from absl import logging
+
+from gptjax import flops, metrics
+
+
+def write_json(path: str, obj: dict[str, Any]) -> None:
+  """Atomically (write, then rename), so a kill never leaves half a file."""
+  if jax.process_index() == 0:
+    with open(path + ".tmp", "w") as f:
+      json.dump(obj, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+class RunRecord:
+  """Turns device metrics into rows; `start_step` is where this process began or resumed."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, start_step: int,
+               total_steps: int, peak_tflops: float):
+    self._total_steps = total_steps
+    self._tokens_per_step = config.train.batch_size * config.model.seq_len
+    self._flops_per_token = flops.flops_per_token(config.model)
+    self._peak_flops = peak_tflops * 1e12 * jax.device_count()
+    self._writer = metrics.MetricsWriter(workdir, start_step)
+    self._summary_path = os.path.join(workdir, "summary.json")
+    self._wall_start = time.time()
+    self._previous_wall = 0.0
+    if start_step and os.path.exists(self._summary_path):
+      with open(self._summary_path) as f:
+        self._previous_wall = json.load(f).get("wall_s", 0.0)
+    self._last_row = (start_step, time.perf_counter())
+    self.last_eval_step: int | None = None
+    self.summary = {
+        **flops.param_counts(config.model),
+        **{k: config.model[k] for k in ("n_layer", "d_model", "n_head", "seq_len", "vocab_size")},
+        **self.position(start_step), "final_train_loss": None, "final_eval_loss": None,
+        "wall_s": self._previous_wall, "status": "running"}
+    write_json(self._summary_path, self.summary)
+
+  def position(self, step: int) -> dict[str, int]:
+    tokens = step * self._tokens_per_step
+    return {"step": step, "tokens": tokens, "flops": tokens * self._flops_per_token}
+
+  def train_row(self, step: int, device_metrics: dict[str, jax.Array]) -> None:
+    """Fetches step `step`'s metrics: call it only once a later step is dispatched."""
+    values = jax.device_get(device_metrics)
+    now = time.perf_counter()
+    step_time = (now - self._last_row[1]) / max(step - self._last_row[0], 1)
+    self._last_row = (step, now)
+    tokens_per_s = self._tokens_per_step / step_time
+    row = {**self.position(step), "train_loss": float(values["train_loss"]),
+           "lr": float(values["lr"]), "grad_norm": float(values["grad_norm"]),
+           "step_time_s": step_time, "tokens_per_s": tokens_per_s,
+           "mfu": (self._flops_per_token * tokens_per_s / self._peak_flops
+                   if self._peak_flops else None)}
+    self._writer.write(row)
+    self.summary["final_train_loss"] = row["train_loss"]
+    logging.info(metrics.console_line(row, self._total_steps,
+                                      step_time * (self._total_steps - step)))
+
+  def eval_row(self, step: int, values: dict[str, float], seconds: float) -> None:
+    """Records an eval that took `seconds`, which are kept out of the next step time."""
+    self._writer.write({**self.position(step), **values})
+    self.summary["final_eval_loss"] = values["eval_loss"]
+    self.last_eval_step = step
+    self._last_row = (self._last_row[0], self._last_row[1] + seconds)
+    logging.info("eval at step %d: loss %.4f ± %.4f | ppl %.2f | %.4f bits/byte", step,
+                 values["eval_loss"], values["eval_loss_sem"], values["eval_ppl"],
+                 values["eval_bits_per_byte"])
+
+  def close(self, step: int, status: str) -> dict[str, Any]:
+    """Writes the final summary.json (status completed, running or failed)."""
+    self.summary.update(self.position(step), status=status,
+                        wall_s=self._previous_wall + time.time() - self._wall_start)
+    write_json(self._summary_path, self.summary)
+    self._writer.close()
+    return self.summary
