@@ -192,3 +192,16 @@ def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(tmp_path):
   assert saved and 20 <= saved[-1] < 1000  # saved at the interrupted step, not a cadence step
   with open(os.path.join(workdir, "summary.json")) as f:
     assert json.load(f)["status"] == "running"
+
+
+def test_document_mask_only_matters_when_a_row_holds_several_documents():
+  c = tiny_config()
+  model = GPT(model_config(c.model))
+  params = nn.unbox(model.init(jax.random.PRNGKey(0), np.zeros((1, 32), np.int32))["params"])
+  eos = 1
+  single = np.arange(2, 35, dtype=np.int32)[None]  # no end-of-text inside the row
+  packed = single.copy()
+  packed[0, 10] = eos
+  loss = functools.partial(train.loss_sums, model, params, weights=None, rng=None)
+  np.testing.assert_allclose(loss(single, document_eos_id=eos), loss(single, document_eos_id=None))
+  assert not np.allclose(loss(packed, document_eos_id=eos), loss(packed, document_eos_id=None))
