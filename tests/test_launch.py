@@ -1,0 +1,197 @@
+"""Launchers: the exact gcloud commands and sbatch script for a sweep, their refusals, and a
+real 2-process local run."""
+
+import dataclasses
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from gptjax.launch import local, slurm, tpu
+from gptjax.launch.job import Job, LaunchError, member
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SWEEP = {"s1": {"model.n_layer": 2, "model.d_model": 128},
+         "s2": {"model.n_layer": 4, "model.d_model": 256}}
+ENV = {"GPTJAX_CACHE": "/home/me/cache dir"}  # a space: quoting must survive the remote shell
+
+
+def sweep_jobs(sweep_dir):
+  return {name: member(sweep_dir, name, "experiments/gpt3.py:xl",
+                       {**overrides, "data.data_dir": "gs://bucket/tfds"}, ENV)
+          for name, overrides in SWEEP.items()}
+
+
+def v4_32(name, **kw):
+  return tpu.Tpu(name=f"sweep-{name}", project="proj", zone="us-central2-b", accelerator="v4-32",
+                 provisioning="spot", repo="https://example.com/gptjax.git", revision="abc123", **kw)
+
+
+def remote(command):
+  """The shell text a `gcloud ... ssh --command=...` runs on the workers."""
+  (text,) = [arg[len("--command="):] for arg in command if arg.startswith("--command=")]
+  return text
+
+
+def shellcheck(tmp_path, text):
+  if shutil.which("shellcheck") is None:
+    pytest.skip("shellcheck is not installed")
+  path = tmp_path / "script.sh"
+  path.write_text(text if text.startswith("#!") else "#!/bin/bash\n" + text + "\n")
+  result = subprocess.run(["shellcheck", str(path)], capture_output=True, text=True)
+  assert result.returncode == 0, result.stdout
+
+
+def test_tpu_sweep_starts_every_member_on_all_workers_in_its_own_workdir(tmp_path):
+  for name, job in sweep_jobs("gs://bucket/sweep").items():
+    spec = v4_32(name)
+    create, setup, run = tpu.commands("up", spec, job)
+    assert create == ["gcloud", "compute", "tpus", "tpu-vm", "create", f"sweep-{name}",
+                      "--accelerator-type=v4-32", "--version=tpu-ubuntu2204-base", "--spot",
+                      "--project=proj", "--zone=us-central2-b"]
+    assert "--worker=all" in setup and "--worker=all" in run
+    assert "git checkout abc123" in remote(setup)
+    assert "pip install -e '.[tpu]'" in remote(setup)
+    words = shlex.split(remote(run))
+    assert words[:3] == ["cd", "~/gptjax", "&&"]
+    assert words[3] == "GPTJAX_CACHE=/home/me/cache dir"
+    main = words[words.index("python3") + 1:words.index(">")]
+    assert main == job.main_args()
+    assert f"--workdir=gs://bucket/sweep/{name}" in main
+    assert f"--config.model.d_model={SWEEP[name]['model.d_model']}" in main
+    assert "--config.data.data_dir=gs://bucket/tfds" in main
+    for command in (setup, run):
+      shellcheck(tmp_path, remote(command))
+    (logs,) = tpu.commands("logs", spec)
+    assert "--worker=0" in logs and tpu.log_path(spec) in remote(logs)
+
+
+def test_tpu_relaunch_recreates_the_vm_and_reruns_the_same_command():
+  job = sweep_jobs("gs://bucket/sweep")["s1"]
+  spec = v4_32("s1")
+  up = tpu.commands("up", spec, job)
+  relaunch = tpu.commands("relaunch", spec, job)
+  assert relaunch[0] == tpu.commands("delete", spec)[0]
+  assert relaunch[1:] == up  # same workdir, same command: the run resumes from its checkpoint
+
+
+def test_tpu_queued_resources():
+  spec = v4_32("s1", queued=True)
+  (create,) = tpu.commands("create", spec)
+  assert create[3:6] == ["queued-resources", "create", "sweep-s1"]
+  assert "--node-id=sweep-s1" in create and "--runtime-version=tpu-ubuntu2204-base" in create
+  assert "--spot" in create
+  assert tpu.commands("delete", spec)[0][3:5] == ["queued-resources", "delete"]
+  with pytest.raises(LaunchError, match="--provisioning=preemptible with --queued.*spot"):
+    tpu.commands("create", dataclasses.replace(spec, provisioning="preemptible"))
+
+
+@pytest.mark.parametrize("accelerator,hosts", [("v4-8", 1), ("v4-32", 4), ("v5p-128", 16),
+                                               ("v5litepod-8", 1), ("v5litepod-16", 4),
+                                               ("v6e-256", 64), ("v3-32", 4)])
+def test_tpu_host_counts(accelerator, hosts):
+  assert tpu.hosts(accelerator) == hosts
+
+
+def test_slurm_script_for_each_member(tmp_path):
+  for name, job in sweep_jobs("/shared/sweep").items():
+    cluster = slurm.Cluster(job_name=name, nodes=2, gpus_per_node=8, repo_dir="/shared/gptjax",
+                            partition="gpu")
+    text = slurm.script(cluster, job)
+    lines = text.splitlines()
+    for option in (f"--job-name={name}", "--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8",
+                   f"--output=/shared/sweep/{name}/logs/slurm-%j.out", "--requeue",
+                   "--partition=gpu"):
+      assert f"#SBATCH {option}" in lines
+    assert "export GPTJAX_CACHE='/home/me/cache dir'" in lines
+    assert shlex.split(lines[-1]) == ["srun", "--kill-on-bad-exit=1", "python", *job.main_args()]
+    assert f"--workdir=/shared/sweep/{name}" in lines[-1]
+    shellcheck(tmp_path, text)
+  per_node = slurm.script(slurm.Cluster("s1", 2, 8, tasks="node", repo_dir="/shared/g"), job)
+  assert "#SBATCH --ntasks-per-node=1" in per_node.splitlines()
+
+
+@pytest.mark.parametrize("missing,flag", [("project", "--project"), ("zone", "--zone"),
+                                          ("accelerator", "--accelerator")])
+def test_tpu_refuses_a_missing_flag_by_name(missing, flag):
+  spec = dataclasses.replace(v4_32("s1"), **{missing: ""})
+  for action in ("create", "up", "delete"):
+    job = sweep_jobs("gs://b/s")["s1"] if action == "up" else None
+    with pytest.raises(LaunchError, match=f"{flag} is required: pass e.g. {flag}="):
+      tpu.commands(action, spec, job)
+
+
+def test_cli_refuses_missing_project_and_prints_without_executing():
+  base = [sys.executable, "-m", "gptjax.launch", "tpu", "create", "--name=s1",
+          "--zone=us-central2-b", "--accelerator=v4-32"]
+  result = subprocess.run(base, capture_output=True, text=True, cwd=ROOT)
+  assert result.returncode != 0
+  assert "error: --project is required" in result.stderr
+  result = subprocess.run([*base, "--project=p"], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PATH": ""})  # no gcloud could run: dry-run only
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.startswith("gcloud compute tpus tpu-vm create s1 ")
+
+
+def test_slurm_refuses_missing_accelerator_and_bookkeeping():
+  job = Job("experiments/gpt3.py:xl", "/shared/run")
+  with pytest.raises(LaunchError, match=r"--gpus_per_node=0: use 1 or more"):
+    slurm.script(slurm.Cluster("s1", 1, 0, repo_dir="/shared/g"), job)
+  with pytest.raises(LaunchError, match="--repo_dir is required"):
+    slurm.script(slurm.Cluster("s1", 1, 8), job)
+  with pytest.raises(LaunchError, match="--job_name is required"):
+    slurm.script(slurm.Cluster("", 1, 8, repo_dir="/shared/g"), job)
+
+
+@pytest.mark.parametrize("workdir", ["/tmp/run", "runs/s1", "/dev/shm/run"])
+def test_multi_host_refuses_a_workdir_that_is_not_shared(workdir):
+  job = Job("experiments/gpt3.py:xl", workdir)
+  with pytest.raises(LaunchError, match=rf"--workdir='{workdir}': v4-32 has 4 hosts.*gs://"):
+    tpu.commands("up", v4_32("s1"), job)
+  with pytest.raises(LaunchError, match=rf"--workdir='{workdir}' with --nodes=2: .*shared"):
+    slurm.script(slurm.Cluster("s1", 2, 8, repo_dir="/shared/g"), job)
+  # One host sees its own disk, so both accept it there.
+  tpu.commands("up", dataclasses.replace(v4_32("s1"), accelerator="v4-8"), job)
+  slurm.script(slurm.Cluster("s1", 1, 8, repo_dir="/shared/g"), job)
+
+
+def test_multi_host_tpu_refuses_a_local_data_dir():
+  job = Job("experiments/gpt3.py:xl", "gs://b/run", {"data.data_dir": "/home/me/tfds"})
+  with pytest.raises(LaunchError, match=r"--config.data.data_dir='/home/me/tfds'.*gs://"):
+    tpu.commands("run", v4_32("s1"), job)
+
+
+def test_member_names_the_run_directory_and_refuses_unusable_names():
+  assert member("gs://b/sweep", "s1", "c.py", {}).workdir == "gs://b/sweep/s1"
+  with pytest.raises(LaunchError, match="member name 'S 1'"):
+    member("/shared/sweep", "S 1", "c.py", {})
+
+
+TINY = {"model.n_layer": 2, "model.d_model": 64, "model.n_head": 8, "model.d_ff": 128,
+        "model.vocab_size": 264, "model.seq_len": 16, "data.tokenizer": "bytes",
+        "data.eval_sequences": 8, "train.batch_size": 8, "train.steps": 20, "train.log_every": 5,
+        "train.eval_every": 10, "train.checkpoint_every": 10, "train.num_samples": 0,
+        "optim.warmup_steps": 1}
+
+
+def test_local_two_processes_train_a_sweep_member_end_to_end(tmp_path):
+  job = member(str(tmp_path), "s1", f"{ROOT}/experiments/quickstart.py", TINY)
+  local.run(job, num_processes=2, devices_per_process=2, timeout_s=240)
+  with open(os.path.join(job.workdir, "summary.json")) as f:
+    assert json.load(f)["status"] == "completed"
+  with open(os.path.join(job.workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  assert max(row["step"] for row in rows) == 20
+  assert any("eval_loss" in row for row in rows)
+  with open(os.path.join(job.workdir, "logs", "process_1.log")) as f:
+    assert "process 1 of 2, 2 local devices" in f.read()
+
+
+def test_local_names_the_process_that_failed(tmp_path):
+  job = Job(f"{ROOT}/experiments/quickstart.py", str(tmp_path), {"model.n_layer": 0})
+  with pytest.raises(LaunchError, match=r"process \d of 2 exited with code 1; its log: .*process_"):
+    local.run(job, num_processes=2, timeout_s=120)
