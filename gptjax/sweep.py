@@ -114,7 +114,12 @@ def _finish(m: Member) -> None:
 
 
 def run_local(members: list[Member], parallel: int) -> None:
-  """Trains the unfinished members, `parallel` at a time, logging to <member>/train.log."""
+  """Trains the unfinished members, `parallel` at a time, logging to <member>/train.log.
+
+  Until one member has finished, only one runs: members share the dataset and
+  tokenizer cache, and two processes preparing it at once collide in tfds
+  (FileExistsError on the prepared directory).
+  """
   start = time.monotonic()
   for m in members:
     if run_status(m.job.workdir) == "completed":
@@ -124,7 +129,8 @@ def run_local(members: list[Member], parallel: int) -> None:
   print(progress(members, parallel, start), flush=True)
   while queue or active:
     changed = False
-    while queue and len(active) < parallel:
+    cache_ready = any(m.status in ("skipped", "completed", "failed") for m in members)
+    while queue and len(active) < (parallel if cache_ready else 1):
       m = queue.pop(0)
       os.makedirs(m.job.workdir, exist_ok=True)
       with open(os.path.join(m.job.workdir, "train.log"), "ab") as log:
