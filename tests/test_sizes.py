@@ -1,9 +1,12 @@
 """Size families: shapes from N targets, per-size lr and token rules."""
 
+import importlib.util
 import math
+import os
 
 import pytest
 
+from gptjax import config as config_lib
 from gptjax import flops
 from gptjax.config import base_config
 from gptjax.scaling import sizes
@@ -80,3 +83,71 @@ def test_family_members_validate_and_carry_their_rules():
     assert overrides["train.tokens"] == round(1e15 / flops.flops_per_token(model))
   with pytest.raises(ValueError, match="repeated depths"):
     sizes.family_for_params([1e6, 1.1e6], base)
+
+
+def test_budget_names_are_digits_and_read_back_as_the_budget():
+  for compute in (1.5e12, 5e12, 1.5e13, 2e14, 1.234e18):
+    name = sizes.budget_name(compute)
+    assert name.startswith("c") and name[1:].replace("e", "").isdigit()
+    assert float(name[1:]) == pytest.approx(compute, rel=1e-12)
+
+
+def test_isoflop_family_spends_each_budget_on_every_size():
+  base = base_config()
+  budgets = {1e13: [(1, 64), (2, 64), (2, 128)], 1e14: [(2, 64), (2, 128), (3, 192)]}
+  members = sizes.isoflop_family(budgets, base, lr_rule="kaplan")
+  assert list(members) == ["c1e13-l1-d64", "c1e13-l2-d64", "c1e13-l2-d128",
+                           "c1e14-l2-d64", "c1e14-l2-d128", "c1e14-l3-d192"]
+  for name, overrides in members.items():
+    model = sizes.model_config(overrides, base)
+    spent = overrides["train.tokens"] * flops.flops_per_token(model)
+    assert spent == pytest.approx(float(name.split("-")[0][1:]), rel=1e-6)
+    assert model.d_model // model.n_head == sizes.D_HEAD
+  with pytest.raises(ValueError, match="needs >= 3 sizes"):
+    sizes.isoflop_family({1e13: [(1, 64), (2, 64)]}, base)
+  with pytest.raises(ValueError, match="d_model=96"):
+    sizes.free_shape(2, 96)
+
+
+def _experiment(name: str):
+  path = os.path.join(os.path.dirname(__file__), "..", "experiments", f"{name}.py")
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _member_configs(module):
+  for name, overrides in module.get_sweep().items():
+    c = module.get_config()
+    for key, value in overrides.items():
+      group, field = key.split(".")
+      c[group][field] = value
+    config_lib.validate(c)
+    yield name, c
+
+
+def test_isoflop_cpu_has_three_budgets_of_five_sizes_under_one_epoch():
+  module = _experiment("isoflop_cpu")
+  budgets: dict[str, list[int]] = {}
+  for name, c in _member_configs(module):
+    budgets.setdefault(name.split("-")[0], []).append(
+        flops.param_counts(c.model)["n_params_non_embedding"])
+    assert c.train.tokens < 11e6  # the embedded corpus has ~11.5M training bytes
+    assert c.train.tokens // (c.train.batch_size * c.model.seq_len) >= 100  # updates
+  assert len(budgets) >= 3
+  for ns in budgets.values():
+    assert len(ns) >= 4 and max(ns) / min(ns) >= 10  # a decade around each optimum
+
+
+def test_gpt3_ladder_members_are_the_papers_models_on_twenty_tokens_per_parameter():
+  module = _experiment("gpt3_ladder")
+  counts = {}
+  for name, c in _member_configs(module):
+    n = flops.param_counts(c.model)
+    assert c.train.tokens == round(20 * n["n_params_non_embedding"])
+    counts[name] = n["n_params"]
+  assert list(counts) == ["gpt3-125m", "gpt3-350m", "gpt3-760m", "gpt3-1p3b", "gpt3-2p7b",
+                          "gpt3-6p7b"]
+  for name, paper in zip(counts, (125e6, 350e6, 760e6, 1.3e9, 2.7e9, 6.7e9)):
+    assert counts[name] == pytest.approx(paper, rel=0.03)

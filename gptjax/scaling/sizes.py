@@ -29,9 +29,20 @@ def shape(n_layer: int, ratio: int = 64) -> dict[str, int]:
   """`model.*` overrides of the n_layer member: d_model = ratio * n_layer, d_head 64, d_ff 4x."""
   if ratio not in RATIOS:
     raise ValueError(f"ratio={ratio!r}: unknown aspect ratio; use one of {RATIOS}")
+  return free_shape(n_layer, ratio * n_layer)
+
+
+def free_shape(n_layer: int, d_model: int) -> dict[str, int]:
+  """`model.*` overrides of any (n_layer, d_model) with d_head 64 and d_ff 4x.
+
+  For ladders that need finer steps in N than a fixed aspect ratio gives (N grows
+  as n_layer^3 along one, so 1 -> 2 layers is 8x); Kaplan et al. 2020 find loss
+  nearly flat in the aspect ratio, so mixing ratios costs little.
+  """
   if not isinstance(n_layer, int) or n_layer < 1:
     raise ValueError(f"n_layer={n_layer!r}: must be an integer >= 1")
-  d_model = ratio * n_layer
+  if not isinstance(d_model, int) or d_model < D_HEAD or d_model % D_HEAD:
+    raise ValueError(f"d_model={d_model!r}: must be a positive multiple of the head size {D_HEAD}")
   return {"model.n_layer": n_layer, "model.d_model": d_model,
           "model.n_head": d_model // D_HEAD, "model.d_ff": 4 * d_model}
 
@@ -129,6 +140,22 @@ def train_tokens(model: ml_collections.ConfigDict, rule: str, value: float) -> i
   raise ValueError(f"token rule {rule!r}: unknown; use one of {', '.join(TOKEN_RULES)}")
 
 
+def member(shape_overrides: dict[str, int], base: ml_collections.ConfigDict, *,
+           lr_rule: str, lr_value: float, tokens_rule: str,
+           tokens_value: float) -> dict[str, object]:
+  """One member's overrides: its shape plus the peak lr and tokens its rules give."""
+  overrides: dict[str, object] = dict(shape_overrides)
+  model = model_config(overrides, base)
+  overrides["optim.lr"] = peak_lr(flops.param_counts(model)["n_params_non_embedding"],
+                                  lr_rule, lr_value)
+  overrides["train.tokens"] = train_tokens(model, tokens_rule, tokens_value)
+  return overrides
+
+
+def _shape_name(overrides: dict[str, object]) -> str:
+  return f"l{overrides['model.n_layer']}-d{overrides['model.d_model']}"
+
+
 def family(n_layers: list[int], base: ml_collections.ConfigDict, *, ratio: int = 64,
            lr_rule: str = "gpt3", lr_value: float = 0.0, tokens_rule: str = "ratio",
            tokens_value: float = CHINCHILLA_TOKENS_PER_PARAM) -> dict[str, dict[str, object]]:
@@ -139,12 +166,36 @@ def family(n_layers: list[int], base: ml_collections.ConfigDict, *, ratio: int =
   """
   members = {}
   for n_layer in n_layers:
-    overrides: dict[str, object] = dict(shape(n_layer, ratio))
-    model = model_config(overrides, base)
-    overrides["optim.lr"] = peak_lr(flops.param_counts(model)["n_params_non_embedding"],
-                                    lr_rule, lr_value)
-    overrides["train.tokens"] = train_tokens(model, tokens_rule, tokens_value)
-    members[f"l{n_layer}-d{overrides['model.d_model']}"] = overrides
+    overrides = member(shape(n_layer, ratio), base, lr_rule=lr_rule, lr_value=lr_value,
+                       tokens_rule=tokens_rule, tokens_value=tokens_value)
+    members[_shape_name(overrides)] = overrides
+  return members
+
+
+def budget_name(compute: float) -> str:
+  """'c15e11' for 1.5e12 FLOPs: digits only, so member names stay valid VM and job names."""
+  mantissa, exponent = f"{compute:.6e}".split("e")
+  digits = mantissa.replace(".", "").rstrip("0") or "0"
+  return f"c{digits}e{int(exponent) - (len(digits) - 1)}"
+
+
+def isoflop_family(budgets: dict[float, list[tuple[int, int]]], base: ml_collections.ConfigDict,
+                   *, lr_rule: str = "gpt3",
+                   lr_value: float = 0.0) -> dict[str, dict[str, object]]:
+  """{member name: overrides} for IsoFLOP profiles (Chinchilla Approach 2).
+
+  `budgets` maps each FLOP budget C to the (n_layer, d_model) shapes trained at it;
+  each gets D = C / flops_per_token tokens. Names are '{budget_name(C)}-l{L}-d{d}'.
+  """
+  members = {}
+  for compute, shapes in budgets.items():
+    if len(shapes) < 3:
+      raise ValueError(f"budget {compute:g}: {len(shapes)} shapes; an IsoFLOP parabola needs "
+                       ">= 3 sizes per budget")
+    for n_layer, d_model in shapes:
+      overrides = member(free_shape(n_layer, d_model), base, lr_rule=lr_rule,
+                         lr_value=lr_value, tokens_rule="isoflop", tokens_value=compute)
+      members[f"{budget_name(compute)}-{_shape_name(overrides)}"] = overrides
   return members
 
 
