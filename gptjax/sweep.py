@@ -6,6 +6,11 @@ so one member's crash, memory or compile cache cannot touch another's. The sweep
 idempotent: members whose summary.json says "completed" are skipped and the rest
 are rerun, which resumes them from their checkpoints. So after a crash or a
 preemption, rerunning the same command finishes the sweep.
+
+`--launcher=tpu` and `--launcher=slurm` start the same members on Cloud TPU VMs
+(gptjax/launch/tpu_sweep.py) or as one SLURM job each (gptjax/launch/slurm.py). They
+print what they would run and run nothing unless given --execute, since they spend
+money; rerunning them skips completed members and resumes the rest in the same way.
 """
 
 from __future__ import annotations
@@ -17,17 +22,54 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 
 from absl import app, flags
 
-from gptjax.launch.job import Job, LaunchError, member
+from gptjax.launch import slurm, tpu, tpu_sweep
+from gptjax.launch.job import Job, LaunchError, member, parse_env
 
 _CONFIG = flags.DEFINE_string("config", None, "Experiment file defining get_config() and get_sweep().")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory: sweep.json plus one run directory per member.")
-_PARALLEL = flags.DEFINE_integer("parallel", 1, "Members trained at the same time on this machine.")
-_LAUNCHER = flags.DEFINE_enum("launcher", "local", ["local", "print"],
-                              "'local' runs the members here; 'print' prints their commands and runs nothing.")
+_PARALLEL = flags.DEFINE_integer("parallel", 1, "Members trained at the same time on this machine (local).")
+_LAUNCHER = flags.DEFINE_enum(
+    "launcher", "local", ["local", "print", "tpu", "slurm"],
+    "'local' runs the members here; 'print' prints their commands and runs nothing; 'tpu' and "
+    "'slurm' print the script or sbatch jobs that run them on Cloud TPU VMs or a SLURM cluster.")
+_EXECUTE = flags.DEFINE_bool("execute", False, "tpu, slurm: run the printed script or submit the "
+                             "printed jobs. Without it they only print, because they spend money.")
+_ENV = flags.DEFINE_multi_string("env", [], "NAME=VALUE set for every training process; repeatable.")
+
+# --launcher=tpu; the same names as `python -m gptjax.launch tpu`, so one set of flags serves both.
+_TPU_MODE = flags.DEFINE_enum("tpu_mode", "one_slice", tpu_sweep.MODES,
+                              "tpu: one_slice runs the members one after another on the VM --name; "
+                              "vm_per_member gives each member M its own VM, NAME-M.")
+_NAME = flags.DEFINE_string("name", "", "tpu: the VM (one_slice) or the prefix of each member's VM "
+                            "(vm_per_member), e.g. scaling-v4.")
+_PROJECT = flags.DEFINE_string("project", "", "tpu: Google Cloud project, e.g. my-gcp-project.")
+_ZONE = flags.DEFINE_string("zone", "", "tpu: zone with the TPU type, e.g. us-central2-b for v4.")
+_ACCELERATOR = flags.DEFINE_string("accelerator", "", "tpu: TPU type, e.g. v4-32 (4 hosts).")
+_RUNTIME_VERSION = flags.DEFINE_string("runtime_version", tpu.Tpu.runtime_version,
+                                       "tpu: TPU VM software image.")
+_PROVISIONING = flags.DEFINE_string("provisioning", "on-demand", "tpu: on-demand, spot or preemptible.")
+_QUEUED = flags.DEFINE_bool("queued", False, "tpu: create through queued-resources, which wait for "
+                            "capacity (with spot: a preempted slice is SUSPENDED, recreated on rerun).")
+_REPO = flags.DEFINE_string("repo", "", "tpu: git URL of gptjax that every worker can clone.")
+_REVISION = flags.DEFINE_string("revision", "", "tpu: commit, tag or branch the workers install; "
+                                "it must contain the experiment file.")
+
+# --launcher=slurm; the same names as `python -m gptjax.launch slurm`.
+_JOB_NAME = flags.DEFINE_string("job_name", "", "slurm: prefix of the jobs' names; member M's job is "
+                                "NAME-M.")
+_NODES = flags.DEFINE_integer("nodes", 1, "slurm: nodes per member.")
+_GPUS_PER_NODE = flags.DEFINE_integer("gpus_per_node", 0, "slurm: GPUs per node, e.g. 8.")
+_TASKS = flags.DEFINE_string("tasks", "gpu", "slurm: gpu (one task per GPU) or node (one per node).")
+_PARTITION = flags.DEFINE_string("partition", "", "slurm: partition; '' leaves it to the cluster's default.")
+_ACCOUNT = flags.DEFINE_string("account", "", "slurm: account to charge; '' leaves it to your default.")
+_TIME = flags.DEFINE_string("time", "24:00:00", "slurm: time limit of each member's job.")
+_REPO_DIR = flags.DEFINE_string("repo_dir", "", "slurm: gptjax checkout on shared storage that the "
+                                "jobs run from, e.g. /shared/you/gptjax.")
 
 _POLL_S = 0.2
 
@@ -134,7 +176,8 @@ def run_local(members: list[Member], parallel: int) -> None:
       m = queue.pop(0)
       os.makedirs(m.job.workdir, exist_ok=True)
       with open(os.path.join(m.job.workdir, "train.log"), "ab") as log:
-        m.process = subprocess.Popen(command(m.job), stdout=log, stderr=subprocess.STDOUT)
+        m.process = subprocess.Popen(command(m.job), env={**os.environ, **m.job.env},
+                                     stdout=log, stderr=subprocess.STDOUT)
       m.start, m.status = time.monotonic(), "running"
       active.append(m)
       changed = True
@@ -155,6 +198,58 @@ def record(sweep_dir: str, members: list[Member]) -> None:
               for m in members})
 
 
+def launch_tpu(spec: tpu.Tpu, sweep_dir: str, sweep: dict, jobs: dict[str, Job], mode: str,
+               execute: bool) -> int:
+  """Prints the sweep's TPU script (tpu_sweep.script); with `execute`, runs it with bash.
+
+  The runner cannot read gs:// (no GCS client among gptjax's dependencies), so
+  skipping completed members is the script's job: it reads their summary.json with
+  `gcloud storage` each time it runs.
+  """
+  text = tpu_sweep.script(spec, sweep_dir, sweep, jobs, mode)
+  print(text, end="", flush=True)
+  if not execute:
+    print("dry run: nothing was run; add --execute to run this script (or save it and run it "
+          "with bash)", file=sys.stderr)
+    return 0
+  with tempfile.NamedTemporaryFile("w", suffix=".sh") as f:
+    f.write(text)
+    f.flush()
+    return subprocess.run(["bash", f.name], check=False).returncode
+
+
+def launch_slurm(cluster: slurm.Cluster, sweep_dir: str, sweep: dict, jobs: dict[str, Job],
+                 execute: bool) -> int:
+  """Prints one sbatch job per member not completed yet; with `execute`, submits them.
+
+  The sweep directory is on the cluster's shared filesystem, which this (login) node
+  sees too, so a member whose summary.json says completed is skipped here; each job
+  checks again when it starts, in case an earlier job finished it meanwhile. Member
+  M's job is JOB_NAME-M.
+  """
+  # The sweep directory, named as given, before any member's: the flags are the same.
+  slurm.check(cluster, dataclasses.replace(next(iter(jobs.values())), workdir=sweep_dir))
+  scripts = {name: slurm.script(dataclasses.replace(cluster, job_name=f"{cluster.job_name}-{name}"),
+                                job) for name, job in jobs.items()}
+  if execute:
+    os.makedirs(sweep_dir, exist_ok=True)
+    write_json(os.path.join(sweep_dir, "sweep.json"), sweep)
+  failed = []
+  for name, job in jobs.items():
+    if run_status(job.workdir) == "completed":
+      print(f"### {name}: completed, skipped", flush=True)
+    elif not execute:
+      path = os.path.join(job.workdir, "job.sbatch")
+      print(f"### {name}: would write {path} and run: sbatch {path}\n{scripts[name]}", end="")
+    elif slurm.submit(job, scripts[name]):
+      failed.append(name)
+  if not execute:
+    print("dry run: nothing was written or submitted; add --execute to submit", file=sys.stderr)
+  if failed:
+    print(f"error: sbatch failed for {', '.join(failed)}", file=sys.stderr)
+  return 1 if failed else 0
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -163,20 +258,38 @@ def main(argv: list[str]) -> None:
              "--config=experiments/scaling_tiny.py --workdir=/tmp/sweep")
   if _PARALLEL.value < 1:
     sys.exit(f"error: --parallel={_PARALLEL.value}: must be >= 1")
+  # SLURM jobs start in --repo_dir, where a relative workdir would name another directory
+  # than the one this runner checks and writes sweep.json to.
+  config, sweep_dir = _CONFIG.value, _WORKDIR.value
+  if _LAUNCHER.value == "slurm":
+    sweep_dir = os.path.abspath(sweep_dir)
   try:
-    sweep = load_sweep(_CONFIG.value)
-    members = [Member(member(_WORKDIR.value, name, _CONFIG.value, overrides))
-               for name, overrides in sweep.items()]
+    sweep = load_sweep(config)
+    env = parse_env(_ENV.value)
+    jobs = {name: member(sweep_dir, name, config, overrides, env)
+            for name, overrides in sweep.items()}
+    members = [Member(job) for job in jobs.values()]
+    if _LAUNCHER.value == "tpu":
+      spec = tpu.Tpu(_NAME.value, _PROJECT.value, _ZONE.value, _ACCELERATOR.value,
+                     _RUNTIME_VERSION.value, _PROVISIONING.value, _QUEUED.value, _REPO.value,
+                     _REVISION.value)
+      sys.exit(launch_tpu(spec, sweep_dir, sweep, jobs, _TPU_MODE.value, _EXECUTE.value))
+    if _LAUNCHER.value == "slurm":
+      cluster = slurm.Cluster(_JOB_NAME.value, _NODES.value, _GPUS_PER_NODE.value, _TASKS.value,
+                              _PARTITION.value, _ACCOUNT.value, _TIME.value,
+                              repo_dir=_REPO_DIR.value)
+      sys.exit(launch_slurm(cluster, sweep_dir, sweep, jobs, _EXECUTE.value))
   except LaunchError as e:
     sys.exit(f"error: {e}")
   if _LAUNCHER.value == "print":
     for m in members:
-      print(shlex.join(command(m.job)))
+      print(" ".join([*(f"{key}={shlex.quote(value)}" for key, value in env.items()),
+                      shlex.join(command(m.job))]))
     return
-  os.makedirs(_WORKDIR.value, exist_ok=True)
-  write_json(os.path.join(_WORKDIR.value, "sweep.json"), sweep)
+  os.makedirs(sweep_dir, exist_ok=True)
+  write_json(os.path.join(sweep_dir, "sweep.json"), sweep)
   run_local(members, _PARALLEL.value)
-  record(_WORKDIR.value, members)
+  record(sweep_dir, members)
   failed = [m for m in members if m.status == "failed"]
   if failed:
     sys.exit("error: sweep members failed: " + ", ".join(

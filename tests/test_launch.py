@@ -8,11 +8,13 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
+from shell import remote, shellcheck
 
 from gptjax.launch import local, slurm, tpu
-from gptjax.launch.job import Job, LaunchError, member
+from gptjax.launch.job import Job, LaunchError, completed_test, member
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEP = {"s1": {"model.n_layer": 2, "model.d_model": 128},
@@ -31,21 +33,6 @@ def v4_32(name, **kw):
                  provisioning="spot", repo="https://example.com/gptjax.git", revision="abc123", **kw)
 
 
-def remote(command):
-  """The shell text a `gcloud ... ssh --command=...` runs on the workers."""
-  (text,) = [arg[len("--command="):] for arg in command if arg.startswith("--command=")]
-  return text
-
-
-def shellcheck(tmp_path, text):
-  if shutil.which("shellcheck") is None:
-    pytest.skip("shellcheck is not installed")
-  path = tmp_path / "script.sh"
-  path.write_text(text if text.startswith("#!") else "#!/bin/bash\n" + text + "\n")
-  result = subprocess.run(["shellcheck", str(path)], capture_output=True, text=True)
-  assert result.returncode == 0, result.stdout
-
-
 def test_tpu_sweep_starts_every_member_on_all_workers_in_its_own_workdir(tmp_path):
   for name, job in sweep_jobs("gs://bucket/sweep").items():
     spec = v4_32(name)
@@ -56,18 +43,49 @@ def test_tpu_sweep_starts_every_member_on_all_workers_in_its_own_workdir(tmp_pat
     assert "--worker=all" in setup and "--worker=all" in run
     assert "git checkout abc123" in remote(setup)
     assert "pip install -e '.[tpu]'" in remote(setup)
-    words = shlex.split(remote(run))
-    assert words[:3] == ["cd", "~/gptjax", "&&"]
-    assert words[3] == "GPTJAX_CACHE=/home/me/cache dir"
-    main = words[words.index("python3") + 1:words.index(">")]
-    assert main == job.main_args()
+    text = remote(run)
+    assert text.startswith("cd ~/gptjax && ")
+    main = job.main_args()
+    assert f"GPTJAX_CACHE='/home/me/cache dir' {shlex.join(['python3', *main])} ||" in text
     assert f"--workdir=gs://bucket/sweep/{name}" in main
     assert f"--config.model.d_model={SWEEP[name]['model.d_model']}" in main
     assert "--config.data.data_dir=gs://bucket/tfds" in main
+    assert f"if {completed_test(job.workdir)}; then" in text  # a finished run is not retrained
     for command in (setup, run):
       shellcheck(tmp_path, remote(command))
     (logs,) = tpu.commands("logs", spec)
     assert "--worker=0" in logs and tpu.log_path(spec) in remote(logs)
+
+
+def test_tpu_run_skips_completed_jobs_goes_on_after_a_failure_and_never_starts_twice(tmp_path):
+  """Runs the workers' side of `tpu run` here: HOME stands in for a worker's home directory."""
+  home, bin_dir = tmp_path / "home", tmp_path / "bin"
+  (home / "gptjax").mkdir(parents=True)
+  bin_dir.mkdir()
+  for tool in ("cat", "grep"):  # and no python3: the job to train fails at once, exit 127
+    os.symlink(shutil.which(tool), bin_dir / tool)
+  done, todo = (member(str(tmp_path / "sweep"), name, "experiments/gpt3.py:xl", {})
+                for name in ("done", "todo"))
+  os.makedirs(done.workdir)
+  with open(os.path.join(done.workdir, "summary.json"), "w") as f:
+    json.dump({"status": "completed"}, f, indent=2)
+  spec = dataclasses.replace(v4_32("s1"), accelerator="v4-8")  # one host: a local workdir is fine
+  text = remote(tpu.run(spec, done, todo))
+  env = {"HOME": str(home), "PATH": str(bin_dir)}
+  log, pid = home / "gptjax_sweep-s1.log", home / "gptjax_sweep-s1.pid"
+  subprocess.run([shutil.which("bash"), "-c", text], env=env, check=True, timeout=30)
+  deadline = time.monotonic() + 30
+  while "todo: failed" not in (log.read_text() if log.exists() else ""):
+    assert time.monotonic() < deadline, log.read_text() if log.exists() else "no log"
+    time.sleep(0.1)
+  first = log.read_text()
+  assert first.splitlines()[0] == f"{done.workdir}: completed, skipped"
+  assert first.splitlines()[-1] == f"{todo.workdir}: failed (exit 127)"
+  pid.write_text(f"{os.getpid()}\n")  # a start that is still alive: nothing new may start
+  again = subprocess.run([shutil.which("bash"), "-c", text], env=env, capture_output=True,
+                         text=True, check=True, timeout=30)
+  assert again.stdout == f"already running, pid {os.getpid()}\n"
+  assert log.read_text() == first
 
 
 def test_tpu_relaunch_recreates_the_vm_and_reruns_the_same_command():
@@ -108,6 +126,8 @@ def test_slurm_script_for_each_member(tmp_path):
                    "--partition=gpu"):
       assert f"#SBATCH {option}" in lines
     assert "export GPTJAX_CACHE='/home/me/cache dir'" in lines
+    assert "#SBATCH --dependency=singleton" in lines  # a resubmission waits, never runs alongside
+    assert f"if {completed_test(job.workdir)}; then" in lines  # a finished run is not retrained
     assert shlex.split(lines[-1]) == ["srun", "--kill-on-bad-exit=1", "python", *job.main_args()]
     assert f"--workdir=/shared/sweep/{name}" in lines[-1]
     shellcheck(tmp_path, text)

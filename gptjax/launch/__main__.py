@@ -6,7 +6,6 @@ tpu and slurm print what they would do unless given --execute, because they spen
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import subprocess
 import sys
@@ -88,12 +87,7 @@ def main(argv: list[str]) -> int:
   if not args.execute:
     print(text, end="")
     return 0
-  os.makedirs(os.path.join(job.workdir, "logs"), exist_ok=True)
-  path = args.script or os.path.join(job.workdir, "job.sbatch")
-  with open(path, "w") as f:
-    f.write(text)
-  print(f"wrote {path}", flush=True)
-  return subprocess.run(["sbatch", path], check=False).returncode
+  return slurm.submit(job, text, args.script)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import posixpath
 import re
+import shlex
 from typing import Mapping
 
 
@@ -46,6 +47,21 @@ def member(sweep_dir: str, name: str, config: str,
     raise LaunchError(f"member name {name!r}: use lowercase letters, digits and '-', "
                       "starting with a letter or digit (it also names the TPU VM or SLURM job)")
   return Job(config, posixpath.join(sweep_dir, name), dict(overrides), dict(env or {}))
+
+
+def completed_test(workdir: str) -> str:
+  """A shell condition that holds when WORKDIR/summary.json says the run completed.
+
+  Launch scripts test it before starting a run, so rerunning them (after a preemption,
+  or on a finished sweep) trains nothing twice. gs:// is read with `gcloud storage cat`,
+  which is there wherever those scripts run (your machine, TPU VMs). grep reads all of
+  its input (no -q), so under `pipefail` it cannot fail the pipe by closing it early.
+  """
+  path = posixpath.join(workdir, "summary.json")
+  grep = "grep -E '\"status\": *\"completed\"'"
+  if path.startswith("gs://"):
+    return f"{shlex.join(['gcloud', 'storage', 'cat', path])} 2>/dev/null | {grep} >/dev/null"
+  return f"{grep} {shlex.quote(path)} >/dev/null 2>&1"
 
 
 def parse_overrides(args: list[str]) -> dict[str, str]:

@@ -3,16 +3,21 @@
 `srun` starts the same command in every task and `jax.distributed.initialize()` reads
 its coordinator, process count and index from SLURM's environment. The script
 requeues on preemption (`--requeue`), and a requeued job reruns the same command on
-the same workdir, so it resumes from the last checkpoint.
+the same workdir, so it resumes from the last checkpoint. A job whose run already
+completed exits at once, and `--dependency=singleton` makes a second submission under
+the same job name wait for the first, so resubmitting never trains one workdir twice
+at the same time.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import posixpath
 import shlex
+import subprocess
 
-from gptjax.launch.job import Job, LaunchError, require
+from gptjax.launch.job import Job, LaunchError, completed_test, require
 
 NODE_LOCAL = ("/tmp", "/var/tmp", "/dev/shm", "/scratch/local", "/local")
 
@@ -61,14 +66,28 @@ def script(cluster: Cluster, job: Job) -> str:
   options = [f"--job-name={cluster.job_name}", f"--nodes={cluster.nodes}",
              f"--ntasks-per-node={per_node}", f"--gpus-per-node={cluster.gpus_per_node}",
              f"--cpus-per-task={cluster.cpus_per_task}", f"--time={cluster.time}",
-             f"--output={job.workdir}/logs/slurm-%j.out", "--open-mode=append", "--requeue"]
+             f"--output={job.workdir}/logs/slurm-%j.out", "--open-mode=append", "--requeue",
+             "--dependency=singleton"]
   options += [f"--partition={cluster.partition}"] * bool(cluster.partition)
   options += [f"--account={cluster.account}"] * bool(cluster.account)
   lines = ["#!/bin/bash", *(f"#SBATCH {option}" for option in options),
            "# jax.distributed.initialize() reads the coordinator, process count and index",
            "# from SLURM; a requeued job reruns this and resumes from the last checkpoint.",
            "set -euo pipefail",
+           f"if {completed_test(job.workdir)}; then",
+           f"  echo {shlex.quote(f'{job.workdir} completed; nothing to do')}; exit 0",
+           "fi",
            *(f"export {key}={shlex.quote(value)}" for key, value in job.env.items()),
            f"cd {shlex.quote(cluster.repo_dir)}",
            shlex.join(["srun", "--kill-on-bad-exit=1", "python", *job.main_args()])]
   return "\n".join(lines) + "\n"
+
+
+def submit(job: Job, text: str, path: str = "") -> int:
+  """Writes the script (default WORKDIR/job.sbatch), makes its log directory, runs sbatch on it."""
+  os.makedirs(os.path.join(job.workdir, "logs"), exist_ok=True)
+  path = path or os.path.join(job.workdir, "job.sbatch")
+  with open(path, "w") as f:
+    f.write(text)
+  print(f"wrote {path}", flush=True)
+  return subprocess.run(["sbatch", path], check=False).returncode

@@ -3,7 +3,9 @@
 The run command starts in the background on `--worker=all` with the same arguments
 on every host; `jax.distributed.initialize()` finds the coordinator on TPU VMs.
 Relaunching after a preemption deletes and recreates the VM and starts the very same
-command, which resumes from the last checkpoint in the (gs://) workdir.
+command, which resumes from the last checkpoint in the (gs://) workdir. For sweeps,
+`provision` and `wait_until_ready` give the shell that creates a VM only when it is
+missing or preempted, so a rerun leaves healthy VMs alone (see tpu_sweep.py).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import dataclasses
 import re
 import shlex
 
-from gptjax.launch.job import Job, LaunchError, require
+from gptjax.launch.job import Job, LaunchError, completed_test, require
 
 ACTIONS = ("up", "create", "setup", "run", "logs", "status", "delete", "relaunch")
 REPO_DIR = "~/gptjax"  # where setup clones gptjax on each worker
@@ -109,12 +111,28 @@ def setup(tpu: Tpu) -> list[str]:
                           "python3 -m pip install -e '.[tpu]'")
 
 
-def run(tpu: Tpu, job: Job) -> list[str]:
-  """Starts the job in the background on every worker, logging to `log_path`."""
-  env = [f"{key}={shlex.quote(value)}" for key, value in job.env.items()]
-  main = shlex.join(["python3", *job.main_args()])
-  return _ssh(tpu, "all", f"cd {REPO_DIR} && {' '.join([*env, 'nohup', main])} "
-                          f"> {log_path(tpu)} 2>&1 &")
+def run(tpu: Tpu, *jobs: Job) -> list[str]:
+  """Starts the jobs one after another in the background on every worker, logging to `log_path`.
+
+  A job whose summary.json says completed is skipped and a failed one does not stop the
+  next, so running this again after a preemption goes on where the last start stopped.
+  While an earlier start is still alive on the VM (its pid is in ~/gptjax_NAME.pid) it
+  starts nothing: a second copy would fight the first for the TPU and the workdir.
+  """
+  steps = []
+  for job in jobs:
+    main = " ".join([*(f"{key}={shlex.quote(value)}" for key, value in job.env.items()),
+                     shlex.join(["python3", *job.main_args()])])
+    skipped, failed = (shlex.quote(f"{job.workdir}: {what}") for what in ("completed, skipped",
+                                                                         "failed"))
+    steps.append(f"if {completed_test(job.workdir)}; then echo {skipped}; "
+                 f'else {main} || echo {failed} "(exit $?)"; fi')
+  pid = f"~/gptjax_{tpu.name}.pid"
+  # The subshell ignores SIGHUP like nohup (its children inherit that), so it outlives the ssh.
+  start = (f"( trap '' HUP; {'; '.join(steps)} ) >> {log_path(tpu)} 2>&1 < /dev/null & "
+           f"echo $! > {pid}")
+  return _ssh(tpu, "all", f'cd {REPO_DIR} && if [ -f {pid} ] && kill -0 "$(cat {pid})" 2>/dev/null; '
+                          f'then echo "already running, pid $(cat {pid})"; else {start}; fi')
 
 
 def logs(tpu: Tpu) -> list[str]:
@@ -134,6 +152,49 @@ def delete(tpu: Tpu) -> list[str]:
   if tpu.queued:
     return _gcloud(tpu, "queued-resources", "delete", tpu.name, "--force", "--quiet")
   return _gcloud(tpu, "tpu-vm", "delete", tpu.name, "--quiet")
+
+
+# What `status` prints: the state to run in, states worth waiting for, and the rest
+# (PREEMPTED, TERMINATED, SUSPENDED, FAILED, ...), which only a delete and create fix.
+_READY = {False: "READY", True: "ACTIVE"}
+_COMING_UP = {False: ("CREATING", "STARTING", "RESTARTING", "REPAIRING", "REIMAGING"),
+              True: ("CREATING", "ACCEPTED", "PROVISIONING", "WAITING_FOR_RESOURCES")}
+_WAIT_S = 60
+
+
+def _state(tpu: Tpu) -> str:
+  """The shell expansion of the VM's state, empty when it does not exist."""
+  return f"$({shlex.join(status(tpu))} 2>/dev/null || true)"
+
+
+def provision(tpu: Tpu) -> list[str]:
+  """Shell lines that create the VM if it is missing, and recreate it if it was preempted.
+
+  A VM that is up, or on its way up, is left alone, so rerunning a sweep never restarts
+  healthy work; a preempted one is deleted first because it keeps its name taken.
+  """
+  ready = _READY[tpu.queued]
+  return [f"state={_state(tpu)}",
+          'case "$state" in',
+          f"  {'|'.join([ready, *_COMING_UP[tpu.queued]])}) echo \"{tpu.name} is $state\" ;;",
+          f"  '') {shlex.join(create(tpu))} ;;",
+          f'  *) echo "{tpu.name} is $state: deleting and recreating it"',
+          f"     {shlex.join(delete(tpu))}",
+          f"     {shlex.join(create(tpu))} ;;",
+          "esac"]
+
+
+def wait_until_ready(tpu: Tpu) -> list[str]:
+  """Shell lines that wait for READY (a queued resource: ACTIVE), or stop naming the state."""
+  ready = _READY[tpu.queued]
+  return [f'until state={_state(tpu)}; [ "$state" = {ready} ]; do',
+          '  case "$state" in',
+          f"    {'|'.join(_COMING_UP[tpu.queued])})",
+          f'      echo "{tpu.name} is $state, waiting for {ready}"; sleep {_WAIT_S} ;;',
+          f'    *) echo "{tpu.name} is ${{state:-missing}}: rerun the sweep to recreate it" >&2',
+          "       exit 1 ;;",
+          "  esac",
+          "done"]
 
 
 def commands(action: str, tpu: Tpu, job: Job | None = None) -> list[list[str]]:
