@@ -156,20 +156,25 @@ def _shape_name(overrides: dict[str, object]) -> str:
   return f"l{overrides['model.n_layer']}-d{overrides['model.d_model']}"
 
 
-def family(n_layers: list[int], base: ml_collections.ConfigDict, *, ratio: int = 64,
+def ladder(shapes: list[tuple[int, int]], base: ml_collections.ConfigDict, *,
            lr_rule: str = "gpt3", lr_value: float = 0.0, tokens_rule: str = "ratio",
            tokens_value: float = CHINCHILLA_TOKENS_PER_PARAM) -> dict[str, dict[str, object]]:
-  """{member name: overrides} for a ladder of depths; `base` supplies vocab and context.
+  """{member name: overrides} for (n_layer, d_model) shapes; `base` supplies vocab and context.
 
-  Names are 'l{n_layer}-d{d_model}', which sort by size within a ladder and are
-  valid TPU VM / SLURM job names.
+  Names are 'l{n_layer}-d{d_model}', which are valid TPU VM / SLURM job names.
   """
   members = {}
-  for n_layer in n_layers:
-    overrides = member(shape(n_layer, ratio), base, lr_rule=lr_rule, lr_value=lr_value,
+  for n_layer, d_model in shapes:
+    overrides = member(free_shape(n_layer, d_model), base, lr_rule=lr_rule, lr_value=lr_value,
                        tokens_rule=tokens_rule, tokens_value=tokens_value)
     members[_shape_name(overrides)] = overrides
   return members
+
+
+def family(n_layers: list[int], base: ml_collections.ConfigDict, *, ratio: int = 64,
+           **rules) -> dict[str, dict[str, object]]:
+  """`ladder` over depths at one aspect ratio (d_model = ratio * n_layer)."""
+  return ladder([(n, shape(n, ratio)["model.d_model"]) for n in n_layers], base, **rules)
 
 
 def budget_name(compute: float) -> str:
