@@ -27,6 +27,8 @@ import time
 
 from absl import app, flags
 
+from gptjax import config as config_lib
+from gptjax import flops
 from gptjax.launch import slurm, tpu, tpu_sweep
 from gptjax.launch.job import Job, LaunchError, member, parse_env
 
@@ -72,6 +74,7 @@ _REPO_DIR = flags.DEFINE_string("repo_dir", "", "slurm: gptjax checkout on share
                                 "jobs run from, e.g. /shared/you/gptjax.")
 
 _POLL_S = 0.2
+_PROGRESS_EVERY_S = 60.0  # the table is also printed on every status change
 
 
 def write_json(path: str, obj: dict) -> None:
@@ -81,8 +84,7 @@ def write_json(path: str, obj: dict) -> None:
   os.replace(path + ".tmp", path)
 
 
-def load_sweep(path: str) -> dict[str, dict[str, object]]:
-  """The experiment file's get_sweep(), checked to be {name: {"group.field": value}}."""
+def _load_experiment(path: str):
   spec = importlib.util.spec_from_file_location("sweep_experiment", path)
   if spec is None or not os.path.exists(path):
     raise LaunchError(f"--config={path}: no such file; pass an experiment file, e.g. "
@@ -92,13 +94,37 @@ def load_sweep(path: str) -> dict[str, dict[str, object]]:
   if not hasattr(module, "get_sweep"):
     raise LaunchError(f"--config={path}: defines no get_sweep(); add one returning "
                       "{member name: {'group.field': value}}")
-  sweep = module.get_sweep()
+  return module
+
+
+def load_sweep(path: str) -> dict[str, dict[str, object]]:
+  """The experiment file's get_sweep(), checked to be {name: {"group.field": value}}."""
+  sweep = _load_experiment(path).get_sweep()
   for name, overrides in sweep.items():
     for key in overrides:
       if key.count(".") != 1:
         raise LaunchError(f"member {name!r}: override key {key!r} is not 'group.field', "
                           "e.g. 'model.n_layer'")
   return sweep
+
+
+def planned_flops(path: str, sweep: dict[str, dict[str, object]]) -> dict[str, float]:
+  """Each member's training FLOPs, after checking its config: a bad member fails the sweep
+  before any member trains, and the ETA weighs members by their cost, not their count."""
+  module = _load_experiment(path)
+  planned = {}
+  for name, overrides in sweep.items():
+    c = module.get_config()
+    try:
+      for key, value in overrides.items():
+        group, field = key.split(".")
+        c[group][field] = value
+      config_lib.validate(c)
+    except (KeyError, AttributeError, TypeError, ValueError) as e:
+      raise LaunchError(f"member {name!r}: {e}") from None
+    tokens = config_lib.train_steps(c) * c.train.batch_size * c.model.seq_len
+    planned[name] = float(tokens * flops.flops_per_token(c.model))
+  return planned
 
 
 def command(job: Job) -> list[str]:
@@ -126,22 +152,35 @@ class Member:
   start: float = 0.0
   elapsed_s: float = 0.0
   returncode: int | None = None
+  flops: float = 0.0  # planned training FLOPs, for the ETA
 
 
 def progress(members: list[Member], parallel: int, start: float) -> str:
-  """A table of every member plus totals and an ETA from the members finished so far."""
+  """A table of every member plus totals and an ETA.
+
+  The ETA divides the FLOPs left by the FLOP rate of the members finished in
+  this invocation, so a size sweep's large members are not estimated at the
+  small ones' durations.
+  """
   now = time.monotonic()
   lines = []
   for m in members:
     elapsed = now - m.start if m.status == "running" else m.elapsed_s
-    lines.append(f"  {os.path.basename(m.job.workdir):<24} {m.status:<10} {elapsed:8.1f}s")
+    lines.append(f"  {os.path.basename(m.job.workdir):<24} {m.status:<10} {elapsed:8.1f}s "
+                 f"{m.flops:9.2e} FLOPs")
   count = {s: sum(m.status == s for m in members) for s in ("completed", "skipped", "running",
                                                            "failed", "pending")}
-  timed = [m.elapsed_s for m in members if m.status in ("completed", "failed")]
-  left = count["pending"] + count["running"]
-  eta = f"{sum(timed) / len(timed) * left / parallel:.0f}s" if timed and left else "?"
+  finished = [m for m in members if m.status == "completed"]
+  rate = sum(m.flops for m in finished) / sum(m.elapsed_s for m in finished) if finished else 0.0
+  left = [m for m in members if m.status in ("pending", "running")]
   if not left:
     eta = "0s"
+  elif rate > 0:
+    flops_left = sum(m.flops if m.status == "pending" else max(0.0, m.flops - rate * (now - m.start))
+                     for m in left)
+    eta = f"{flops_left / rate / min(parallel, len(left)):.0f}s"
+  else:
+    eta = "? (after the first member)"
   lines.append(f"  done {count['completed'] + count['skipped']}/{len(members)}"
                f" (skipped {count['skipped']}), running {count['running']}, "
                f"failed {count['failed']}, elapsed {now - start:.0f}s, ETA {eta}")
@@ -169,6 +208,7 @@ def run_local(members: list[Member], parallel: int) -> None:
   queue = [m for m in members if m.status == "pending"]
   active: list[Member] = []
   print(progress(members, parallel, start), flush=True)
+  printed = time.monotonic()
   while queue or active:
     changed = False
     cache_ready = any(m.status in ("skipped", "completed", "failed") for m in members)
@@ -185,8 +225,9 @@ def run_local(members: list[Member], parallel: int) -> None:
       _finish(m)
       active.remove(m)
       changed = True
-    if changed:
+    if changed or time.monotonic() - printed > _PROGRESS_EVERY_S:
       print(progress(members, parallel, start), flush=True)
+      printed = time.monotonic()
     time.sleep(_POLL_S)
 
 
@@ -268,7 +309,8 @@ def main(argv: list[str]) -> None:
     env = parse_env(_ENV.value)
     jobs = {name: member(sweep_dir, name, config, overrides, env)
             for name, overrides in sweep.items()}
-    members = [Member(job) for job in jobs.values()]
+    planned = planned_flops(config, sweep)
+    members = [Member(job, flops=planned[name]) for name, job in jobs.items()]
     if _LAUNCHER.value == "tpu":
       spec = tpu.Tpu(_NAME.value, _PROJECT.value, _ZONE.value, _ACCELERATOR.value,
                      _RUNTIME_VERSION.value, _PROVISIONING.value, _QUEUED.value, _REPO.value,

@@ -4,6 +4,7 @@ scripts and sbatch jobs of --launcher=tpu and --launcher=slurm, which no test ca
 import dataclasses
 import importlib.util
 import json
+import math
 import os
 import shlex
 import shutil
@@ -18,7 +19,7 @@ from gptjax import flops
 from gptjax.launch import slurm, tpu, tpu_sweep
 from gptjax.launch.job import LaunchError, completed_test, member
 from gptjax.scaling import sizes
-from gptjax.sweep import launch_slurm, load_sweep
+from gptjax.sweep import Member, launch_slurm, load_sweep, planned_flops, progress
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "experiments", "scaling_tiny.py")
@@ -363,3 +364,26 @@ def test_completed_test_reads_the_summaries_training_writes(finished, tmp_path):
     json.dump({**summary, "status": "running"}, f, indent=2)
   for run_dir in ("running", "missing"):
     assert subprocess.run(["bash", "-c", completed_test(str(tmp_path / run_dir))]).returncode != 0
+
+
+def test_planned_flops_are_each_members_cost_and_bad_members_fail_before_any_training(tmp_path):
+  planned = planned_flops(CPU, load_sweep(CPU))
+  c = config_lib.base_config()
+  c.model.vocab_size, c.model.seq_len = 257, 256
+  model = sizes.model_config(sizes.free_shape(4, 256), c)
+  tokens = math.ceil(3_000_000 / (16 * 256)) * 16 * 256  # whole updates of 16 x 256 tokens
+  assert planned["l4-d256"] == tokens * flops.flops_per_token(model)
+  bad = tmp_path / "bad.py"
+  bad.write_text(open(TINY).read() + "\n\ndef get_sweep():\n  return {'m': {'model.n_head': 3}}\n")
+  result = sweep(str(bad), tmp_path / "w")
+  assert result.returncode != 0 and "member 'm'" in result.stderr and "n_head" in result.stderr
+  assert not (tmp_path / "w").exists()
+
+
+def test_eta_weighs_members_by_their_flops():
+  def made(name, status, flops_, elapsed=0.0):
+    return Member(member("/s", name, TINY, {}), status=status, elapsed_s=elapsed, flops=flops_)
+  members = [made("a", "completed", 1e12, 10.0), made("b", "skipped", 9e12),
+             made("c", "pending", 5e12)]
+  assert progress(members, 1, 0.0).splitlines()[-1].endswith("ETA 50s")  # 5e12 at 1e11 FLOP/s
+  assert "ETA ? (after the first member)" in progress(members[1:], 1, 0.0)
