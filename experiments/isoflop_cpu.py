@@ -1,25 +1,27 @@
-"""IsoFLOP profiles on a 2-core CPU: 3 budgets x 5 sizes (Chinchilla Approach 2).
+"""IsoFLOP profiles on a 2-core CPU: 3 budgets x 5-7 sizes (Chinchilla Approach 2).
 
-Budgets 1.5e12, 5e12 and 1.5e13 FLOPs (one decade, counted with
-flops.flops_per_token, the MFU convention). Each budget trains 5 sizes from a
-ladder of 50K-3.2M non-embedding parameters spaced ~2x apart, the window moving
-up one rung per budget so the loss-optimal size stays inside it; each member
-gets D = C / flops_per_token(N) tokens. Byte tokenizer, 256-token context, batch
-8 x 256 = 2,048 tokens per update, peak lr by Kaplan's LR(N), the embedded corpus
-(every member sees well under one epoch of it).
+Budgets 5e11, 1.5e12 and 5e12 FLOPs (one decade, counted with
+flops.flops_per_token, the MFU convention); each member gets
+D = C / flops_per_token(N) tokens. Sizes come from a ladder of 12.6K-793K
+non-embedding parameters spaced ~2x apart (d_model 32 models have one 32-wide
+head). The windows were chosen from a first pass: at 1.5e12 the loss fell
+monotonically from 793K down to 50K parameters, so the optimum on this corpus
+sits far below Chinchilla's N ~ sqrt(C / 120) and the ladder reaches down to 12.6K.
+Byte tokenizer, 256-token context, batch 8 x 256 = 2,048 tokens per update, peak
+lr by Kaplan's LR(N), the embedded corpus (11.5M training bytes: the smallest
+models at 5e12 see it ~3 times).
 
-Time estimate at the ~4.5e10 FLOP/s these sizes reach on this CPU (scaling_cpu's
-l1 and l2 members): 5 x (1.5e12 + 5e12 + 1.5e13) = 1.1e14 FLOP -> 40 min, plus
-~10 s of startup and compile per member. Run with --parallel=1.
+Time: 5 x 5e11 + 7 x 1.5e12 + 6 x 5e12 = 4.3e13 FLOP; these small models run at
+2-4e10 FLOP/s on this CPU including ~15 s of startup per member, so 20-35 min.
+Run with --parallel=1.
 """
 
 from gptjax.config import base_config
 from gptjax.scaling import sizes
 
-# (n_layer, d_model) rungs: N = 50K, 100K, 200K, 397K, 793K, 1.33M, 3.16M.
-LADDER = [(1, 64), (2, 64), (4, 64), (2, 128), (4, 128), (3, 192), (4, 256)]
-BUDGETS = (1.5e12, 5e12, 1.5e13)
-SIZES_PER_BUDGET = 5
+# (n_layer, d_model) rungs: N = 12.6K, 25K, 50K, 100K, 200K, 397K, 793K.
+LADDER = [(1, 32), (2, 32), (1, 64), (2, 64), (4, 64), (2, 128), (4, 128)]
+WINDOWS = {5e11: LADDER[0:5], 1.5e12: LADDER[0:7], 5e12: LADDER[0:6]}
 
 
 def get_config():
@@ -37,5 +39,4 @@ def get_config():
 
 
 def get_sweep():
-  windows = {budget: LADDER[i:i + SIZES_PER_BUDGET] for i, budget in enumerate(BUDGETS)}
-  return sizes.isoflop_family(windows, get_config(), lr_rule="kaplan")
+  return sizes.isoflop_family(WINDOWS, get_config(), lr_rule="kaplan")

@@ -127,13 +127,12 @@ def _member_configs(module):
     yield name, c
 
 
-def test_isoflop_cpu_has_three_budgets_of_five_sizes_under_one_epoch():
+def test_isoflop_cpu_has_three_budgets_of_at_least_four_sizes_spanning_a_decade():
   module = _experiment("isoflop_cpu")
   budgets: dict[str, list[int]] = {}
   for name, c in _member_configs(module):
     budgets.setdefault(name.split("-")[0], []).append(
         flops.param_counts(c.model)["n_params_non_embedding"])
-    assert c.train.tokens < 11e6  # the embedded corpus has ~11.5M training bytes
     assert c.train.tokens // (c.train.batch_size * c.model.seq_len) >= 100  # updates
   assert len(budgets) >= 3
   for ns in budgets.values():

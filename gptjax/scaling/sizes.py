@@ -37,14 +37,16 @@ def free_shape(n_layer: int, d_model: int) -> dict[str, int]:
 
   For ladders that need finer steps in N than a fixed aspect ratio gives (N grows
   as n_layer^3 along one, so 1 -> 2 layers is 8x); Kaplan et al. 2020 find loss
-  nearly flat in the aspect ratio, so mixing ratios costs little.
+  nearly flat in the aspect ratio, so mixing ratios costs little. A d_model below
+  64 (a model smaller than any 64-wide head allows) gets one head of d_model.
   """
   if not isinstance(n_layer, int) or n_layer < 1:
     raise ValueError(f"n_layer={n_layer!r}: must be an integer >= 1")
-  if not isinstance(d_model, int) or d_model < D_HEAD or d_model % D_HEAD:
-    raise ValueError(f"d_model={d_model!r}: must be a positive multiple of the head size {D_HEAD}")
+  if not isinstance(d_model, int) or d_model < 8 or d_model % min(d_model, D_HEAD):
+    raise ValueError(f"d_model={d_model!r}: must be a positive multiple of the head size "
+                     f"{D_HEAD}, or below {D_HEAD} for a single head")
   return {"model.n_layer": n_layer, "model.d_model": d_model,
-          "model.n_head": d_model // D_HEAD, "model.d_ff": 4 * d_model}
+          "model.n_head": max(1, d_model // D_HEAD), "model.d_ff": 4 * d_model}
 
 
 def model_config(overrides: dict[str, object],
