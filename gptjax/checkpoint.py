@@ -1,7 +1,8 @@
 """Checkpoints: orbax CheckpointManager over the train state plus run metadata.
 
-Orbax writes each step into a temporary directory and renames it when complete,
-so a `kill -9` at any moment leaves only whole checkpoints behind. The data
+Orbax writes each step into a temporary directory and renames it when complete
+(on GCS, which cannot rename, it writes a commit_success file last instead), so
+a `kill -9` at any moment leaves only whole checkpoints behind. The data
 position is the step itself (batches are a pure function of data, seed and step);
 the data package's state, saved beside it, makes sure it is the same data.
 """
@@ -13,6 +14,8 @@ from typing import Any
 
 import ml_collections
 import orbax.checkpoint as ocp
+
+from gptjax import rundir
 
 # Settings that change the shape or layout of the saved state, or the data order
 # a resumed run continues: resuming across a change in any of them is refused with
@@ -27,10 +30,12 @@ def resume_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
+  """Orbax's manager of WORKDIR/checkpoints; a gs:// URL goes to orbax as it is."""
+  directory = workdir if rundir.is_remote(workdir) else os.path.abspath(workdir)
   options = ocp.CheckpointManagerOptions(
       max_to_keep=config.train.keep_checkpoints, create=True,
       enable_async_checkpointing=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+  return ocp.CheckpointManager(os.path.join(directory, "checkpoints"),
                                options=options, item_names=("state", "meta"))
 
 

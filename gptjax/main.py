@@ -13,13 +13,15 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from gptjax import config as config_lib
-from gptjax import plan, train
+from gptjax import plan, rundir, train
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment file (experiments/*.py), optionally with ':arg'.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Run directory: config, metrics, checkpoints, tokenizer, samples.")
+    "workdir", None,
+    "Run directory: config, metrics, checkpoints, tokenizer, samples. A local path or "
+    "gs://BUCKET/PATH (needs the tpu or cuda extra).")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False,
     "Multi-host: call jax.distributed.initialize() first. On TPU VMs and under SLURM it "
@@ -36,6 +38,8 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   try:
     config_lib.validate(_CONFIG.value)
+    if not _CONFIG.value.train.dry_run:  # a dry run writes nothing
+      rundir.check(_WORKDIR.value)
   except ValueError as e:
     sys.exit(f"error: {e}")
   if _DISTRIBUTED.value:

@@ -1,23 +1,38 @@
 """Where metrics go: the console, WORKDIR/metrics.jsonl and TensorBoard.
 
-Only process 0 writes. metrics.jsonl is flushed per row, and on resume rows
-past the restored step (written before a crash, then recomputed) are dropped,
-so the file always reads like one uninterrupted run.
+Only process 0 writes. On resume rows past the restored step (written before a
+crash, then recomputed) are dropped, so the file always reads like one
+uninterrupted run. Locally each row is appended and flushed as it is written.
+An object store cannot append, so for a gs:// workdir the whole file is
+rewritten instead (rundir.write_atomic), and TensorBoard's event files are
+uploaded with it: with the first row written REMOTE_SYNC_S seconds after the
+last upload, and at `sync()`, which training calls before each checkpoint so
+that the rows a resume keeps are stored before the checkpoint it resumes from.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
+import time
 from typing import Any
 
 import jax
+from absl import logging
+from etils import epath
 from tensorboardX import SummaryWriter
 
+from gptjax import rundir
 
-def _json_rows(path: str) -> list[dict[str, Any]]:
+# Each upload rewrites the whole file: every 30 s keeps that cheap and the bucket current.
+REMOTE_SYNC_S = 30.0
+
+
+def _json_rows(path: epath.Path) -> list[dict[str, Any]]:
   rows = []
-  with open(path) as f:
+  with path.open() as f:
     for line in f:
       try:
         rows.append(json.loads(line))
@@ -27,8 +42,8 @@ def _json_rows(path: str) -> list[dict[str, Any]]:
 
 
 def read_rows(workdir: str) -> list[dict[str, Any]]:
-  path = os.path.join(workdir, "metrics.jsonl")
-  return _json_rows(path) if os.path.exists(path) else []
+  path = epath.Path(workdir) / "metrics.jsonl"
+  return _json_rows(path) if path.exists() else []
 
 
 class MetricsWriter:
@@ -38,29 +53,59 @@ class MetricsWriter:
     self.enabled = jax.process_index() == 0
     if not self.enabled:
       return
-    path = os.path.join(workdir, "metrics.jsonl")
-    kept = [r for r in read_rows(workdir) if r["step"] <= resume_step]
-    with open(path + ".tmp", "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in kept)
-    os.replace(path + ".tmp", path)
-    self._file = open(path, "a")
-    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
-                             purge_step=resume_step + 1 if resume_step else None)
+    self._path = epath.Path(workdir) / "metrics.jsonl"
+    self._remote = rundir.is_remote(workdir)
+    self._lines = [json.dumps(r) + "\n" for r in read_rows(workdir) if r["step"] <= resume_step]
+    rundir.write_atomic(self._path, "".join(self._lines))
+    self._synced_at = time.monotonic()
+    self._file = None if self._remote else self._path.open("a")
+    # On an object store TensorBoard's event files are written locally and uploaded with
+    # metrics.jsonl. tensorboardX can write gs:// itself, but it uploads the whole file at
+    # every flush and again when garbage-collected, which stalls the exit for minutes when
+    # GCS cannot be reached.
+    self._tb_dir = epath.Path(workdir) / "tensorboard"
+    self._tb_local = (tempfile.mkdtemp(prefix="gptjax-tensorboard-") if self._remote
+                      else os.fspath(self._tb_dir))
+    self._tb = SummaryWriter(self._tb_local, purge_step=resume_step + 1 if resume_step else None)
+    if self._remote:
+      logging.info("TensorBoard events go to %s and are copied to %s with metrics.jsonl",
+                   self._tb_local, self._tb_dir)
 
   def write(self, row: dict[str, Any]) -> None:
     if not self.enabled:
       return
-    self._file.write(json.dumps(row) + "\n")
-    self._file.flush()
     for key, value in row.items():
       if key != "step" and isinstance(value, (int, float)):
         self._tb.add_scalar(key, value, row["step"])
+    line = json.dumps(row) + "\n"
+    if self._remote:
+      self._lines.append(line)
+      if time.monotonic() - self._synced_at >= REMOTE_SYNC_S:
+        self.sync()
+    else:
+      self._file.write(line)
+      self._file.flush()
+      self._tb.flush()
+
+  def sync(self) -> None:
+    """Stores every row written so far: uploads on an object store, nothing to do locally."""
+    if not (self.enabled and self._remote):
+      return
+    rundir.write_atomic(self._path, "".join(self._lines))
     self._tb.flush()
+    for events in epath.Path(self._tb_local).iterdir():
+      (self._tb_dir / events.name).write_bytes(events.read_bytes())
+    self._synced_at = time.monotonic()
 
   def close(self) -> None:
-    if self.enabled:
+    if not self.enabled:
+      return
+    self._tb.close()
+    if self._remote:
+      self.sync()
+      shutil.rmtree(self._tb_local)
+    else:
       self._file.close()
-      self._tb.close()
 
 
 def console_line(row: dict[str, Any], total_steps: int, eta_s: float) -> str:

@@ -7,23 +7,21 @@ steps. Only process 0 writes files.
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any
 
 import jax
 import ml_collections
 from absl import logging
+from etils import epath
 
-from gptjax import flops, metrics
+from gptjax import flops, metrics, rundir
 
 
-def write_json(path: str, obj: dict[str, Any]) -> None:
-  """Atomically (write, then rename), so a kill never leaves half a file."""
+def write_json(path: epath.Path, obj: dict[str, Any]) -> None:
+  """Atomically (rundir.write_atomic), so a kill never leaves half a file."""
   if jax.process_index() == 0:
-    with open(path + ".tmp", "w") as f:
-      json.dump(obj, f, indent=2)
-    os.replace(path + ".tmp", path)
+    rundir.write_atomic(path, json.dumps(obj, indent=2))
 
 
 class RunRecord:
@@ -36,12 +34,11 @@ class RunRecord:
     self._flops_per_token = flops.flops_per_token(config.model)
     self._peak_flops = peak_tflops * 1e12 * jax.device_count()
     self._writer = metrics.MetricsWriter(workdir, start_step)
-    self._summary_path = os.path.join(workdir, "summary.json")
+    self._summary_path = epath.Path(workdir) / "summary.json"
     self._wall_start = time.time()
     self._previous_wall = 0.0
-    if start_step and os.path.exists(self._summary_path):
-      with open(self._summary_path) as f:
-        self._previous_wall = json.load(f).get("wall_s", 0.0)
+    if start_step and self._summary_path.exists():
+      self._previous_wall = json.loads(self._summary_path.read_text()).get("wall_s", 0.0)
     self._last_row = (start_step, time.perf_counter())
     self.last_eval_step: int | None = None
     self.summary = {
@@ -55,8 +52,13 @@ class RunRecord:
     tokens = step * self._tokens_per_step
     return {"step": step, "tokens": tokens, "flops": tokens * self._flops_per_token}
 
+  def sync(self) -> None:
+    """Stores the rows written so far; training calls it before each checkpoint."""
+    self._writer.sync()
+
   def train_row(self, step: int, device_metrics: dict[str, jax.Array]) -> None:
-    """Fetches step `step`'s metrics: call it only once a later step is dispatched."""
+    """Fetches step `step`'s metrics: call it once a later step is dispatched, or when
+    the caller waits for this step anyway (a checkpoint of it)."""
     values = jax.device_get(device_metrics)
     now = time.perf_counter()
     step_time = (now - self._last_row[1]) / max(step - self._last_row[0], 1)

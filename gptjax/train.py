@@ -12,7 +12,6 @@ import dataclasses
 import functools
 import json
 import math
-import os
 import signal
 import time
 from typing import Any, Callable
@@ -25,10 +24,11 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
-from gptjax import checkpoint, data, flops, generate, optim, run_record, sharding
+from gptjax import checkpoint, data, flops, generate, optim, run_record, rundir, sharding
 from gptjax.config import padded_vocab_size, train_steps, validate
 from gptjax.model import GPT, document_segments, model_config
 
@@ -256,8 +256,9 @@ def _log_model(config: ml_collections.ConfigDict) -> None:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (or resumes) the run in `workdir`; returns the summary it writes."""
   validate(config)
-  os.makedirs(workdir, exist_ok=True)
-  run_record.write_json(os.path.join(workdir, "config.json"),
+  rundir.check(workdir)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  run_record.write_json(epath.Path(workdir) / "config.json",
                         json.loads(config.to_json_best_effort()))
   total_steps = train_steps(config)
   tc = config.train
@@ -320,6 +321,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           run_eval(step)
         preempted = preemption.reached(step)
         if step % tc.checkpoint_every == 0 or step == total_steps or preempted:
+          # The rows a resume from this checkpoint keeps, this step's included (the save
+          # waits for it anyway), are stored first: on GCS they are only rewritten now
+          # and then, and a row missing here would never be written again.
+          if pending is not None:
+            record.train_row(*pending)
+            pending = None
+          record.sync()
           checkpoint.save(mngr, step, state, config, lm_data.state(step))
         if preempted and step < total_steps:
           logging.warning("preempted: checkpointed step %d; rerun the same command to resume", step)
@@ -351,5 +359,4 @@ def _write_samples(workdir: str, model: GPT, params: Any, tokenizer: Any,
   for i, text in enumerate(texts):
     logging.info("sample %d:\n%s", i, text)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "samples.txt"), "w") as f:
-      f.write("\n\n========\n\n".join(texts) + "\n")
+    (epath.Path(workdir) / "samples.txt").write_text("\n\n========\n\n".join(texts) + "\n")

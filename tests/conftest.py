@@ -9,6 +9,9 @@ import os
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8").strip()
+# gcsfs reads this on import: its zonal/HNS bucket probe talks gRPC, which the local GCS
+# server of tests/gcs_emulator.py does not, and waits a minute per bucket before giving up.
+os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
 
 import pytest
 
@@ -22,3 +25,15 @@ def isolated_cache(tmp_path_factory):
     os.environ.pop("GPTJAX_CACHE", None)
   else:
     os.environ["GPTJAX_CACHE"] = previous
+
+
+@pytest.fixture(scope="session")
+def gcs_bucket(tmp_path_factory):
+  """The name of a bucket on a local GCS server that gs:// URLs reach for the whole session.
+
+  Session-wide: one server is enough, and epath keeps the first gcsfs filesystem, with its
+  credentials, for the whole process.
+  """
+  import gcs_emulator
+  with gcs_emulator.serving("gptjax-test", str(tmp_path_factory.mktemp("gcloud"))):
+    yield "gptjax-test"

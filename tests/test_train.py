@@ -2,6 +2,7 @@
 
 import functools
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -12,6 +13,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+from etils import epath
+from google.cloud import storage
 
 from gptjax import config as config_lib
 from gptjax import optim, train
@@ -140,6 +143,30 @@ def test_restoring_a_different_model_says_what_differs(finished_run, tmp_path):
   assert "seed: checkpoint 0, now 1" in str(e.value)
 
 
+def test_a_gs_run_directory_holds_the_same_run_and_resumes(finished_run, gcs_bucket, caplog):
+  """The run directory on GCS (a local GCS server, tests/gcs_emulator.py): the same files and
+  rows as the local run, and a resume that drops the rows past its checkpoint."""
+  local, _ = finished_run
+  workdir = f"gs://{gcs_bucket}/run"
+  run_dir = epath.Path(workdir)
+  config = tiny_config(**{"train.steps": 6, "train.eval_every": 3, "train.checkpoint_every": 3})
+  train.run(config, workdir)
+  assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["3", "6"]
+  (run_dir / "checkpoints" / "6").rmtree()  # as if killed before the last checkpoint
+  caplog.set_level(logging.INFO)
+  summary = train.run(config, workdir)
+  assert f"resumed from {workdir}/checkpoints at step 3" in caplog.text
+
+  for name in ("config.json", "samples.txt", "tokenizer/spm.model"):
+    assert (run_dir / name).is_file(), name
+  assert len(list((run_dir / "tensorboard").glob("events.out.tfevents*"))) == 2  # one per run
+  gs_rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+  assert_same_curve(gs_rows, rows(local))
+  on_gcs = json.loads((run_dir / "summary.json").read_text())
+  assert on_gcs["status"] == "completed" and on_gcs["tokens"] == summary["tokens"] == 6 * 8 * 32
+  assert not os.path.exists("gs:")  # what Python's own open() made of gs:// URLs
+
+
 def _wait_for(predicate, proc, timeout=300.0):
   deadline = time.time() + timeout
   while not predicate():
@@ -177,6 +204,34 @@ def test_kill_9_then_rerun_matches_an_uninterrupted_run(tmp_path):
   assert_same_curve(rows(resumed), rows(reference))
   with open(os.path.join(resumed, "summary.json")) as f:
     assert json.load(f)["status"] == "completed"
+
+
+def test_kill_9_on_gcs_loses_no_row_a_resume_keeps(gcs_bucket, tmp_path):
+  """On GCS metrics.jsonl is uploaded now and then, and always before each checkpoint."""
+  workdir = f"gs://{gcs_bucket}/killed"
+  overrides = {"train.steps": 200, "train.checkpoint_every": 20, "train.eval_every": 0}
+
+  def committed_steps():  # listed with google-cloud-storage, which has no listing cache
+    blobs = storage.Client().list_blobs(gcs_bucket, prefix="killed/checkpoints/")
+    return [int(b.name.split("/")[2]) for b in blobs if b.name.endswith("/commit_success.txt")]
+
+  def stored_train_steps():
+    lines = (epath.Path(workdir) / "metrics.jsonl").read_text().splitlines()
+    return [row["step"] for row in map(json.loads, lines) if "train_loss" in row]
+
+  proc = subprocess.Popen(cli(workdir, **overrides), cwd=tmp_path, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  _wait_for(lambda: max(committed_steps(), default=0) >= 40, proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  resume_point = max(committed_steps())
+  stored = stored_train_steps()
+  assert stored == list(range(1, len(stored) + 1)) and len(stored) >= resume_point
+  rerun = subprocess.run(cli(workdir, **overrides), check=True, capture_output=True, text=True,
+                         cwd=tmp_path)
+  assert f"at step {resume_point}" in rerun.stderr
+  assert stored_train_steps() == list(range(1, 201))
+  assert not os.listdir(tmp_path)  # nothing landed on local disk (./gs:/...)
 
 
 def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(tmp_path):

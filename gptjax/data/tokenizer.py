@@ -12,6 +12,7 @@ from typing import Protocol
 
 import numpy as np
 import sentencepiece as spm
+from etils import epath
 
 SPM_FILENAME = 'spm.model'
 BYTES_FILENAME = 'bytes.tokenizer'  # Marker file: the byte tokenizer has no state.
@@ -69,9 +70,9 @@ class ByteTokenizer:
     return 'bytes-v1'
 
   def save(self, directory: str) -> None:
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, BYTES_FILENAME), 'w') as f:
-      f.write('utf-8 bytes 0..255, eos=256\n')
+    target = epath.Path(directory)
+    target.mkdir(parents=True, exist_ok=True)
+    (target / BYTES_FILENAME).write_text('utf-8 bytes 0..255, eos=256\n')
 
 
 class SentencePieceTokenizer:
@@ -90,12 +91,12 @@ class SentencePieceTokenizer:
 
   @classmethod
   def from_file(cls, path: str) -> 'SentencePieceTokenizer':
-    """Loads an existing `.model` file."""
-    if not os.path.isfile(path):
+    """Loads an existing `.model` file (local or gs://)."""
+    model_file = epath.Path(path)
+    if not model_file.is_file():
       raise ValueError(f'data.tokenizer={path!r}: no such file; give the path '
                        "of a SentencePiece .model file, 'sentencepiece' or 'bytes'")
-    with open(path, 'rb') as f:
-      return cls(f.read(), origin=path)
+    return cls(model_file.read_bytes(), origin=path)
 
   def encode(self, text: str) -> list[int]:
     return self._sp.encode(text)
@@ -128,17 +129,17 @@ class SentencePieceTokenizer:
     return 'spm-' + hashlib.sha256(self._proto).hexdigest()[:16]
 
   def save(self, directory: str) -> None:
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, SPM_FILENAME), 'wb') as f:
-      f.write(self._proto)
+    target = epath.Path(directory)
+    target.mkdir(parents=True, exist_ok=True)
+    (target / SPM_FILENAME).write_bytes(self._proto)
 
 
 def load_saved(directory: str) -> Tokenizer:
   """Reloads the tokenizer a run saved in `WORKDIR/tokenizer` (for sampling)."""
-  spm_path = os.path.join(directory, SPM_FILENAME)
-  if os.path.isfile(spm_path):
-    return SentencePieceTokenizer.from_file(spm_path)
-  if os.path.isfile(os.path.join(directory, BYTES_FILENAME)):
+  saved = epath.Path(directory)
+  if (saved / SPM_FILENAME).is_file():
+    return SentencePieceTokenizer.from_file(os.fspath(saved / SPM_FILENAME))
+  if (saved / BYTES_FILENAME).is_file():
     return ByteTokenizer()
   raise ValueError(f'no tokenizer saved in {directory!r} (expected {SPM_FILENAME} '
                    f'or {BYTES_FILENAME}); point at a run\'s WORKDIR/tokenizer')
@@ -151,7 +152,8 @@ def save_to_workdir(tokenizer: Tokenizer, directory: str) -> None:
   resuming a workdir with different tokenizer settings is an error, not a
   silent overwrite.
   """
-  if os.path.isdir(directory) and os.listdir(directory):
+  saved = epath.Path(directory)
+  if saved.is_dir() and any(saved.iterdir()):
     existing = load_saved(directory).fingerprint()
     if existing != tokenizer.fingerprint():
       raise ValueError(
