@@ -40,7 +40,8 @@ def objective(predict: LogPredict, theta: jax.Array, features: jax.Array, log_lo
 def minimise(predict: LogPredict, starts: jax.Array, features: jax.Array, log_loss: jax.Array,
              weights: jax.Array, max_steps: int = 500, grad_tol: float = 1e-9,
              linesearch_steps: int = 20, reduce: str = "sum") -> tuple[jax.Array, jax.Array, jax.Array]:
-  """L-BFGS from every row of `starts` (S, k); weights are (n,) or one row per start (S, n).
+  """L-BFGS from every row of `starts` (S, k); log_loss and weights are (n,) or one row per
+  start (S, n): weight rows refit bootstrap resamples, log_loss rows perturbed copies of the data.
 
   Each run stops when its gradient norm falls below grad_tol or after
   max_steps; vmap keeps stepping the others until all are done. Returns the
@@ -48,8 +49,10 @@ def minimise(predict: LogPredict, starts: jax.Array, features: jax.Array, log_lo
   """
   solver = optax.lbfgs(linesearch=optax.scale_by_zoom_linesearch(linesearch_steps))
 
-  def run(theta0: jax.Array, w: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    fun = partial(lambda t, w: objective(predict, t, features, log_loss, w, reduce=reduce), w=w)
+  def run(theta0: jax.Array, y: jax.Array, w: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def fun(theta: jax.Array) -> jax.Array:
+      return objective(predict, theta, features, y, w, reduce=reduce)
+
     value_and_grad = optax.value_and_grad_from_state(fun)
 
     def step(carry):
@@ -67,5 +70,5 @@ def minimise(predict: LogPredict, starts: jax.Array, features: jax.Array, log_lo
     theta, state = jax.lax.while_loop(going, step, (theta0, solver.init(theta0)))
     return theta, fun(theta), optax.tree.get(state, "count")
 
-  weight_axis = 0 if weights.ndim == 2 else None
-  return jax.vmap(run, in_axes=(0, weight_axis))(starts, weights)
+  axes = tuple(0 if x.ndim == 2 else None for x in (log_loss, weights))
+  return jax.vmap(run, in_axes=(0, *axes))(starts, log_loss, weights)
