@@ -1,10 +1,14 @@
-"""Command line for scaling-law reports; each job is a subcommand.
+"""Command line for scaling-law reports.
 
+  python -m gptjax.report SWEEP_DIR [--out DIR] [--bootstrap 200]
   python -m gptjax.report fit --csv runs.csv [--d_column D | --c_column C] ...
 
-`fit` reads any CSV of finished runs (from this codebase or another), fits
-Chinchilla's Approach 3 and L(N) = E + A N^-alpha, and prints JSON with
-bootstrap 95% intervals. New jobs (e.g. rendering a run directory) add a subparser.
+The first form reads a sweep directory (or one run directory) through the
+run-directory contract (summary.json, metrics.jsonl) and writes report.md,
+report.html (plots embedded), the PNG plots and fits.json, into the sweep
+directory unless --out says otherwise. `fit` reads any CSV of finished runs (from
+this codebase or another), fits Chinchilla's Approach 3 and L(N) = E + A N^-alpha,
+and prints JSON with bootstrap 95% intervals.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gptjax.scaling import fit
+from gptjax import rundir
+from gptjax.scaling import fit, runs
 
 
 class UsageError(ValueError):
@@ -94,6 +99,23 @@ def run_fit(args: argparse.Namespace) -> dict:
   return out
 
 
+def run_render(args: argparse.Namespace) -> dict:
+  """The default job: a sweep directory in, report files out; returns {kind: path}."""
+  if args.bootstrap < 1:
+    raise UsageError(f"--bootstrap={args.bootstrap}: must be >= 1; the report's intervals and "
+                     "bands come from it")
+  from gptjax.scaling import render  # matplotlib: only this job needs the `report` extra
+  try:
+    sweep = runs.read_sweep(args.run_dir)
+  except runs.RunDirError as e:
+    raise UsageError(str(e)) from None
+  if rundir.is_remote(args.run_dir) and not args.out:
+    raise UsageError(f"--out: the report of {args.run_dir} is written to a local directory; "
+                     "pass --out=DIR")
+  return render.write_report(sweep, args.run_dir, args.out or args.run_dir,
+                             resamples=args.bootstrap, seed=args.seed)
+
+
 def parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m gptjax.report", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -108,11 +130,21 @@ def parser() -> argparse.ArgumentParser:
   f.add_argument("--bootstrap", type=int, default=100, help="resamples for the 95%% intervals; 0 skips")
   f.add_argument("--seed", type=int, default=0, help="bootstrap seed")
   f.set_defaults(run=run_fit)
+  r = jobs.add_parser("render", help="write the report of a sweep directory (the default job)")
+  r.add_argument("run_dir", help="a sweep directory (sweep.json + run directories) or one run")
+  r.add_argument("--out", default="", help="local directory for the report (default: run_dir; "
+                 "required when run_dir is gs://)")
+  r.add_argument("--bootstrap", type=int, default=200, help="resamples for the 95%% intervals")
+  r.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+  r.set_defaults(run=run_render)
   return p
 
 
 def main(argv: list[str] | None = None) -> int:
   p = parser()
+  argv = sys.argv[1:] if argv is None else argv
+  if argv and argv[0] not in ("fit", "render") and not argv[0].startswith("-"):
+    argv = ["render", *argv]  # `python -m gptjax.report DIR` renders DIR
   args = p.parse_args(argv)
   try:
     result = args.run(args)

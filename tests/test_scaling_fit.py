@@ -174,8 +174,8 @@ def test_isoflop_bootstrap_covers_the_truth_and_narrows_with_less_noise():
     n, loss, flops = _isoflop_points(noise, seed=0)
     rows, dropped = isoflop.bootstrap_isoflop(n, loss, flops, resamples=500, seed=0,
                                               loss_sem=noise * loss)
-    assert rows.shape == (500 - dropped, 2) and dropped < 25
-    lo, hi = _interval(rows)
+    assert rows.shape == (500 - dropped, 3) and dropped < 25
+    lo, hi = _interval(rows[:, :2])
     assert np.all((lo <= 0.5) & (0.5 <= hi)), (noise, lo, hi)  # a = b = 0.5 under D = C / 6N
     widths.append(hi - lo)
   assert np.all(widths[1] < 0.5 * widths[0]), widths

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gptjax.scaling import lbfgs, noise
-from gptjax.scaling.laws import ParametricLaw, saturating_loss
+from gptjax.scaling.laws import ParametricLaw, kaplan_loss, saturating_loss
 
 # Hoffmann et al.'s initialisation grid, columns (e, a, b, alpha, beta).
 GRID_ALPHA = GRID_BETA = (0.0, 0.5, 1.0, 1.5, 2.0)
@@ -197,3 +197,22 @@ def fit_kaplan_power_law(n: np.ndarray, loss: np.ndarray) -> tuple[float, float]
   slope, intercept = np.polyfit(np.log(n), np.log(loss), 1)
   alpha_n = -slope
   return float(np.exp(intercept / alpha_n)), float(alpha_n)
+
+
+def bootstrap_kaplan(n: np.ndarray, loss: np.ndarray, resamples: int, seed: int,
+                     loss_sem: np.ndarray | None = None) -> np.ndarray:
+  """Rows of (N_c, alpha_N) refitted on noisy copies of the fitted L = (N_c / N)^alpha_N.
+
+  The same parametric bootstrap as bootstrap_saturating (noise from loss_sem and
+  the residuals, gptjax.scaling.noise), for the 2-constant law: it stays
+  determined when a sweep's sizes cannot pin the irreducible loss E down.
+  """
+  if resamples < 1:
+    raise ValueError(f"bootstrap={resamples}: need >= 1 resample (or skip the bootstrap)")
+  n, loss = np.asarray(n, float), np.asarray(loss, float)
+  n_c, alpha_n = fit_kaplan_power_law(n, loss)
+  centre = np.log(kaplan_loss(n, n_c, alpha_n))
+  sigma = noise.relative_sigma(centre - np.log(loss), loss.size - 2, loss, loss_sem)
+  eps = np.random.default_rng(seed).standard_normal((loss.size, resamples)) * sigma[:, None]
+  slope, intercept = np.polyfit(np.log(n), centre[:, None] + eps, 1)
+  return np.column_stack([np.exp(intercept / -slope), -slope])

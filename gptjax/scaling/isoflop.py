@@ -126,7 +126,7 @@ def bootstrap_isoflop(n: np.ndarray, loss: np.ndarray, flops: np.ndarray, resamp
                       loss_sem: np.ndarray | None = None,
                       flops_per_token: Callable[[float], float] | None = None
                       ) -> tuple[np.ndarray, int]:
-  """Rows of (a, b) refitted on `resamples` noisy copies of the per-budget parabolas.
+  """Rows of (a, b, log k_n) refitted on `resamples` noisy copies of the per-budget parabolas.
 
   A parametric bootstrap, for the reason bootstrap_saturating gives: 4 sizes
   per budget cannot be case-resampled. Copy r of a point is its budget's
@@ -169,6 +169,6 @@ def bootstrap_isoflop(n: np.ndarray, loss: np.ndarray, flops: np.ndarray, resamp
   log_n_opt = np.array(log_n_opt)[:, convex]
   n_opt = np.exp(log_n_opt)
   d_opt = np.array([[c / per_token(float(v)) for v in row] for c, row in zip(budgets, n_opt)])
-  a = np.polyfit(log_c, log_n_opt, 1)[0]
+  a, log_k_n = np.polyfit(log_c, log_n_opt, 1)
   b = np.polyfit(log_c, np.log(d_opt), 1)[0]
-  return np.column_stack([a, b]), resamples - kept
+  return np.column_stack([a, b, log_k_n]), resamples - kept

@@ -1,0 +1,112 @@
+"""`python -m gptjax.report DIR` on run directories fabricated from a known scaling law.
+
+The runs are written by hand through the run-directory contract (summary.json,
+metrics.jsonl, sweep.json), as a run from another codebase would be, with losses
+from L(N, D) = E + A/N^alpha + B/D^beta: so the report's fits have a true answer.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from gptjax import report
+from gptjax.scaling.laws import ParametricLaw
+
+LAW = ParametricLaw(E=1.7, A=400.0, B=410.0, alpha=0.34, beta=0.28)
+EMBEDDING = 50_000
+
+
+def _write_run(path, n: float, d: float, evals: int = 4, status: str = "completed") -> None:
+  """A run of N params on D tokens whose loss at t tokens is LAW.loss(n, t), with C = 6 N D."""
+  os.makedirs(path)
+  rows = []
+  for t in np.linspace(d / 8, d, 8):
+    rows.append({"step": int(t // 1000), "tokens": int(t), "flops": 6 * n * t,
+                 "train_loss": float(LAW.loss(n, t)) * 1.01, "mfu": 0.3})
+  for t in np.linspace(d / evals, d, evals):
+    rows.append({"step": int(t // 1000), "tokens": int(t), "flops": 6 * n * t,
+                 "eval_loss": float(LAW.loss(n, t)), "eval_loss_sem": 0.002})
+  rows.sort(key=lambda r: r["tokens"])
+  with open(os.path.join(path, "metrics.jsonl"), "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+  summary = {"n_params": int(n) + EMBEDDING, "n_params_non_embedding": int(n), "n_layer": 2,
+             "d_model": 128, "n_head": 2, "seq_len": 256, "vocab_size": 257, "tokens": int(d),
+             "flops": 6 * int(n) * int(d), "final_train_loss": float(LAW.loss(n, d)) * 1.01,
+             "final_eval_loss": float(LAW.loss(n, d)), "wall_s": 60.0, "status": status}
+  with open(os.path.join(path, "summary.json"), "w") as f:
+    json.dump(summary, f)
+
+
+def _sweep(root, members: dict[str, tuple[float, float]], not_started=()) -> str:
+  os.makedirs(root)
+  for name, (n, d) in members.items():
+    _write_run(os.path.join(root, name), n, d)
+  with open(os.path.join(root, "sweep.json"), "w") as f:
+    json.dump({name: {} for name in [*members, *not_started]}, f)
+  return str(root)
+
+
+def _render(run_dir, out=None) -> dict:
+  paths = report.run_render(report.parser().parse_args(
+      ["render", run_dir, "--bootstrap", "50", *(["--out", out] if out else [])]))
+  for path in paths.values():
+    assert os.path.getsize(path) > 0, path
+  return paths
+
+
+def test_size_ladder_report_recovers_alpha_and_checks_the_largest_model(tmp_path):
+  ns = [5e4, 1.5e5, 4e5, 1.2e6, 3.5e6]
+  d = 3e6
+  root = _sweep(tmp_path / "ladder", {f"m{i}": (n, d) for i, n in enumerate(ns)},
+                not_started=["m5"])
+  paths = _render(root)
+  assert {"fits", "md", "html", "curves_tokens", "curves_flops", "loss_vs_n",
+          "residuals"} <= set(paths)
+  fits = json.load(open(paths["fits"]))
+  # At fixed D the law is E' + A N^-alpha with E' = E + B / D^beta: exactly the saturating form.
+  assert fits["loss_vs_n"]["alpha"]["value"] == pytest.approx(LAW.alpha, abs=1e-3)
+  assert fits["loss_vs_n"]["E"]["value"] == pytest.approx(LAW.E + LAW.B / d**LAW.beta, rel=1e-3)
+  lo, hi = fits["loss_vs_n"]["alpha"]["ci95"]
+  assert lo <= LAW.alpha <= hi
+  assert fits["loss_vs_n"]["E_identified"]
+  assert abs(fits["extrapolation"]["saturating"]["relative_error"]) < 1e-3
+  assert abs(fits["extrapolation"]["kaplan"]["relative_error"]) > 1e-3  # E > 0: a pure power law bends wrong
+  assert fits["extrapolation"]["held_out_n"] == max(ns)
+  assert "isoflop" not in fits and any("IsoFLOP" in s for s in fits["skipped"])
+  md = open(paths["md"]).read()
+  assert "not started: m5" in md and "![" in md and "| m4 |" in md
+  html = open(paths["html"]).read()
+  assert html.count("data:image/png;base64,") == md.count("![")
+
+
+def test_isoflop_report_finds_the_frontier_exponent_of_the_law(tmp_path):
+  a_true = LAW.beta / (LAW.alpha + LAW.beta)
+  members = {}
+  for c in (1e17, 1e18, 1e19):
+    n_opt = LAW.frontier(c).n_opt
+    for k, scale in enumerate((0.25, 0.5, 1.0, 2.0, 4.0)):
+      n = float(n_opt * scale)
+      members[f"c{c:.0e}-{k}"] = (n, c / (6 * n))
+  root = _sweep(tmp_path / "iso", members)
+  out = str(tmp_path / "report")
+  paths = _render(root, out=out)
+  assert {"isoflop", "frontier"} <= set(paths) and all(p.startswith(out) for p in paths.values())
+  fits = json.load(open(paths["fits"]))
+  # A parabola in log N approximates the true profile; the vertex lands within a few percent.
+  assert fits["isoflop"]["a"]["value"] == pytest.approx(a_true, abs=0.02)
+  for minimum in fits["isoflop"]["minima"]:
+    assert minimum["n_opt"] == pytest.approx(float(LAW.frontier(minimum["flops"]).n_opt), rel=0.1)
+  assert fits["parametric"]["alpha"]["value"] == pytest.approx(LAW.alpha, abs=0.02)
+  assert "loss_vs_n" not in fits  # several runs per N: no single L(N) curve
+
+
+def test_report_errors_name_the_directory(tmp_path, capsys):
+  with pytest.raises(SystemExit):
+    report.main([str(tmp_path / "missing")])
+  assert "no such directory" in capsys.readouterr().err
+  os.makedirs(tmp_path / "empty")
+  with pytest.raises(SystemExit):
+    report.main([str(tmp_path / "empty")])
+  assert "no run directories with a summary.json" in capsys.readouterr().err
