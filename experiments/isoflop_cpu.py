@@ -19,9 +19,9 @@ Run with --parallel=1.
 from gptjax.config import base_config
 from gptjax.scaling import sizes
 
-# (n_layer, d_model) rungs: N = 12.6K, 25K, 50K, 100K, 200K, 397K, 793K.
-LADDER = [(1, 32), (2, 32), (1, 64), (2, 64), (4, 64), (2, 128), (4, 128)]
-WINDOWS = {5e11: LADDER[0:5], 1.5e12: LADDER[0:7], 5e12: LADDER[0:6]}
+# (n_layer, d_model) rungs: N = 3.3K, 6.5K, 12.8K, 25K, 50K, 100K, 200K, 397K, 793K.
+LADDER = [(1, 16), (2, 16), (1, 32), (2, 32), (1, 64), (2, 64), (4, 64), (2, 128), (4, 128)]
+WINDOWS = {5e11: LADDER[0:7], 1.5e12: LADDER[0:9], 5e12: LADDER[0:8]}
 
 
 def get_config():

@@ -89,6 +89,9 @@ def test_isoflop_report_finds_the_frontier_exponent_of_the_law(tmp_path):
     for k, scale in enumerate((0.25, 0.5, 1.0, 2.0, 4.0)):
       n = float(n_opt * scale)
       members[f"c{c:.0e}-{k}"] = (n, c / (6 * n))
+  for k, scale in enumerate((4.0, 8.0, 16.0)):  # every size above the optimum: not bracketed
+    n = float(LAW.frontier(1e16).n_opt * scale)
+    members[f"c1e16-{k}"] = (n, 1e16 / (6 * n))
   root = _sweep(tmp_path / "iso", members)
   out = str(tmp_path / "report")
   paths = _render(root, out=out)
@@ -99,7 +102,10 @@ def test_isoflop_report_finds_the_frontier_exponent_of_the_law(tmp_path):
   for minimum in fits["isoflop"]["minima"]:
     assert minimum["n_opt"] == pytest.approx(float(LAW.frontier(minimum["flops"]).n_opt), rel=0.1)
   assert fits["parametric"]["alpha"]["value"] == pytest.approx(LAW.alpha, abs=0.02)
-  assert "loss_vs_n" not in fits  # several runs per N: no single L(N) curve
+  assert "loss_vs_n" not in fits  # D varies independently of N: no single L(N) curve
+  assert [m["flops"] for m in fits["isoflop"]["minima"]] == pytest.approx([1e17, 1e18, 1e19])
+  assert any("C=1e+16 left out of Approach 2" in s and "beyond the smallest size" in s
+             for s in fits["skipped"])
 
 
 def test_report_errors_name_the_directory(tmp_path, capsys):

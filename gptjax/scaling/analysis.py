@@ -150,6 +150,13 @@ def analyse(runs: list[Run], resamples: int = 200, seed: int = 0) -> Analysis:
     budget = isoflop.group_budgets(np.array([r.flops for r in done]))
     sizes_per_budget = {b: np.count_nonzero(budget == b) for b in np.unique(budget)}
     usable = [b for b, k in sizes_per_budget.items() if k >= 3]
+    for b in list(usable):
+      at = budget == b
+      reason = _unbracketed([r.n for r, ok in zip(done, at) if ok],
+                            [r.final_eval_loss for r, ok in zip(done, at) if ok])
+      if reason:
+        usable.remove(b)
+        result.skipped.append(f"IsoFLOP budget C={b:.3g} left out of Approach 2: {reason}")
     if len(usable) >= 2:
       at = np.isin(budget, usable)
       pick = [r for r, ok in zip(done, at) if ok]
@@ -195,6 +202,24 @@ def _independent(log_n: np.ndarray, log_d: np.ndarray) -> bool:
     return False
   slope, intercept = np.polyfit(log_n, log_d, 1)
   return float(np.std(log_d - (slope * log_n + intercept))) > 0.05
+
+
+def _unbracketed(n: list[float], loss: list[float]) -> str:
+  """Why a budget's sizes do not bracket its loss minimum ('' if they do).
+
+  A vertex outside the sampled sizes is an extrapolation of the parabola, and a
+  concave fit has no minimum; Approach 2 needs sizes on both sides of N*.
+  """
+  log_n = np.log(n)
+  c2, c1, _ = np.polyfit(log_n, loss, 2)
+  if c2 <= 0:
+    return "loss is not convex in log N over these sizes"
+  vertex = float(np.exp(-c1 / (2 * c2)))
+  if not min(n) <= vertex <= max(n):
+    side = "smallest" if vertex < min(n) else "largest"
+    return (f"the parabola's minimum N = {vertex:.3g} lies beyond the {side} size trained "
+            f"({min(n) if side == 'smallest' else max(n):.3g}); train sizes past it")
+  return ""
 
 
 def _budget_list(sizes_per_budget: dict[float, int]) -> str:
