@@ -7,6 +7,7 @@ from L(N, D) = E + A/N^alpha + B/D^beta: so the report's fits have a true answer
 
 import json
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -116,3 +117,20 @@ def test_report_errors_name_the_directory(tmp_path, capsys):
   with pytest.raises(SystemExit):
     report.main([str(tmp_path / "empty")])
   assert "no run directories with a summary.json" in capsys.readouterr().err
+
+
+def test_a_sweep_on_gcs_is_reported_in_place(tmp_path, gcs_bucket):
+  """The same fabricated ladder uploaded to a local GCS server renders the same fits."""
+  from etils import epath
+  local = _sweep(tmp_path / "ladder", {f"m{i}": (n, 3e6) for i, n in
+                                       enumerate([5e4, 1.5e5, 4e5, 1.2e6, 3.5e6])})
+  remote = epath.Path(f"gs://{gcs_bucket}/sweeps/ladder")
+  for path in pathlib.Path(local).rglob("*.json*"):
+    target = remote / str(path.relative_to(local))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(path.read_text())
+  with pytest.raises(SystemExit):
+    report.main([str(remote)])  # the report is written locally: --out is required
+  fits = json.load(open(_render(str(remote), out=str(tmp_path / "from_gcs"))["fits"]))
+  assert fits["loss_vs_n"]["alpha"]["value"] == pytest.approx(
+      json.load(open(_render(local)["fits"]))["loss_vs_n"]["alpha"]["value"], rel=1e-9)
