@@ -116,6 +116,9 @@ def residuals(a: Analysis) -> Figure:
     pred = laws.saturating_loss(s.n, s.fit.E, s.fit.A, s.fit.alpha)
     ax.errorbar(s.n, 100 * (s.loss - pred) / pred, yerr=100 * np.nan_to_num(s.sem) / pred,
                 fmt="o", capsize=2, label="L(N) = E + A N^-α")
+    pred = laws.kaplan_loss(s.n, *s.kaplan)
+    ax.plot(s.n * 1.06, 100 * (s.loss - pred) / pred, "o", mfc="none", color="gray",
+            label="L(N) = (N_c/N)^α_N")
   if a.parametric:
     p = a.parametric
     pred = p.fit.law.loss(p.n, p.d)
