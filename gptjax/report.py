@@ -106,14 +106,14 @@ def run_render(args: argparse.Namespace) -> dict:
                      "bands come from it")
   from gptjax.scaling import render  # matplotlib: only this job needs the `report` extra
   try:
-    sweep = runs.read_sweep(args.run_dir)
+    sweep = runs.read_sweep(args.run_dir, only=args.only)
   except runs.RunDirError as e:
     raise UsageError(str(e)) from None
   if rundir.is_remote(args.run_dir) and not args.out:
     raise UsageError(f"--out: the report of {args.run_dir} is written to a local directory; "
                      "pass --out=DIR")
   return render.write_report(sweep, args.run_dir, args.out or args.run_dir,
-                             resamples=args.bootstrap, seed=args.seed)
+                             resamples=args.bootstrap, seed=args.seed, only=args.only)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -134,6 +134,8 @@ def parser() -> argparse.ArgumentParser:
   r.add_argument("run_dir", help="a sweep directory (sweep.json + run directories) or one run")
   r.add_argument("--out", default="", help="local directory for the report (default: run_dir; "
                  "required when run_dir is gs://)")
+  r.add_argument("--only", default="", help="report only the members whose name matches this "
+                 "shell pattern, e.g. '*-l1-*' for one depth of a mixed ladder")
   r.add_argument("--bootstrap", type=int, default=200, help="resamples for the 95%% intervals")
   r.add_argument("--seed", type=int, default=0, help="bootstrap seed")
   r.set_defaults(run=run_render)

@@ -109,6 +109,18 @@ def test_isoflop_report_finds_the_frontier_exponent_of_the_law(tmp_path):
              for s in fits["skipped"])
 
 
+def test_only_reports_the_matching_members(tmp_path, capsys):
+  root = _sweep(tmp_path / "two", {"a-l1-x": (1e5, 1e6), "a-l2-x": (2e5, 1e6),
+                                   "b-l1-x": (4e5, 1e6)})
+  paths = report.run_render(report.parser().parse_args(
+      ["render", root, "--only", "*-l1-*", "--bootstrap", "5", "--out", str(tmp_path / "r")]))
+  assert json.load(open(paths["fits"]))["source"]["runs"] == ["a-l1-x", "b-l1-x"]
+  assert "members matching `*-l1-*`: 2 runs" in open(paths["md"]).read()
+  with pytest.raises(SystemExit):
+    report.main([root, "--only", "*-l9-*"])
+  assert "--only=*-l9-*: matches none of the members" in capsys.readouterr().err
+
+
 def test_report_errors_name_the_directory(tmp_path, capsys):
   with pytest.raises(SystemExit):
     report.main([str(tmp_path / "missing")])

@@ -115,7 +115,7 @@ def _figures(a: Analysis) -> dict[str, tuple[object, str]]:
 
 
 def write_report(sweep: Sweep, source: str, out_dir: str, resamples: int = 200,
-                 seed: int = 0) -> dict[str, str]:
+                 seed: int = 0, only: str = "") -> dict[str, str]:
   """Analyse, plot and write every report file into `out_dir`; returns {kind: path}."""
   # Degenerate bootstrap refits (an unidentified E sends alpha to extremes) overflow by design;
   # their percentiles are reported as they come out.
@@ -126,10 +126,12 @@ def write_report(sweep: Sweep, source: str, out_dir: str, resamples: int = 200,
       "parametric: each final loss is redrawn as loss * exp(eps), eps ~ N(0, sigma), sigma from "
       "its standard error and the fit's residuals, and the fit repeated")}
   fits["conventions"] = CONVENTIONS
+  fits["source"] = {"path": source, "only": only, "runs": [r.name for r in sweep.runs]}
   os.makedirs(out_dir, exist_ok=True)
   doc = Document(f"Scaling report: {os.path.basename(os.path.normpath(source))}")
   done = sum(r.completed for r in sweep.runs)
-  doc.text(f"Source `{source}`: {len(sweep.runs)} runs, {done} completed"
+  doc.text(f"Source `{source}`" + (f", members matching `{only}`" if only else "")
+           + f": {len(sweep.runs)} runs, {done} completed"
            + (f"; not started: {', '.join(sweep.not_started)}" if sweep.not_started else "")
            + f". Generated {datetime.datetime.now().isoformat(timespec='seconds')} by "
            "`python -m gptjax.report`.")

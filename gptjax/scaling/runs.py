@@ -9,6 +9,7 @@ the run directory's writers do, so a sweep on gs:// is read where it lies.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 from dataclasses import dataclass
@@ -120,8 +121,12 @@ class Sweep:
   not_started: list[str]  # members sweep.json lists that have no summary.json yet
 
 
-def read_sweep(path: str) -> Sweep:
-  """A sweep directory's runs (in sweep.json's order), or the single run at `path`."""
+def read_sweep(path: str, only: str = "") -> Sweep:
+  """A sweep directory's runs (in sweep.json's order), or the single run at `path`.
+
+  `only`, a shell pattern, keeps the members whose name matches: a slice of a sweep
+  (one depth, one budget) is analysed as a sweep of its own.
+  """
   root = epath.Path(path)
   if not root.is_dir():
     raise RunDirError(f"{path}: no such directory; pass a sweep directory or a run directory")
@@ -132,6 +137,12 @@ def read_sweep(path: str) -> Sweep:
     listed = list(_read_json(sweep_json))
   else:
     listed = sorted(child.name for child in root.iterdir() if child.is_dir())
+  if only:
+    matched = [n for n in listed if fnmatch.fnmatchcase(n, only)]
+    if not matched:
+      raise RunDirError(f"--only={only}: matches none of the members of {path} "
+                        f"({', '.join(listed[:6])}{', ...' if len(listed) > 6 else ''})")
+    listed = matched
   names = [n for n in listed if (root / n / "summary.json").exists()]
   if not names:
     raise RunDirError(f"{path}: no run directories with a summary.json; point at a sweep "
