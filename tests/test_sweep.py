@@ -80,16 +80,17 @@ def test_a_failing_member_is_recorded_and_the_others_complete(tmp_path):
       "get_config = tiny.get_config\n"
       "def get_sweep():\n"
       "  good = tiny.get_sweep()['l1-d64']\n"
-      "  return {'good': good, 'bad-heads': {**good, 'model.n_head': 5}}\n")
+      # A valid config that fails once it meets the devices: 12 rows over 8 devices.
+      "  return {'good': good, 'bad-batch': {**good, 'train.batch_size': 12}}\n")
   workdir = tmp_path / "sweep"
   result = sweep(str(experiment), workdir, "--parallel=2")
   assert result.returncode != 0
-  assert "bad-heads" in result.stderr and "good" not in result.stderr.split("failed:")[1]
+  assert "bad-batch" in result.stderr and "good" not in result.stderr.split("failed:")[1]
   with open(workdir / "status.json") as f:
     status = json.load(f)
   assert status["good"]["status"] == "completed"
-  assert status["bad-heads"]["status"] == "failed"
-  assert "model.n_head=5" in (workdir / "bad-heads" / "train.log").read_text()
+  assert status["bad-batch"]["status"] == "failed"
+  assert "batch_size=12" in (workdir / "bad-batch" / "train.log").read_text()
   with open(workdir / "good" / "summary.json") as f:
     assert json.load(f)["status"] == "completed"
 
