@@ -163,12 +163,13 @@ def analyse(runs: list[Run], resamples: int = 200, seed: int = 0) -> Analysis:
       n = np.array([r.n for r in pick], float)
       loss = np.array([r.final_eval_loss for r in pick])
       sem = np.array([r.final_eval_sem for r in pick])
+      per_token = _measured_flops_per_token(pick)
       samples, dropped = isoflop.bootstrap_isoflop(
           n, loss, budget[at], resamples, seed,
-          loss_sem=sem if np.all(np.isfinite(sem)) else None)
+          loss_sem=sem if np.all(np.isfinite(sem)) else None, flops_per_token=per_token)
       result.isoflop = Isoflop(n=n, loss=loss, budget=budget[at],
-                               fit=isoflop.fit_isoflop(n, loss, budget[at]), samples=samples,
-                               dropped=dropped)
+                               fit=isoflop.fit_isoflop(n, loss, budget[at], per_token),
+                               samples=samples, dropped=dropped)
     else:
       result.skipped.append("IsoFLOP profiles (Approach 2): need >= 2 compute budgets with >= 3 "
                             f"sizes each; budgets (runs) here: {_budget_list(sizes_per_budget)}")
@@ -202,6 +203,17 @@ def _independent(log_n: np.ndarray, log_d: np.ndarray) -> bool:
     return False
   slope, intercept = np.polyfit(log_n, log_d, 1)
   return float(np.std(log_d - (slope * log_n + intercept))) > 0.05
+
+
+def _measured_flops_per_token(runs: list[Run]):
+  """FLOPs per token as the runs recorded them, interpolated in log-log between their N.
+
+  D_opt = C / flops_per_token(N_opt) then counts tokens in the same convention as the
+  budgets; 6 N would undercount small models, whose attention and lm head dominate.
+  """
+  pairs = sorted({(float(np.log(r.n)), float(np.log(r.flops / r.tokens))) for r in runs})
+  log_n, log_fpt = np.array(pairs).T
+  return lambda n: float(np.exp(np.interp(np.log(n), log_n, log_fpt)))
 
 
 def _unbracketed(n: list[float], loss: list[float]) -> str:

@@ -31,9 +31,11 @@ def _finish(fig: Figure, ax, title: str, xlabel: str, ylabel: str, logy: bool = 
   ax.set_xscale("log")
   if logy:
     ax.set_yscale("log")
-    plain = ticker.FuncFormatter(lambda value, _: f"{value:g}")  # 2.5, not 2.5 x 10^0
-    ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain)
+    low, high = ax.get_ylim()
+    if high / low < 10:  # losses: label 2.5, not 2.5 x 10^0, on the minor ticks too
+      plain = ticker.FuncFormatter(lambda value, _: f"{value:g}")
+      ax.yaxis.set_major_formatter(plain)
+      ax.yaxis.set_minor_formatter(plain)
   ax.set_title(title)
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
