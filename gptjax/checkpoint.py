@@ -5,17 +5,27 @@ Orbax writes each step into a temporary directory and renames it when complete
 a `kill -9` at any moment leaves only whole checkpoints behind. The data
 position is the step itself (batches are a pure function of data, seed and step);
 the data package's state, saved beside it, makes sure it is the same data.
+
+What a resume may and may not change is decided here too: the saved state's
+layout (RESUME_FIELDS) never, the learning-rate schedule (SCHEDULE_FIELDS) only
+when the user says so with train.extend. A checkpoint that cannot be read is
+moved aside and the next older one is used, so a damaged disk costs steps, not
+the run.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
-from typing import Any
+from typing import Any, Callable
 
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
 
 from gptjax import rundir
+from gptjax.config import train_steps
 
 # Settings that change the shape or layout of the saved state, or the data order
 # a resumed run continues: resuming across a change in any of them is refused with
@@ -23,49 +33,145 @@ from gptjax import rundir
 RESUME_FIELDS = tuple(f"model.{name}" for name in (
     "architecture", "n_layer", "d_model", "n_head", "d_ff", "vocab_size", "pad_vocab_multiple",
     "seq_len", "scan_layers", "param_dtype")) + ("train.batch_size",)
+# Settings that define the learning-rate schedule and the update rule: changing them on
+# resume silently bends the run (a longer train.steps restarts the cosine), so it needs
+# train.extend=True.
+SCHEDULE_FIELDS = ("train.steps", "train.tokens") + tuple(f"optim.{name}" for name in (
+    "lr", "warmup_steps", "min_lr_ratio", "b1", "b2", "eps", "weight_decay",
+    "decay_embeddings", "clip_norm"))
+UNREADABLE_DIR = "checkpoints_unreadable"  # damaged checkpoints are moved here, never deleted
+
+
+class SaveFailed(RuntimeError):
+  """An asynchronous checkpoint write failed (disk full, permissions, ...)."""
+
+
+def _values(config: ml_collections.ConfigDict, fields: tuple[str, ...]) -> dict[str, Any]:
+  return {field: config[field.split(".")[0]][field.split(".")[1]] for field in fields}
 
 
 def resume_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  return {field: config[field.split(".")[0]][field.split(".")[1]] for field in RESUME_FIELDS}
+  return _values(config, RESUME_FIELDS)
+
+
+def schedule_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  return _values(config, SCHEDULE_FIELDS)
+
+
+def checkpoint_dir(workdir: str) -> str:
+  """WORKDIR/checkpoints, absolute when local (orbax wants absolute paths)."""
+  directory = workdir if rundir.is_remote(workdir) else os.path.abspath(workdir)
+  return os.path.join(directory, "checkpoints")
 
 
 def manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
   """Orbax's manager of WORKDIR/checkpoints; a gs:// URL goes to orbax as it is."""
-  directory = workdir if rundir.is_remote(workdir) else os.path.abspath(workdir)
   options = ocp.CheckpointManagerOptions(
       max_to_keep=config.train.keep_checkpoints, create=True,
       enable_async_checkpointing=True)
-  return ocp.CheckpointManager(os.path.join(directory, "checkpoints"),
-                               options=options, item_names=("state", "meta"))
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
+                               item_names=("state", "meta"))
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any,
          config: ml_collections.ConfigDict, data_state: dict[str, Any]) -> None:
-  """Starts an async save of the state with its settings and data position."""
-  meta = {"step": step, "settings": resume_settings(config), "data": data_state}
+  """Starts an async save of the state with its settings, schedule and data position.
+
+  The caller has checked that `state` is finite: no non-finite state is ever saved,
+  so rotation can never push the last good checkpoint out.
+  """
+  check_saves(mngr)
+  meta = {"step": step, "settings": resume_settings(config),
+          "schedule": schedule_settings(config), "data": data_state}
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                           meta=ocp.args.JsonSave(meta)), force=True)
 
 
-def latest(mngr: ocp.CheckpointManager, config: ml_collections.ConfigDict
-           ) -> tuple[int, dict[str, Any]] | None:
-  """The newest step and its metadata, after checking the config can resume it."""
-  step = mngr.latest_step()
-  if step is None:
-    return None
-  meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-  saved = meta["settings"]
-  diffs = [f"{k}: checkpoint has {saved.get(k)!r}, config has {v!r}"
-           for k, v in resume_settings(config).items() if saved.get(k) != v]
+def check_saves(mngr: ocp.CheckpointManager) -> None:
+  """Raises SaveFailed with the root cause if an earlier async save failed.
+
+  Host-only (it looks at the background thread), so the loop calls it every step:
+  a full disk stops training at the next step instead of at exit.
+  """
+  try:
+    mngr.check_for_errors()
+  except Exception as e:  # orbax re-raises whatever the writer thread hit
+    cause = e
+    while cause.__cause__ is not None or cause.__context__ is not None:
+      if isinstance(cause, OSError):
+        break
+      cause = cause.__cause__ or cause.__context__
+    raise SaveFailed(
+        f"a checkpoint save in {mngr.directory} failed: {type(cause).__name__}: {cause}; the "
+        f"checkpoints already written are intact (steps {sorted(mngr.all_steps())}); free "
+        "space or fix permissions, then rerun the same command to resume") from e
+
+
+def _settings_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+  return [f"{k}: checkpoint has {saved.get(k)!r}, config has {v!r}"
+          for k, v in current.items() if saved.get(k) != v]
+
+
+def check_resumable(meta: dict[str, Any], config: ml_collections.ConfigDict, where: str) -> None:
+  """Raises ValueError if `config` cannot continue the checkpoint described by `meta`."""
+  diffs = _settings_differences(meta["settings"], resume_settings(config))
   if diffs:
     raise ValueError(
-        f"checkpoint {mngr.directory}/{step} was written with other settings:\n  "
-        + "\n  ".join(diffs)
-        + "\nuse the original settings to resume, or a fresh --workdir to start over")
-  return step, meta
+        f"checkpoint {where} was written with other settings: " + "; ".join(diffs)
+        + "; use the original settings to resume, or a fresh --workdir to start over")
+  if meta["step"] > train_steps(config):
+    raise ValueError(
+        f"train.steps: the run already has a checkpoint at step {meta['step']} ({where}), past "
+        f"the {train_steps(config)} steps asked for; a run cannot be shortened: ask for at "
+        "least that many steps, or use a fresh --workdir")
+  diffs = _settings_differences(meta.get("schedule", schedule_settings(config)),
+                                schedule_settings(config))
+  if diffs and not config.train.extend:
+    raise ValueError(
+        f"checkpoint {where} was trained with another schedule: " + "; ".join(diffs)
+        + "; resuming with these would change the learning rate of every later step: restore "
+        "the original values, or pass --config.train.extend=True to continue on the new "
+        "schedule (the log then states the learning rate before and after)")
 
 
-def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any) -> Any:
-  """The state at `step`, laid out as `abstract_state`'s shardings say (any mesh)."""
-  return mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state)))["state"]
+def restore_latest(mngr: ocp.CheckpointManager, workdir: str, config: ml_collections.ConfigDict,
+                   abstract_state: Any, check: Callable[[dict[str, Any]], None]
+                   ) -> tuple[int, dict[str, Any], Any] | None:
+  """(step, meta, state) of the newest readable checkpoint, or None if there is none.
+
+  `check(meta)` refuses (raises ValueError) a checkpoint the run cannot continue;
+  that refusal is final. A checkpoint that fails to read is not: it is reported by
+  step and path, moved to WORKDIR/checkpoints_unreadable, and the next older one is
+  tried.
+  """
+  for step in sorted(mngr.all_steps(), reverse=True):
+    where = f"{mngr.directory}/{step}"
+    try:
+      meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+      if not {"step", "settings", "data"} <= set(meta):
+        raise KeyError(f"metadata lacks {sorted({'step', 'settings', 'data'} - set(meta))}")
+    except Exception as e:  # a damaged checkpoint fails in TensorStore, JSON or orbax
+      _move_aside(mngr, workdir, step, e)
+      continue
+    check_resumable(meta, config, where)
+    check(meta)
+    try:
+      state = mngr.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state)))["state"]
+    except Exception as e:
+      _move_aside(mngr, workdir, step, e)
+      continue
+    return step, meta, state
+  return None
+
+
+def _move_aside(mngr: ocp.CheckpointManager, workdir: str, step: int, error: Exception) -> None:
+  stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
+  target = epath.Path(workdir) / UNREADABLE_DIR / f"{step}-{stamp}"
+  target.parent.mkdir(parents=True, exist_ok=True)
+  (epath.Path(str(mngr.directory)) / str(step)).rename(target)
+  mngr.reload()
+  logging.warning("checkpoint step %d at %s/%d is unreadable (%s: %s); moved it to %s and "
+                  "falling back to the previous checkpoint", step, mngr.directory, step,
+                  type(error).__name__, str(error).splitlines()[0][:200] if str(error) else "",
+                  target)

@@ -84,6 +84,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.sample_top_k = 40  # sample only from the k most likely tokens; 0 = all
   c.train.peak_tflops = 0.0  # per-device peak for MFU; 0 = look up the device, or measure a matmul on CPU
   c.train.dry_run = False  # compile the train step for the mesh, print per-device memory, and exit
+  c.train.extend = False  # on resume, accept changed train.steps/tokens or optim.* (the schedule is recomputed, and the log says how the lr moves)
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.ici = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # devices per axis within a slice; one -1 takes the rest

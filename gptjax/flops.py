@@ -14,9 +14,13 @@ import ml_collections
 
 from gptjax.config import padded_vocab_size
 
-# Dense bf16 peak TFLOP/s per device, matched against jax's device_kind.
+# Dense bf16 peak TFLOP/s per device, matched against jax's device_kind (the longest
+# matching name wins, so "H100 PCIe" beats "H100"). Vendor datasheets, dense (not sparse).
 PEAK_TFLOPS = {
-    "H100": 989.0,
+    "H200": 989.0,
+    "H100": 989.0,  # SXM ("NVIDIA H100 80GB HBM3")
+    "H100 PCIe": 756.0,
+    "H100 NVL": 835.0,
     "A100": 312.0,
     "TPU v4": 275.0,
     "TPU v5 lite": 197.0,  # v5e
@@ -70,15 +74,42 @@ def measured_cpu_tflops(size: int = 1024, repeats: int = 5) -> float:
   return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e12
 
 
-def device_peak(configured_tflops: float = 0.0) -> tuple[float, str]:
-  """Per-device peak TFLOP/s for MFU (0 when unknown) and a sentence saying where it came from."""
+def peak_units() -> int:
+  """How many peaks the job has: one per device, but one per process on CPU.
+
+  Simulated CPU devices (--xla_force_host_platform_device_count) share one host's
+  cores, and the CPU 'peak' is measured for the whole host, so multiplying it by
+  the simulated device count would shrink MFU by that factor.
+  """
+  return jax.process_count() if jax.default_backend() == "cpu" else jax.device_count()
+
+
+def peak_for_kind(kind: str) -> float | None:
+  """The bf16 dense peak TFLOP/s of a jax device_kind, or None if the table lacks it."""
+  for name, peak in sorted(PEAK_TFLOPS.items(), key=lambda kv: -len(kv[0])):
+    if name.lower() in kind.lower():
+      return peak
+  return None
+
+
+def device_peak(configured_tflops: float = 0.0, compute_dtype: str = "bfloat16"
+                ) -> tuple[float, str]:
+  """Peak TFLOP/s per unit of `peak_units()` for MFU (0 when unknown), and a sentence
+  saying where it came from.
+
+  Accelerator peaks are bf16 dense figures; a float32 run is still divided by
+  them, and the sentence says so (MFU is then bf16-relative).
+  """
   kind = jax.devices()[0].device_kind
   if configured_tflops > 0:
     return configured_tflops, f"train.peak_tflops={configured_tflops:g} TFLOP/s ({kind})"
-  for name, peak in sorted(PEAK_TFLOPS.items(), key=lambda kv: -len(kv[0])):
-    if name.lower() in kind.lower():
-      return peak, f"{kind} bf16 dense peak {peak:g} TFLOP/s"
+  peak = peak_for_kind(kind)
+  if peak is not None:
+    relative = ("" if compute_dtype == "bfloat16"
+                else f"; this run computes in {compute_dtype}, so its MFU is bf16-relative")
+    return peak, f"{kind} bf16 dense peak {peak:g} TFLOP/s per device{relative}"
   if jax.default_backend() == "cpu":
     peak = measured_cpu_tflops()
-    return peak, f"CPU float32 1024x1024 matmul measured at startup: {peak * 1e3:.1f} GFLOP/s"
+    return peak, (f"CPU float32 1024x1024 matmul measured at startup: {peak * 1e3:.1f} GFLOP/s "
+                  "per host")
   return 0.0, f"no peak known for {kind!r}: MFU not reported; set train.peak_tflops"

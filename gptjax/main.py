@@ -10,10 +10,11 @@ import sys
 
 import jax
 from absl import app, flags, logging
+import ml_collections
 from ml_collections import config_flags
 
+from gptjax import checkpoint, console, metrics, plan, rundir, train
 from gptjax import config as config_lib
-from gptjax import plan, rundir, train
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment file (experiments/*.py), optionally with ':arg'.",
@@ -33,28 +34,73 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0-
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+# What a user can cause, reported as one `error:` line (a traceback only with --verbosity=1):
+# bad settings (ValueError), files and directories (OSError), a diverged run, a failed save.
+_USER_ERRORS = (ValueError, OSError, train.Diverged, checkpoint.SaveFailed)
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  console.setup(flags.FLAGS.verbosity)
   try:
-    config_lib.validate(_CONFIG.value)
-    if not _CONFIG.value.train.dry_run:  # a dry run writes nothing
-      rundir.check(_WORKDIR.value)
-  except ValueError as e:
+    _main()
+  except _USER_ERRORS as e:
+    if flags.FLAGS.verbosity > 0:
+      raise
     sys.exit(f"error: {e}")
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a mistyped --config.* override as one `error:` line."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError) as e:
+    message = " ".join(str(e).replace("\\n", " ").split()).strip("'\"")
+    sys.exit(f"error: {message}; see --helpfull for the flags, and gptjax/config.py for "
+             "every --config.* field")
+
+
+def _experiment() -> ml_collections.ConfigDict:
+  """The --config file's config, or a ValueError saying the file could not be loaded."""
+  try:
+    _CONFIG.value.keys()  # config_flags defers a failed load to the first use
+    return _CONFIG.value
+  except OSError as e:
+    reason = str(e).strip().splitlines()[-1].strip()
+    raise ValueError(f"--config: cannot load the experiment file ({reason}); pass an existing "
+                     "file, e.g. --config=experiments/quickstart.py") from None
+
+
+def _main() -> None:
+  config = _experiment()
+  config_lib.validate(config)
+  if not config.train.dry_run:  # a dry run writes nothing
+    rundir.check(_WORKDIR.value)
   if _DISTRIBUTED.value:
     # CPU processes need a collectives backend to talk to each other; on GPU/TPU
     # this setting is unused.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
-  if _CONFIG.value.train.dry_run:
-    print(plan.dry_run(_CONFIG.value))
+  if config.train.dry_run:
+    print(plan.dry_run(config))
     return
   logging.info("process %d of %d, %d local devices", jax.process_index(), jax.process_count(),
                jax.local_device_count())
-  train.run(_CONFIG.value, _WORKDIR.value)
+  summary = train.run(config, _WORKDIR.value)
+  logging.info(_closing_line(summary, _WORKDIR.value))
+
+
+def _closing_line(summary: dict, workdir: str) -> str:
+  """One line that says how the run ended and where to look."""
+  rows = [r for r in metrics.read_rows(workdir) if "eval_loss" in r]
+  last_eval = (f"eval loss {rows[-1]['eval_loss']:.4f} ± {rows[-1]['eval_loss_sem']:.4f} "
+               f"nats/token at step {rows[-1]['step']}" if rows else "no eval")
+  return (f"{summary['status']}: {summary['step']} steps, "
+          f"{last_eval}, {metrics.format_duration(summary['wall_s'])} of training, "
+          f"run directory {workdir}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

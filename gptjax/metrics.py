@@ -13,6 +13,7 @@ that the rows a resume keeps are stored before the checkpoint it resumes from.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -72,12 +73,14 @@ class MetricsWriter:
                    self._tb_local, self._tb_dir)
 
   def write(self, row: dict[str, Any]) -> None:
+    """Appends `row` as strict JSON: a NaN or inf is written as null, and the row's
+    `nonfinite` field lists the keys that held one."""
     if not self.enabled:
       return
     for key, value in row.items():
-      if key != "step" and isinstance(value, (int, float)):
+      if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
         self._tb.add_scalar(key, value, row["step"])
-    line = json.dumps(row) + "\n"
+    line = json.dumps(strict_row(row), allow_nan=False) + "\n"
     if self._remote:
       self._lines.append(line)
       if time.monotonic() - self._synced_at >= REMOTE_SYNC_S:
@@ -108,7 +111,20 @@ class MetricsWriter:
       self._file.close()
 
 
+def finite_or_none(value: Any) -> Any:
+  return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def strict_row(row: dict[str, Any]) -> dict[str, Any]:
+  """`row` with non-finite floats as None and their keys listed under `nonfinite`."""
+  bad = [k for k, v in row.items() if finite_or_none(v) is None and v is not None]
+  if not bad:
+    return row
+  return {**{k: finite_or_none(v) for k, v in row.items()}, "nonfinite": bad}
+
+
 def console_line(row: dict[str, Any], total_steps: int, eta_s: float) -> str:
+  """The train row as the console shows it; the loss and grad norm are window means."""
   mfu = f"{100 * row['mfu']:.1f}%" if row.get("mfu") is not None else "n/a"
   return (f"step {row['step']}/{total_steps} | loss {row['train_loss']:.4f} | lr {row['lr']:.2e} | "
           f"grad_norm {row['grad_norm']:.3f} | {row['tokens_per_s']:,.0f} tok/s | MFU {mfu} | "

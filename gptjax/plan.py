@@ -38,7 +38,8 @@ def dry_run(config: ml_collections.ConfigDict) -> str:
   micro_batch = config.train.batch_size // config.train.grad_accum_steps
   with sharding.active(mesh, program.axis_rules):
     compiled = program.train_step.lower(
-        program.abstract_state, program.abstract_batch(config.train.batch_size)).compile()
+        program.abstract_state, train.Window.zeros(),
+        program.abstract_batch(config.train.batch_size)).compile()
   params = per_device_bytes(program.abstract_state.params)
   optimizer = per_device_bytes(program.abstract_state.opt_state)
   counts = flops.param_counts(config.model)

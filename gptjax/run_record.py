@@ -29,10 +29,11 @@ class RunRecord:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, start_step: int,
                total_steps: int, peak_tflops: float):
+    """`peak_tflops` is the whole job's peak, all devices together (0: MFU not reported)."""
     self._total_steps = total_steps
     self._tokens_per_step = config.train.batch_size * config.model.seq_len
     self._flops_per_token = flops.flops_per_token(config.model)
-    self._peak_flops = peak_tflops * 1e12 * jax.device_count()
+    self._peak_flops = peak_tflops * 1e12
     self._writer = metrics.MetricsWriter(workdir, start_step)
     self._summary_path = epath.Path(workdir) / "summary.json"
     self._wall_start = time.time()
@@ -56,21 +57,28 @@ class RunRecord:
     """Stores the rows written so far; training calls it before each checkpoint."""
     self._writer.sync()
 
-  def train_row(self, step: int, device_metrics: dict[str, jax.Array]) -> None:
-    """Fetches step `step`'s metrics: call it once a later step is dispatched, or when
-    the caller waits for this step anyway (a checkpoint of it)."""
-    values = jax.device_get(device_metrics)
+  def restart_clock(self) -> None:
+    """Starts the first row's step time now, after compilation."""
+    self._last_row = (self._last_row[0], time.perf_counter())
+
+  def train_row(self, step: int, window: Any) -> None:
+    """Writes the row for the steps since the last one, from their window sums
+    (train.Window, fetched from the device): loss and grad norm are window means."""
     now = time.perf_counter()
     step_time = (now - self._last_row[1]) / max(step - self._last_row[0], 1)
     self._last_row = (step, now)
     tokens_per_s = self._tokens_per_step / step_time
-    row = {**self.position(step), "train_loss": float(values["train_loss"]),
-           "lr": float(values["lr"]), "grad_norm": float(values["grad_norm"]),
+    steps = max(int(window.steps), 1)
+    row = {**self.position(step), "train_loss": float(window.loss_sum) / steps,
+           "lr": float(window.lr), "grad_norm": float(window.grad_norm_sum) / steps,
            "step_time_s": step_time, "tokens_per_s": tokens_per_s,
            "mfu": (self._flops_per_token * tokens_per_s / self._peak_flops
                    if self._peak_flops else None)}
+    if window.nonfinite_steps:
+      row.update(nonfinite_steps=int(window.nonfinite_steps),
+                 first_nonfinite_step=int(window.first_nonfinite_step))
     self._writer.write(row)
-    self.summary["final_train_loss"] = row["train_loss"]
+    self.summary["final_train_loss"] = metrics.finite_or_none(row["train_loss"])
     logging.info(metrics.console_line(row, self._total_steps,
                                       step_time * (self._total_steps - step)))
 
@@ -85,7 +93,7 @@ class RunRecord:
                  values["eval_bits_per_byte"])
 
   def close(self, step: int, status: str) -> dict[str, Any]:
-    """Writes the final summary.json (status completed, running or failed)."""
+    """Writes the final summary.json (status completed, running, diverged or failed)."""
     self.summary.update(self.position(step), status=status,
                         wall_s=self._previous_wall + time.time() - self._wall_start)
     write_json(self._summary_path, self.summary)

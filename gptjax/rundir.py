@@ -53,6 +53,9 @@ def check(workdir: str) -> None:
   """
   url_scheme = _scheme(workdir)
   if url_scheme is None:
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+      raise ValueError(f"--workdir={workdir}: is a file, not a directory; pass a run "
+                       "directory (it is created if missing)")
     return
   if url_scheme not in _REMOTE_MODULES:
     raise ValueError(
@@ -87,3 +90,13 @@ def write_atomic(target: epath.Path, text: str) -> None:
   tmp = target.parent / (target.name + ".tmp")
   tmp.write_text(text)
   tmp.replace(target)
+
+
+def append_line(target: epath.Path, line: str) -> None:
+  """Adds one line to a small log file (resumes.jsonl). An object store cannot
+  append, so there the file is read and uploaded whole (write_atomic)."""
+  if is_remote(target):
+    write_atomic(target, (target.read_text() if target.exists() else "") + line + "\n")
+    return
+  with target.open("a") as f:
+    f.write(line + "\n")

@@ -9,10 +9,12 @@ queued.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import functools
 import json
 import math
 import signal
+import socket
 import time
 from typing import Any, Callable
 
@@ -28,7 +30,8 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
-from gptjax import checkpoint, data, flops, generate, optim, run_record, rundir, sharding
+from gptjax import (checkpoint, data, flops, generate, metrics, optim, run_record, rundir,
+                    sharding)
 from gptjax.config import padded_vocab_size, train_steps, validate
 from gptjax.model import GPT, document_segments, model_config
 
@@ -100,6 +103,60 @@ def train_step(state: TrainState, batch: jax.Array, *, model: GPT,
                      "lr": schedule(state.step)}
 
 
+@flax.struct.dataclass
+class Window:
+  """Sums over the steps since the last train row, kept on the device.
+
+  A train row reports the mean over its whole window, not the one batch that
+  happens to land on the logging step, and the same sums carry the divergence
+  check: every step's loss and gradient norm are tested here, inside the jitted
+  step, so the host learns of a non-finite value when it next reads a row
+  without ever waiting on a step for it.
+  """
+  loss_sum: jax.Array  # float32; non-finite as soon as one step's loss is
+  grad_norm_sum: jax.Array
+  steps: jax.Array  # int32
+  nonfinite_steps: jax.Array  # steps whose loss or gradient norm was NaN or inf
+  first_nonfinite_step: jax.Array  # 1-based step number, -1 while there is none
+  nonfinite_loss: jax.Array  # bool: which of the two values went bad
+  nonfinite_grad_norm: jax.Array
+  lr: jax.Array  # the last step's learning rate
+
+  @classmethod
+  def zeros(cls) -> "Window":
+    f, i, b = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), jnp.zeros((), bool)
+    return cls(loss_sum=f, grad_norm_sum=f, steps=i, nonfinite_steps=i,
+               first_nonfinite_step=jnp.full((), -1, jnp.int32), nonfinite_loss=b,
+               nonfinite_grad_norm=b, lr=f)
+
+
+def accumulate(window: Window, metrics: dict[str, jax.Array], step: jax.Array) -> Window:
+  """Adds one step's metrics (of update number `step`, 1-based) to `window`."""
+  bad_loss = ~jnp.isfinite(metrics["train_loss"])
+  bad_norm = ~jnp.isfinite(metrics["grad_norm"])
+  bad = bad_loss | bad_norm
+  return Window(
+      loss_sum=window.loss_sum + metrics["train_loss"],
+      grad_norm_sum=window.grad_norm_sum + metrics["grad_norm"],
+      steps=window.steps + 1, nonfinite_steps=window.nonfinite_steps + bad,
+      first_nonfinite_step=jnp.where(bad & (window.first_nonfinite_step < 0), step,
+                                     window.first_nonfinite_step),
+      nonfinite_loss=window.nonfinite_loss | bad_loss,
+      nonfinite_grad_norm=window.nonfinite_grad_norm | bad_norm, lr=metrics["lr"])
+
+
+def windowed_train_step(state: TrainState, window: Window, batch: jax.Array, **kwargs: Any
+                        ) -> tuple[TrainState, Window]:
+  """train_step plus the window sums: what the loop runs, one dispatch per update."""
+  new_state, metrics = train_step(state, batch, **kwargs)
+  return new_state, accumulate(window, metrics, new_state.step)
+
+
+def all_finite(tree: Any) -> jax.Array:
+  """True iff every element of every array in `tree` is finite."""
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 def eval_step(params: Any, tokens: jax.Array, weights: jax.Array, token_bytes: jax.Array,
               *, model: GPT, document_eos_id: int | None = None) -> dict[str, jax.Array]:
   """Sums over one eval batch; _evaluate() turns them into means, SEM and bits per byte."""
@@ -131,8 +188,9 @@ class Program:
   batch_sharding: NamedSharding
   abstract_state: TrainState  # ShapeDtypeStructs carrying their shardings
   init: Callable[[jax.Array], TrainState]
-  train_step: Callable[[TrainState, jax.Array], tuple[TrainState, dict[str, jax.Array]]]
+  train_step: Callable[[TrainState, Window, jax.Array], tuple[TrainState, Window]]
   eval_step: Callable[..., dict[str, jax.Array]]
+  all_finite: Callable[[Any], jax.Array]
 
   def abstract_batch(self, batch_size: int) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct((batch_size, self.model.config.seq_len + 1), jnp.int32,
@@ -161,7 +219,7 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, eos_id: int) -> Program
   batch_sharding = sharding.batch_sharding(mesh, axis_rules)
   replicated = sharding.replicated(mesh)
   step = functools.partial(
-      train_step, model=model, tx=tx, schedule=optim.learning_rate(config.optim, total_steps),
+      windowed_train_step, model=model, tx=tx, schedule=optim.learning_rate(config.optim, total_steps),
       grad_accum_steps=config.train.grad_accum_steps,
       use_dropout=config.model.dropout > 0 or config.model.attn_dropout > 0,
       document_eos_id=document_eos_id, grad_shardings=state_shardings.params)
@@ -169,8 +227,9 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, eos_id: int) -> Program
       model=model, mesh=mesh, axis_rules=axis_rules, state_shardings=state_shardings,
       batch_sharding=batch_sharding, abstract_state=abstract_state,
       init=jax.jit(lambda rng: nn.unbox(init_fn(rng)), out_shardings=state_shardings),
-      train_step=jax.jit(step, in_shardings=(state_shardings, batch_sharding),
+      train_step=jax.jit(step, in_shardings=(state_shardings, replicated, batch_sharding),
                          out_shardings=(state_shardings, replicated), donate_argnums=0),
+      all_finite=jax.jit(all_finite, out_shardings=replicated),
       eval_step=jax.jit(functools.partial(eval_step, model=model,
                                           document_eos_id=document_eos_id),
                         in_shardings=(state_shardings.params, batch_sharding, batch_sharding,
@@ -178,31 +237,44 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, eos_id: int) -> Program
                         out_shardings=replicated))
 
 
-class _Preemption:
+class _Interrupts:
   """Whether to checkpoint and stop now, agreed by every process.
 
-  With several processes, jax.distributed's preemption service catches SIGTERM
-  and picks one step at which all hosts stop; alone, a SIGTERM handler sets a flag.
-  SIGTERM is what TPU VMs and SLURM send before reclaiming a host.
+  SIGTERM (what TPU VMs and SLURM send before reclaiming a host) and Ctrl-C
+  (SIGINT) both ask for a checkpoint at the next step, then a clean exit. The
+  handlers only set a flag, so they are safe at any moment, compilation and data
+  preparation included; a second Ctrl-C gets Python's default handling back and
+  stops at once (checkpoints are atomic, so that loses at most the steps since
+  the last one). With several processes, jax.distributed's preemption service
+  catches SIGTERM and picks one step at which all hosts stop (Ctrl-C keeps its
+  default there: a flag on one host alone would leave the others waiting).
   """
 
   def __init__(self):
     self._requested = False
     self._multihost = jax.process_count() > 1
-    if not self._multihost:
-      try:
-        signal.signal(signal.SIGTERM, self._handle)
-      except ValueError:  # not the main thread (e.g. some test runners)
-        pass
+    try:
+      for sig in [] if self._multihost else [signal.SIGTERM, signal.SIGINT]:
+        signal.signal(sig, self._handle)
+    except ValueError:  # not the main thread (e.g. some test runners)
+      pass
 
   def _handle(self, signum, frame):
-    del signum, frame
+    del frame
     self._requested = True
+    if signum == signal.SIGINT:
+      signal.signal(signal.SIGINT, signal.default_int_handler)
+      logging.warning("Ctrl-C: checkpointing at the next step, then stopping (Ctrl-C again "
+                      "to stop at once)")
 
   def reached(self, step: int) -> bool:
     if self._multihost:
       return multihost_utils.reached_preemption_sync_point(step)
     return self._requested
+
+
+class Diverged(RuntimeError):
+  """The loss or gradient norm became NaN or inf; the run stops as 'diverged'."""
 
 
 def _evaluate(program: Program, params: Any, eval_set: list, token_bytes: jax.Array
@@ -254,15 +326,15 @@ def _log_model(config: ml_collections.ConfigDict) -> None:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains (or resumes) the run in `workdir`; returns the summary it writes."""
+  """Trains (or resumes) the run in `workdir`; returns the summary it writes.
+
+  Raises ValueError for settings the run cannot start with (before anything in
+  the run directory changes), Diverged for a non-finite loss and
+  checkpoint.SaveFailed for a failed checkpoint write.
+  """
   validate(config)
   rundir.check(workdir)
-  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-  run_record.write_json(epath.Path(workdir) / "config.json",
-                        json.loads(config.to_json_best_effort()))
-  total_steps = train_steps(config)
-  tc = config.train
-
+  interrupts = _Interrupts()
   mesh = sharding.make_mesh(config.mesh)
   logging.info("mesh %s over %d devices in %d processes (%s)", dict(mesh.shape), mesh.size,
                jax.process_count(), jax.devices()[0].device_kind)
@@ -271,80 +343,203 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   tokenizer, lm_data = _load_data(config, workdir)
   _log_model(config)
   program = build(config, mesh, tokenizer.eos_id)
-
   with sharding.active(mesh, program.axis_rules):
     mngr = checkpoint.manager(workdir, config)
-    found = checkpoint.latest(mngr, config)
-    if found is None:
-      state, start_step = program.init(jax.random.PRNGKey(tc.seed)), 0
-    else:
-      start_step, meta = found
-      lm_data.check_state(meta["data"])
-      state = checkpoint.restore(mngr, start_step, program.abstract_state)
-      logging.info("resumed from %s at step %d", mngr.directory, start_step)
-
-    def global_batch(step: int) -> jax.Array:
-      local = lm_data.train_batch(step, tc.batch_size, jax.process_index(), jax.process_count())
-      return jax.make_array_from_process_local_data(program.batch_sharding, local)
-
-    token_bytes = jnp.asarray(tokenizer.token_byte_lengths())
-    eval_set = lm_data.eval_batches(tc.batch_size // tc.grad_accum_steps, config.data.eval_sequences,
-                                    jax.process_index(), jax.process_count())
-
-    def run_eval(step: int) -> None:
-      start = time.perf_counter()
-      values = _evaluate(program, state.params, eval_set, token_bytes)
-      record.eval_row(step, values, time.perf_counter() - start)
-
-    peak_tflops, peak_note = flops.device_peak(tc.peak_tflops)
-    logging.info("MFU divides by %s per device, %d devices", peak_note, jax.device_count())
-    compile_start = time.perf_counter()
-    step_fn = program.train_step.lower(state, program.abstract_batch(tc.batch_size)).compile()
-    logging.info("compiled the train step in %.1f s", time.perf_counter() - compile_start)
-    record = run_record.RunRecord(config, workdir, start_step, total_steps, peak_tflops)
-    preemption = _Preemption()
-    pending = None  # (step, device metrics), read only after the next step is dispatched
-    step, status = start_step, "failed"
     try:
-      while step < total_steps:
-        state, step_metrics = step_fn(state, global_batch(step))
-        step += 1
-        if pending is not None:
-          record.train_row(*pending)
-          pending = None
-        if step % tc.log_every == 0 or step == total_steps:
-          pending = (step, step_metrics)
-        if (tc.eval_every and step % tc.eval_every == 0) or step == total_steps:
-          if pending is not None:
-            record.train_row(*pending)
-            pending = None
-          run_eval(step)
-        preempted = preemption.reached(step)
-        if step % tc.checkpoint_every == 0 or step == total_steps or preempted:
-          # The rows a resume from this checkpoint keeps, this step's included (the save
-          # waits for it anyway), are stored first: on GCS they are only rewritten now
-          # and then, and a row missing here would never be written again.
-          if pending is not None:
-            record.train_row(*pending)
-            pending = None
-          record.sync()
-          checkpoint.save(mngr, step, state, config, lm_data.state(step))
-        if preempted and step < total_steps:
-          logging.warning("preempted: checkpointed step %d; rerun the same command to resume", step)
-          break
-      if pending is not None:
-        record.train_row(*pending)
-      mngr.wait_until_finished()
-      completed = step == total_steps
-      if completed and record.last_eval_step != total_steps:
-        run_eval(total_steps)
-      if completed and tc.num_samples:
-        _write_samples(workdir, program.model, state.params, tokenizer, tc)
-      status = "completed" if completed else "running"
+      found = checkpoint.restore_latest(mngr, workdir, config, program.abstract_state,
+                                        check=lambda meta: lm_data.check_state(meta["data"]))
+      start_step = 0 if found is None else found[0]
+      if start_step == train_steps(config) and _finished(workdir, config):
+        logging.info("%s is already complete at step %d: nothing to train or evaluate",
+                     workdir, start_step)
+        return json.loads((epath.Path(workdir) / "summary.json").read_text())
+      _record_start(workdir, config, found)
+      data.save_tokenizer(tokenizer, workdir)
+      state = program.init(jax.random.PRNGKey(config.train.seed)) if found is None else found[2]
+      return _train(config, workdir, program, mngr, state, start_step, tokenizer, lm_data,
+                    interrupts)
     finally:
-      summary = record.close(step, status)
       mngr.close()
+
+
+def _finished(workdir: str, config: ml_collections.ConfigDict) -> bool:
+  """Whether summary.json says completed and the final eval with today's settings exists."""
+  path = epath.Path(workdir) / "summary.json"
+  if not path.exists() or json.loads(path.read_text()).get("status") != "completed":
+    return False
+  return any(r.get("step") == train_steps(config) and "eval_loss" in r
+             and r.get("eval_sequences") == config.data.eval_sequences
+             for r in metrics.read_rows(workdir))
+
+
+def _record_start(workdir: str, config: ml_collections.ConfigDict,
+                  found: tuple[int, dict[str, Any], Any] | None) -> None:
+  """Writes config.json, and on a resume appends what changed to resumes.jsonl.
+
+  Called only once every check has passed, so a refused start never overwrites
+  the record of what the run was.
+  """
+  run_dir = epath.Path(workdir)
+  resolved = json.loads(config.to_json_best_effort())
+  if found is not None:
+    step, meta, _ = found
+    previous = (json.loads((run_dir / "config.json").read_text())
+                if (run_dir / "config.json").exists() else {})
+    changes = {k: [v, _flat(resolved).get(k)] for k, v in _flat(previous).items()
+               if v != _flat(resolved).get(k)}
+    if config.train.extend:
+      changes.update(_schedule_change(config, meta, step))
+    logging.info("resumed from %s at step %d%s", checkpoint.checkpoint_dir(workdir), step,
+                 "; changed: " + ", ".join(f"{k} {v[0]!r} -> {v[1]!r}" for k, v in changes.items())
+                 if changes else "")
+    if jax.process_index() == 0:
+      rundir.append_line(run_dir / "resumes.jsonl", json.dumps({
+          "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+          "step": step, "host": socket.gethostname(), "changes": changes}))
+  run_record.write_json(run_dir / "config.json", resolved)
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def _schedule_change(config: ml_collections.ConfigDict, meta: dict[str, Any], step: int
+                     ) -> dict[str, list[float]]:
+  """train.extend: logs how the learning rate moves at `step` under the new schedule."""
+  old = config.copy_and_resolve_references()
+  with old.unlocked():
+    for field, value in meta.get("schedule", {}).items():
+      group, name = field.split(".")
+      old[group][name] = value
+  before = float(optim.learning_rate(old.optim, train_steps(old))(step))
+  after = float(optim.learning_rate(config.optim, train_steps(config))(step))
+  logging.warning("train.extend: the schedule is recomputed for %d steps (was %d): the "
+                  "learning rate of step %d goes from %.3e to %.3e", train_steps(config),
+                  train_steps(old), step, before, after)
+  return {"lr_at_resume": [before, after]}
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, program: Program,
+           mngr: Any, state: TrainState, start_step: int, tokenizer: Any, lm_data: Any,
+           interrupts: _Interrupts) -> dict[str, Any]:
+  """The host loop: dispatch steps, read rows one step late, eval, checkpoint, stop."""
+  tc, total_steps = config.train, train_steps(config)
+
+  def global_batch(step: int) -> jax.Array:
+    local = lm_data.train_batch(step, tc.batch_size, jax.process_index(), jax.process_count())
+    return jax.make_array_from_process_local_data(program.batch_sharding, local)
+
+  token_bytes = jnp.asarray(tokenizer.token_byte_lengths())
+  eval_set = lm_data.eval_batches(tc.batch_size // tc.grad_accum_steps, config.data.eval_sequences,
+                                  jax.process_index(), jax.process_count())
+
+  def run_eval(step: int) -> None:
+    start = time.perf_counter()
+    values = _evaluate(program, state.params, eval_set, token_bytes)
+    record.eval_row(step, {**values, "eval_sequences": config.data.eval_sequences},
+                    time.perf_counter() - start)
+
+  peak_tflops, peak_note = flops.device_peak(tc.peak_tflops, config.model.dtype)
+  logging.info("MFU divides by %s, %d of them", peak_note, flops.peak_units())
+  record = run_record.RunRecord(config, workdir, start_step, total_steps,
+                                peak_tflops * flops.peak_units())
+  zero_window = jax.device_put(Window.zeros(), sharding.replicated(program.mesh))
+  window, pending = zero_window, None  # pending: (step, window) read after the next dispatch
+  step, status = start_step, "failed"
+
+  def read_rows(current: Window | None = None) -> None:
+    """Writes the pending row; with `current`, checks the steps since it too."""
+    nonlocal pending
+    if pending is not None:
+      row_step, row_window = pending
+      pending = None
+      values = jax.device_get(row_window)
+      record.train_row(row_step, values)
+      _check_finite(values, mngr, config)
+    if current is not None:
+      values = jax.device_get(current)
+      if values.nonfinite_steps:
+        record.train_row(step, values)
+        _check_finite(values, mngr, config)
+
+  try:
+    if step < total_steps:
+      compile_start = time.perf_counter()
+      step_fn = program.train_step.lower(state, zero_window,
+                                         program.abstract_batch(tc.batch_size)).compile()
+      logging.info("compiled the train step in %.1f s", time.perf_counter() - compile_start)
+      record.restart_clock()
+    while step < total_steps:
+      checkpoint.check_saves(mngr)
+      state, window = step_fn(state, window, global_batch(step))
+      step += 1
+      read_rows()
+      if step % tc.log_every == 0 or step == total_steps:
+        pending, window = (step, window), zero_window
+      evaluate = (tc.eval_every and step % tc.eval_every == 0) or step == total_steps
+      preempted = interrupts.reached(step)
+      save = step % tc.checkpoint_every == 0 or step == total_steps or preempted
+      if evaluate or save:
+        read_rows(current=window)
+      if evaluate:
+        run_eval(step)
+      if save:
+        if not program.all_finite(state):
+          raise Diverged(_divergence_message(
+              "the parameters or optimizer state hold NaN or inf", step, mngr, config))
+        # The rows a resume from this checkpoint keeps, this step's included, are stored
+        # first: on GCS they are only rewritten now and then, and a row missing here would
+        # never be written again.
+        record.sync()
+        checkpoint.save(mngr, step, state, config, lm_data.state(step))
+      if preempted and step < total_steps:
+        logging.warning("interrupted: checkpointed step %d; rerun the same command to resume",
+                        step)
+        break
+    read_rows()
+    mngr.wait_until_finished()
+    checkpoint.check_saves(mngr)
+    completed = step == total_steps
+    if completed and record.last_eval_step != total_steps:
+      run_eval(total_steps)
+    if completed and tc.num_samples and not (
+        start_step == total_steps and (epath.Path(workdir) / "samples.txt").exists()):
+      _write_samples(workdir, program.model, state.params, tokenizer, tc)
+    status = "completed" if completed else "running"
+  except Diverged:
+    status = "diverged"
+    raise
+  finally:
+    summary = record.close(step, status)
   return summary
+
+
+def _check_finite(values: Window, mngr: Any, config: ml_collections.ConfigDict) -> None:
+  """Raises Diverged if the window read from the device saw a non-finite value."""
+  if not values.nonfinite_steps:
+    return
+  what = " and ".join(name for name, bad in (("train_loss", values.nonfinite_loss),
+                                            ("grad_norm", values.nonfinite_grad_norm)) if bad)
+  raise Diverged(_divergence_message(f"{what} became NaN or inf",
+                                     int(values.first_nonfinite_step), mngr, config))
+
+
+def _divergence_message(what: str, step: int, mngr: Any,
+                        config: ml_collections.ConfigDict) -> str:
+  mngr.wait_until_finished()
+  last = mngr.latest_step()
+  kept = (f"the last checkpoint, step {last} in {mngr.directory}, is finite"
+          if last is not None else "no checkpoint was written before it")
+  return (f"diverged at step {step}: {what}; no checkpoint of the non-finite state was "
+          f"written and {kept}; try a lower optim.lr (now {config.optim.lr:g}), a longer "
+          f"optim.warmup_steps (now {config.optim.warmup_steps}) or optim.clip_norm > 0 "
+          f"(now {config.optim.clip_norm:g}), in a fresh --workdir")
 
 
 def _write_samples(workdir: str, model: GPT, params: Any, tokenizer: Any,

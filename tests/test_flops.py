@@ -95,3 +95,19 @@ def test_device_peak_is_measured_on_cpu() -> None:
   peak, note = flops.device_peak(0.0)
   assert peak > 0.0 and math.isfinite(peak)
   assert "measured" in note.lower()
+
+
+@pytest.mark.parametrize("kind, peak", [
+    ("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 PCIe", 756.0), ("NVIDIA H100 NVL", 835.0),
+    ("NVIDIA H200", 989.0), ("NVIDIA A100-SXM4-80GB", 312.0), ("TPU v5 lite", 197.0),
+    ("TPU v5", 459.0), ("NVIDIA GeForce RTX 4090", None)])
+def test_peak_table_tells_the_h100_variants_apart(kind, peak) -> None:
+  """A PCIe or NVL H100 charged the SXM peak would understate its MFU by 24% or 16%."""
+  assert flops.peak_for_kind(kind) == peak
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="simulated devices are CPU-only")
+def test_cpu_peak_counts_hosts_not_simulated_devices() -> None:
+  """The 8 simulated test devices share one host's measured matmul rate."""
+  assert jax.device_count() == 8
+  assert flops.peak_units() == jax.process_count() == 1

@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_ROW = {"step", "tokens", "flops", "train_loss", "lr", "grad_norm", "step_time_s",
              "tokens_per_s", "mfu"}
 EVAL_ROW = {"step", "tokens", "flops", "eval_loss", "eval_loss_sem", "eval_ppl",
-            "eval_bits_per_byte"}
+            "eval_bits_per_byte", "eval_sequences"}
 SUMMARY = {"n_params", "n_params_non_embedding", "n_layer", "d_model", "n_head", "seq_len",
            "vocab_size", "tokens", "flops", "final_train_loss", "final_eval_loss", "wall_s",
            "status"}

@@ -19,7 +19,7 @@ from gptjax.data.tokenizer import (ByteTokenizer, SentencePieceTokenizer, Tokeni
                                    load_saved, save_to_workdir)
 
 __all__ = ['ByteTokenizer', 'LMData', 'SentencePieceTokenizer', 'SplitStats',
-           'Tokenizer', 'load', 'load_corpus', 'load_saved', 'validate']
+           'Tokenizer', 'load', 'load_corpus', 'load_saved', 'save_tokenizer', 'validate']
 
 SPM_MODEL_TYPES = ('bpe', 'unigram')
 # Byte fallback reserves 256 pieces; unk and eos take two more.
@@ -104,9 +104,9 @@ def load_corpus(root: str, data_config: ml_collections.ConfigDict, seq_len: int,
 def _load(identity: str, splits: sources.Sources, text_field: str,
           data_config: ml_collections.ConfigDict, seq_len: int, workdir: str,
           seed: int) -> tuple[Tokenizer, LMData]:
+  del workdir  # the tokenizer is saved there by save_tokenizer, once the run may write
   tokenizer = _make_tokenizer(data_config, identity,
                               sources.texts(splits['train'], text_field))
-  save_to_workdir(tokenizer, os.path.join(workdir, 'tokenizer'))
   files = {split: token_cache.load_or_encode(identity, split, source, text_field, tokenizer)
            for split, source in splits.items()}
   data = LMData(files['train'], files['validation'], seq_len=seq_len, seed=seed,
@@ -115,6 +115,16 @@ def _load(identity: str, splits: sources.Sources, text_field: str,
   logging.info('data: %s, tokenizer %s (vocab %d)', identity,
                tokenizer.fingerprint(), tokenizer.vocab_size)
   return tokenizer, data
+
+
+def save_tokenizer(tokenizer: Tokenizer, workdir: str) -> None:
+  """Saves the tokenizer to WORKDIR/tokenizer, so sampling and resumed runs use
+  exactly the tokenizer the checkpoints were trained with.
+
+  Separate from `load` because a start that is then refused (a resume with other
+  settings) must leave the run directory as it found it.
+  """
+  save_to_workdir(tokenizer, os.path.join(workdir, 'tokenizer'))
 
 
 def _make_tokenizer(data_config: ml_collections.ConfigDict, identity: str,
