@@ -113,7 +113,8 @@ def _settings_differences(saved: dict[str, Any], current: dict[str, Any]) -> lis
 
 
 def check_resumable(meta: dict[str, Any], config: ml_collections.ConfigDict, where: str) -> None:
-  """Raises ValueError if `config` cannot continue the checkpoint described by `meta`."""
+  """Raises ValueError if `config` cannot continue the state or data of the checkpoint
+  described by `meta`."""
   diffs = _settings_differences(meta["settings"], resume_settings(config))
   if diffs:
     raise ValueError(
@@ -124,6 +125,10 @@ def check_resumable(meta: dict[str, Any], config: ml_collections.ConfigDict, whe
         f"train.steps: the run already has a checkpoint at step {meta['step']} ({where}), past "
         f"the {train_steps(config)} steps asked for; a run cannot be shortened: ask for at "
         "least that many steps, or use a fresh --workdir")
+
+
+def check_schedule(meta: dict[str, Any], config: ml_collections.ConfigDict, where: str) -> None:
+  """Raises ValueError if `config` changes the schedule without train.extend."""
   diffs = _settings_differences(meta.get("schedule", schedule_settings(config)),
                                 schedule_settings(config))
   if diffs and not config.train.extend:
@@ -155,6 +160,7 @@ def restore_latest(mngr: ocp.CheckpointManager, workdir: str, config: ml_collect
       continue
     check_resumable(meta, config, where)
     check(meta)
+    check_schedule(meta, config, where)
     try:
       state = mngr.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state)))["state"]

@@ -197,9 +197,8 @@ def _finish(m: Member) -> None:
 def run_local(members: list[Member], parallel: int) -> None:
   """Trains the unfinished members, `parallel` at a time, logging to <member>/train.log.
 
-  Until one member has finished, only one runs: members share the dataset and
-  tokenizer cache, and two processes preparing it at once collide in tfds
-  (FileExistsError on the prepared directory).
+  Members share the dataset, tokenizer and token caches: the first to need one
+  builds it while the others wait for it (gptjax.data.paths.building).
   """
   start = time.monotonic()
   for m in members:
@@ -211,8 +210,7 @@ def run_local(members: list[Member], parallel: int) -> None:
   printed = time.monotonic()
   while queue or active:
     changed = False
-    cache_ready = any(m.status in ("skipped", "completed", "failed") for m in members)
-    while queue and len(active) < (parallel if cache_ready else 1):
+    while queue and len(active) < parallel:
       m = queue.pop(0)
       os.makedirs(m.job.workdir, exist_ok=True)
       with open(os.path.join(m.job.workdir, "train.log"), "ab") as log:

@@ -8,6 +8,7 @@ queued.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import functools
@@ -16,7 +17,7 @@ import math
 import signal
 import socket
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import flax.linen as nn
 import flax.struct
@@ -340,6 +341,34 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                jax.process_count(), jax.devices()[0].device_kind)
   for warning in sharding.ineffective_settings(config, mesh):
     logging.warning(warning)
+  with _writer_lock(workdir) as lock:
+    return _run_locked(config, workdir, mesh, interrupts, lock)
+
+
+@contextlib.contextmanager
+def _writer_lock(workdir: str) -> Iterator[rundir.RunLock | None]:
+  """Process 0 holds WORKDIR's lock for the whole run; if it is refused, every process stops."""
+  lock = rundir.RunLock(workdir) if jax.process_index() == 0 else None
+  refusal = None
+  if lock is not None:
+    try:
+      lock.acquire()
+    except ValueError as e:
+      refusal = e
+  if jax.process_count() > 1 and int(multihost_utils.broadcast_one_to_all(
+      np.int32(refusal is not None))) and refusal is None:
+    raise ValueError(f"--workdir={workdir}: process 0 could not lock it; see its log")
+  if refusal is not None:
+    raise refusal
+  try:
+    yield lock
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _run_locked(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh,
+                interrupts: _Interrupts, lock: rundir.RunLock | None) -> dict[str, Any]:
   tokenizer, lm_data = _load_data(config, workdir)
   _log_model(config)
   program = build(config, mesh, tokenizer.eos_id)
@@ -357,7 +386,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       data.save_tokenizer(tokenizer, workdir)
       state = program.init(jax.random.PRNGKey(config.train.seed)) if found is None else found[2]
       return _train(config, workdir, program, mngr, state, start_step, tokenizer, lm_data,
-                    interrupts)
+                    interrupts, lock)
     finally:
       mngr.close()
 
@@ -427,7 +456,7 @@ def _schedule_change(config: ml_collections.ConfigDict, meta: dict[str, Any], st
 
 def _train(config: ml_collections.ConfigDict, workdir: str, program: Program,
            mngr: Any, state: TrainState, start_step: int, tokenizer: Any, lm_data: Any,
-           interrupts: _Interrupts) -> dict[str, Any]:
+           interrupts: _Interrupts, lock: rundir.RunLock | None) -> dict[str, Any]:
   """The host loop: dispatch steps, read rows one step late, eval, checkpoint, stop."""
   tc, total_steps = config.train, train_steps(config)
 
@@ -496,6 +525,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, program: Program,
         # The rows a resume from this checkpoint keeps, this step's included, are stored
         # first: on GCS they are only rewritten now and then, and a row missing here would
         # never be written again.
+        if lock is not None:
+          lock.check()  # still ours: never write into a directory another process took
         record.sync()
         checkpoint.save(mngr, step, state, config, lm_data.state(step))
       if preempted and step < total_steps:

@@ -6,20 +6,27 @@ STORAGE_EMULATOR_HOST, and TensorStore (orbax's arrays) by TENSORSTORE_GCS_HTTP_
 Credentials are anonymous or a fixed test token, and the metadata-server addresses
 point at a closed local port, so no request leaves this machine.
 
-The emulator leaves out one thing GCS does that TensorStore relies on, so `serving`
-adds it: an object's bytes come with its generation (x-goog-generation), which
-TensorStore's conditional writes of an OCDBT manifest compare against.
+The emulator leaves out two things GCS does that gptjax relies on, so `serving` adds
+them: an object's bytes come with its generation (x-goog-generation), which
+TensorStore's conditional writes of an OCDBT manifest compare against; and an upload
+with ifGenerationMatch is refused (412) unless the object is at that generation (0:
+absent), which gptjax.rundir.RunLock creates and takes over its lock with. The server
+answers one request at a time, so the check and the write are one step, as in GCS.
+Deletes still ignore their preconditions.
 """
 
 import contextlib
+import http
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
+from gcp_storage_emulator.exceptions import NotFound
 from gcp_storage_emulator.handlers import objects
 from gcp_storage_emulator.server import create_server
 
 _download = objects.download
+_UPLOADS = ("_media_upload", "_multipart_upload")  # what objects.insert calls
 
 
 def _download_with_generation(request, response, storage, *args, **kwargs):
@@ -27,6 +34,23 @@ def _download_with_generation(request, response, storage, *args, **kwargs):
   if response.status.value < 300:
     obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
     response["x-goog-generation"] = obj["generation"]
+
+
+def _conditional(upload: Callable) -> Callable:
+  def conditional_upload(request, response, storage):
+    wanted = request.query.get("ifGenerationMatch")
+    if wanted:
+      name = request.query["name"][0] if "name" in request.query else request.data["meta"]["name"]
+      try:
+        generation = storage.get_file_obj(request.params["bucket_name"], name)["generation"]
+      except NotFound:
+        generation = "0"
+      if generation != wanted[0]:
+        response.status = http.HTTPStatus.PRECONDITION_FAILED
+        response.json({"error": {"code": 412, "message": "conditionNotMet"}})
+        return None
+    return upload(request, response, storage)
+  return conditional_upload
 
 
 def _free_port() -> int:
@@ -52,6 +76,8 @@ def serving(bucket: str, config_dir: str) -> Iterator[None]:
       env.setenv(name, value)
     env.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
     env.setattr(objects, "download", _download_with_generation)  # what objects.get calls
+    for upload in _UPLOADS:
+      env.setattr(objects, upload, _conditional(getattr(objects, upload)))
     server.start()
     try:
       yield

@@ -1,8 +1,11 @@
 """Tests for gptjax.data: real TFDS, real SentencePiece, tiny corpora, no network."""
 
 import io
+import json
 import os
 import shutil
+import subprocess
+import sys
 
 import ml_collections
 import numpy as np
@@ -14,6 +17,8 @@ from gptjax import data
 from gptjax.data import (baselines, corpus, packing, paths, pipeline, source_dataset,
                          sources, spm_training, token_cache)
 from gptjax.data.tokenizer import ByteTokenizer, SentencePieceTokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CODE = ('class Foo:\n\tdef bar(self, x):\n'
         '        """Docstring with ünïcödé ✓ 日本語 😀."""\n'
@@ -320,3 +325,43 @@ def test_validate_names_field_value_and_fix():
   assert any('data.vocab_size is missing' in p for p in data.validate(del_config))
   with pytest.raises(ValueError, match="data.source='Foo Bar'"):
     data.load(make_config(source='Foo Bar'), 32, '/nonexistent', 0)
+
+
+# --- concurrent processes --------------------------------------------------------
+
+PREPARE = '''
+import hashlib, json, os, sys, time
+import ml_collections
+from absl import logging
+from gptjax import data
+root, config, workdir, ready = sys.argv[1:]
+open(os.path.join(ready, str(os.getpid())), 'w').close()
+while len(os.listdir(ready)) < 2:  # start together, so that both find the cache empty
+  time.sleep(0.01)
+logging.set_verbosity(logging.INFO)
+tok, lm = data.load_corpus(root, ml_collections.ConfigDict(json.loads(config)), 32, workdir, 0)
+digest = lambda tokens: hashlib.sha256(tokens.tobytes()).hexdigest()
+print(json.dumps({'tokenizer': tok.fingerprint(), 'data': lm.fingerprint,
+                  'train': digest(lm.train_tokens), 'validation': digest(lm.validation_tokens)}))
+'''
+
+
+@pytest.mark.slow
+def test_two_concurrent_preparations_into_one_empty_cache_both_succeed(corpus_root, tmp_path):
+  """Dataset, tokenizer and token files are built once; the other process waits and reuses them."""
+  (tmp_path / 'ready').mkdir()
+  env = {**os.environ, paths.CACHE_ENV_VAR: str(tmp_path / 'cache'), 'PYTHONPATH': ROOT}
+  config = json.dumps(make_config().to_dict())
+  runs = [subprocess.Popen([sys.executable, '-c', PREPARE, corpus_root, config,
+                            str(tmp_path / f'run{i}'), str(tmp_path / 'ready')],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+          for i in range(2)]
+  outputs = [run.communicate(timeout=300) for run in runs]
+  for run, (_, err) in zip(runs, outputs):
+    assert run.returncode == 0, err
+  first, second = (json.loads(out.splitlines()[-1]) for out, _ in outputs)
+  assert first == second
+  logs = ''.join(err for _, err in outputs)
+  assert logs.count('source_corpus: preparing') == 1
+  assert logs.count('tokenizer: training SentencePiece') == 1
+  assert logs.count('tokens: encoded') == 2  # train and validation, once each

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from gptjax import checkpoint, sharding, train
+from gptjax import checkpoint, rundir, sharding, train
 from run_rows import rows
 from test_train import ROOT, cli, tiny_config
 
@@ -109,6 +109,17 @@ def test_a_refused_resume_changes_no_file(six_step_run, overrides, expected):
     train.run(tiny_config(**{**SIX_STEPS, **overrides}), six_step_run)
   assert expected in str(e.value)
   assert tree_hashes(six_step_run) == before
+
+
+def test_a_second_writer_is_refused_before_it_changes_anything(six_step_run, tmp_path):
+  workdir = copy_of(six_step_run, tmp_path)
+  with rundir.RunLock(workdir, command="the first writer"):
+    before = tree_hashes(workdir)
+    with pytest.raises(rundir.InUse) as e:
+      train.run(tiny_config(**{**SIX_STEPS, "train.steps": 9, "train.extend": True}), workdir)
+    assert f"pid {os.getpid()}" in str(e.value) and "the first writer" in str(e.value)
+    assert tree_hashes(workdir) == before
+  assert not os.path.exists(os.path.join(workdir, rundir.LOCK_NAME))
 
 
 def test_rerunning_a_finished_run_adds_nothing_but_an_eval_with_other_settings(

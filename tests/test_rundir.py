@@ -1,8 +1,15 @@
-"""Run directories on local disk and gs://: what is refused, and writes that are never half done."""
+"""Run directories on local disk and gs://: what is refused, writes that are never half done,
+and one writer at a time."""
 
+import datetime
+import hashlib
+import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 from etils import epath
@@ -54,3 +61,169 @@ def test_gs_atomic_writes_replace_the_object_in_one_upload(gcs_bucket):
   rundir.write_atomic(target, "two")
   assert target.read_text() == "two"
   assert [p.name for p in target.parent.iterdir()] == ["summary.json"]
+
+
+def files_of(root) -> dict[str, tuple[str, int]]:
+  """Every file under `root`: relative path -> (sha256 of its bytes, mtime in ns)."""
+  found = {}
+  for dirpath, _, names in os.walk(root):
+    for name in names:
+      path = os.path.join(dirpath, name)
+      with open(path, "rb") as f:
+        found[os.path.relpath(path, root)] = (hashlib.sha256(f.read()).hexdigest(),
+                                              os.stat(path).st_mtime_ns)
+  return found
+
+
+def left_behind(path, host: str, pid: int, heartbeat_age_s: float = 0.0) -> None:
+  """Writes the lock file a process that is gone now would have left at `path`."""
+  beat = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=heartbeat_age_s)
+  epath.Path(path).write_text(json.dumps({
+      "host": host, "pid": pid, "pid_ns": rundir._pid_namespace(), "pid_start": None,
+      "started": "2026-01-01T00:00:00+00:00", "heartbeat": beat.isoformat(), "token": "gone",
+      "command": "python -m gptjax.main --workdir=old"}))
+
+
+def dead_pid() -> int:
+  process = subprocess.Popen(["true"])
+  process.wait()
+  return process.pid
+
+
+def test_a_second_writer_is_refused_naming_the_holder_and_changes_nothing(tmp_path):
+  workdir = str(tmp_path / "run")
+  with rundir.RunLock(workdir, command="python -m gptjax.main --workdir=run"):
+    (tmp_path / "run" / "config.json").write_text("{}")
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 25}\n')
+    before = files_of(workdir)
+    with pytest.raises(rundir.InUse) as e:
+      rundir.RunLock(workdir).acquire()
+    assert files_of(workdir) == before
+  message = str(e.value)
+  assert isinstance(e.value, ValueError) and "\n" not in message
+  assert message.startswith(f"--workdir={workdir} is in use by pid {os.getpid()} on "
+                            f"{socket.gethostname()} since "), message
+  assert "command: python -m gptjax.main --workdir=run)" in message
+  assert f"if that process is gone, delete {workdir}/lock and start again" in message
+  assert sorted(os.listdir(workdir)) == ["config.json", "metrics.jsonl"]  # released: no lock
+
+
+def test_the_lock_is_released_when_the_run_raises(tmp_path):
+  workdir = str(tmp_path / "run")
+  with pytest.raises(RuntimeError), rundir.RunLock(workdir):
+    raise RuntimeError("the run failed")
+  assert not os.listdir(workdir)
+  with rundir.RunLock(workdir):
+    pass
+
+
+def test_a_lock_left_by_a_dead_process_of_this_host_is_taken_over(tmp_path, caplog):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  pid = dead_pid()
+  left_behind(workdir / "lock", socket.gethostname(), pid, heartbeat_age_s=5)
+  with rundir.RunLock(str(workdir)):
+    assert json.loads((workdir / "lock").read_text())["pid"] == os.getpid()
+  assert f"took over {workdir}/lock from pid {pid} on {socket.gethostname()}" in caplog.text
+
+
+def test_a_lock_of_another_host_is_trusted_until_its_heartbeat_is_stale(tmp_path, caplog):
+  """flock may not reach other hosts (some network filesystems), so their heartbeat decides."""
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  left_behind(workdir / "lock", "other-host", 4242, heartbeat_age_s=60)
+  before = files_of(workdir)
+  with pytest.raises(rundir.InUse, match=r"in use by pid 4242 on other-host since .*\(last "
+                     r"heartbeat 60 s ago.*\(a lock from another host is taken over once its "
+                     r"heartbeat is 300 s old\)$"):
+    rundir.RunLock(str(workdir)).acquire()
+  assert files_of(workdir) == before
+  left_behind(workdir / "lock", "other-host", 4242, heartbeat_age_s=rundir.STALE_S + 1)
+  with rundir.RunLock(str(workdir)):
+    pass
+  assert "from pid 4242 on other-host (since 2026-01-01T00:00:00+00:00): its last heartbeat" \
+      in caplog.text
+
+
+def test_the_heartbeat_refreshes_the_lock_and_notices_its_removal(tmp_path, monkeypatch):
+  monkeypatch.setattr(rundir, "HEARTBEAT_S", 0.01)
+  lock_file = tmp_path / "run" / "lock"
+  with rundir.RunLock(str(tmp_path / "run")) as lock:
+    written = lock_file.stat().st_mtime_ns
+    wait_for(lambda: lock_file.stat().st_mtime_ns != written)
+    lock.check()
+    lock_file.unlink()  # as a user told to delete a stale lock might, with this run alive
+    wait_for(lambda: lock._lost)
+    with pytest.raises(rundir.InUse, match="this run lost its lock"):
+      lock.check()
+  assert not lock_file.exists()
+
+
+def wait_for(condition, timeout_s: float = 10.0) -> None:
+  deadline = time.monotonic() + timeout_s
+  while not condition():
+    assert time.monotonic() < deadline, "timed out"
+    time.sleep(0.01)
+
+
+def test_gs_a_second_writer_is_refused_and_a_dead_ones_lock_taken_over(gcs_bucket, caplog):
+  """Creating needs the object absent, taking over needs the generation read (preconditions)."""
+  workdir = f"gs://{gcs_bucket}/locked/run"
+  lock_file = epath.Path(workdir) / "lock"
+  with rundir.RunLock(workdir):
+    holder = json.loads(lock_file.read_text())
+    assert (holder["host"], holder["pid"]) == (socket.gethostname(), os.getpid())
+    with pytest.raises(rundir.InUse, match=f"in use by pid {os.getpid()} on "):
+      rundir.RunLock(workdir).acquire()
+    assert json.loads(lock_file.read_text()) == holder
+  assert not lock_file.exists()
+
+  pid = dead_pid()
+  left_behind(lock_file, socket.gethostname(), pid)
+  with rundir.RunLock(workdir):
+    assert json.loads(lock_file.read_text())["pid"] == os.getpid()
+  assert f"from pid {pid} on {socket.gethostname()}" in caplog.text
+  assert "is no longer running" in caplog.text
+  assert not lock_file.exists()
+
+
+HOLDER = """
+import signal, sys, time
+from gptjax import rundir
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # as training handles it: unwinding
+with rundir.RunLock(sys.argv[1]):
+  print("held", flush=True)
+  time.sleep(600)
+"""
+
+
+def start_holder(workdir: str) -> subprocess.Popen:
+  holder = subprocess.Popen([sys.executable, "-c", HOLDER, workdir], stdout=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": ROOT})
+  assert holder.stdout.readline() == "held\n"
+  return holder
+
+
+@pytest.mark.slow
+def test_another_process_is_refused_and_its_lock_taken_over_after_kill_9(tmp_path, caplog):
+  workdir = str(tmp_path / "run")
+  holder = start_holder(workdir)
+  try:
+    with pytest.raises(rundir.InUse, match=f"in use by pid {holder.pid} on "):
+      rundir.RunLock(workdir).acquire()
+  finally:
+    holder.kill()
+    holder.wait()
+  assert os.listdir(workdir) == ["lock"]  # kill -9 leaves it behind ...
+  with rundir.RunLock(workdir):  # ... and the next start takes it over, saying so
+    pass
+  assert f"from pid {holder.pid} on {socket.gethostname()}" in caplog.text
+
+
+@pytest.mark.slow
+def test_sigterm_releases_the_lock(tmp_path):
+  workdir = str(tmp_path / "run")
+  holder = start_holder(workdir)
+  holder.send_signal(signal.SIGTERM)
+  assert holder.wait() == 143
+  assert not os.listdir(workdir)

@@ -213,7 +213,9 @@ def test_kill_9_on_gcs_loses_no_row_a_resume_keeps(gcs_bucket, tmp_path):
 
   def committed_steps():  # listed with google-cloud-storage, which has no listing cache
     blobs = storage.Client().list_blobs(gcs_bucket, prefix="killed/checkpoints/")
-    return [int(b.name.split("/")[2]) for b in blobs if b.name.endswith("/commit_success.txt")]
+    # A step is committed once its own commit file exists; each item inside it has one too.
+    return [int(parts[2]) for parts in (b.name.split("/") for b in blobs)
+            if len(parts) == 4 and parts[3] == "commit_success.txt"]
 
   def stored_train_steps():
     lines = (epath.Path(workdir) / "metrics.jsonl").read_text().splitlines()

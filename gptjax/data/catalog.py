@@ -7,10 +7,13 @@ it, instead of hanging on a download or silently filling a local disk. Prepare
 once into a shared (e.g. gs://) data_dir and every later run just reads it.
 """
 
+import os
 from collections.abc import Sequence
 
 from absl import logging
 import tensorflow_datasets as tfds
+
+from gptjax.data import paths
 
 
 def prepare(name: str, data_dir: str, download: bool, splits: dict[str, str],
@@ -39,8 +42,10 @@ def prepare(name: str, data_dir: str, download: bool, splits: dict[str, str],
           f'--config.data.source={name} --config.data.data_dir={data_dir} '
           '--config.data.download=True (or add --config.data.download=True to this '
           'run), or point data.data_dir at the directory where it was prepared')
-    logging.info('catalog: downloading and preparing %s into %s', full_name, data_dir)
-    builder.download_and_prepare(file_format='array_record')
+    with paths.building(os.fspath(builder.data_path)):  # others wait, then reuse it
+      if not builder.is_prepared():
+        logging.info('catalog: downloading and preparing %s into %s', full_name, data_dir)
+        builder.download_and_prepare(file_format='array_record')
   features = builder.info.features
   if text_field not in features:
     raise ValueError(f'data.text_field={text_field!r}: {full_name} has no such feature; '

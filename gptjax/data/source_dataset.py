@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from absl import logging
 import tensorflow_datasets as tfds
 
-from gptjax.data import corpus, documents
+from gptjax.data import corpus, documents, paths
 
 DATASET_NAME = 'source_corpus'
 SPLITS = ('train', 'validation')
@@ -158,16 +158,21 @@ def prepare(config: SourceCorpusConfig, data_dir: str
   """Prepares the dataset once (no-op if already on disk) and opens it.
 
   Returns the dataset identity ('source_corpus/<config>:<version>', used in
-  downstream cache keys) and a random-access data source per split.
+  downstream cache keys) and a random-access data source per split. A process
+  that finds another one preparing the same dataset waits for it and reuses
+  its result (`paths.building`, which on gs:// only covers this host). TFDS
+  writes into a temp directory and renames it into place, so a local reader
+  never sees half a dataset (on gs:// the rename copies file by file).
   """
   builder = SourceCorpus(config=config, data_dir=data_dir, file_format='array_record')
   identity = f'{DATASET_NAME}/{config.name}:{builder.version}'
-  if builder.is_prepared():
-    logging.info('source_corpus: reusing prepared %s in %s', identity, data_dir)
-  else:
-    logging.info('source_corpus: preparing %s from %s into %s', identity,
-                 config.pattern or config.root, data_dir)
-    check_documents(config)
-    builder.download_and_prepare()
+  if not builder.is_prepared():
+    with paths.building(os.fspath(builder.data_path)):
+      if not builder.is_prepared():
+        logging.info('source_corpus: preparing %s from %s into %s', identity,
+                     config.pattern or config.root, data_dir)
+        check_documents(config)
+        builder.download_and_prepare()
+  logging.info('source_corpus: using %s in %s', identity, data_dir)
   sources = tfds.data_source(identity, data_dir=data_dir, download=False)
   return identity, {split: sources[split] for split in SPLITS}

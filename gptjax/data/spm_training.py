@@ -105,19 +105,25 @@ def cache_key(dataset_identity: str, vocab_size: int, model_type: str,
 def load_or_train(dataset_identity: str, train_texts: Iterable[str],
                   vocab_size: int, model_type: str, sample_chars: int
                   ) -> SentencePieceTokenizer:
-  """Returns the cached model for these settings, training it on first use."""
+  """Returns the cached model for these settings, training it on first use.
+
+  A process that finds another one training the same model waits for it and
+  loads its result (`paths.building`), rather than training it a second time.
+  """
   key = cache_key(dataset_identity, vocab_size, model_type, sample_chars)
   path = os.path.join(paths.cache_root(), 'tokenizers', key, SPM_FILENAME)
-  if os.path.isfile(path):
-    logging.info('tokenizer: reusing cached SentencePiece model %s', path)
-    return SentencePieceTokenizer.from_file(path)
-  chunks = sample_chunks(train_texts, sample_chars)
-  logging.info('tokenizer: training SentencePiece %s vocab=%d on %d chars '
-               '(%d chunks) of %s', model_type, vocab_size,
-               sum(map(len, chunks)), len(chunks), dataset_identity)
-  start = time.perf_counter()
-  proto = train(chunks, vocab_size, model_type)
-  logging.info('tokenizer: trained in %.1fs, cached at %s',
-               time.perf_counter() - start, path)
-  paths.atomic_write_bytes(path, proto)
-  return SentencePieceTokenizer(proto, origin=path)
+  if not os.path.isfile(path):
+    with paths.building(path):
+      if not os.path.isfile(path):  # not trained by another process while this one waited
+        chunks = sample_chunks(train_texts, sample_chars)
+        logging.info('tokenizer: training SentencePiece %s vocab=%d on %d chars '
+                     '(%d chunks) of %s', model_type, vocab_size,
+                     sum(map(len, chunks)), len(chunks), dataset_identity)
+        start = time.perf_counter()
+        proto = train(chunks, vocab_size, model_type)
+        logging.info('tokenizer: trained in %.1fs, cached at %s',
+                     time.perf_counter() - start, path)
+        paths.atomic_write_bytes(path, proto)
+        return SentencePieceTokenizer(proto, origin=path)
+  logging.info('tokenizer: reusing cached SentencePiece model %s', path)
+  return SentencePieceTokenizer.from_file(path)

@@ -49,12 +49,22 @@ def cache_path(dataset_identity: str, tokenizer: Tokenizer, split: str) -> str:
 
 def load_or_encode(dataset_identity: str, split: str, source: Sequence[dict],
                    text_field: str, tokenizer: Tokenizer) -> TokenFile:
-  """The split's EOS-separated token stream, from cache or freshly encoded."""
+  """The split's EOS-separated token stream, from cache or freshly encoded.
+
+  A process that finds another one encoding the same split waits for it and
+  reuses its file (`paths.building`), rather than encoding it a second time.
+  """
   path = cache_path(dataset_identity, tokenizer, split)
-  if os.path.isfile(path) and os.path.isfile(path + '.json'):
-    logging.info('tokens: reusing cached %s stream %s', split, path)
+
+  def cached() -> bool:
+    return os.path.isfile(path) and os.path.isfile(path + '.json')
+
+  if not cached():
+    with paths.building(path):
+      if not cached():  # not encoded by another process while this one waited
+        _encode(source, text_field, tokenizer, path, f'tokenizing {split}')
   else:
-    _encode(source, text_field, tokenizer, path, f'tokenizing {split}')
+    logging.info('tokens: reusing cached %s stream %s', split, path)
   with open(path + '.json') as f:
     meta = json.load(f)
   tokens = np.memmap(path, dtype=token_dtype(tokenizer.vocab_size), mode='r')
@@ -63,9 +73,15 @@ def load_or_encode(dataset_identity: str, split: str, source: Sequence[dict],
 
 def _encode(source: Sequence[dict], text_field: str, tokenizer: Tokenizer,
             path: str, description: str) -> None:
+  """Writes the stream to a temp file, then the sidecar, then renames the stream into place.
+
+  The stream's rename comes last, so the pair exists only once both are whole.
+  The caller holds the entry's lock, so one fixed temp name is enough, and a
+  killed pass's leftover is overwritten by the next one instead of piling up.
+  """
   os.makedirs(os.path.dirname(path), exist_ok=True)
   dtype = token_dtype(tokenizer.vocab_size)
-  tmp_path = f'{path}.tmp-{os.getpid()}'
+  tmp_path = f'{path}.tmp'
   start, num_tokens, chars = time.perf_counter(), 0, 0
   with open(tmp_path, 'wb') as out, tqdm.tqdm(total=len(source), desc=description,
                                                unit='doc', mininterval=5) as bar:

@@ -14,6 +14,8 @@ import numpy as np
 import sentencepiece as spm
 from etils import epath
 
+from gptjax import rundir
+
 SPM_FILENAME = 'spm.model'
 BYTES_FILENAME = 'bytes.tokenizer'  # Marker file: the byte tokenizer has no state.
 
@@ -129,9 +131,10 @@ class SentencePieceTokenizer:
     return 'spm-' + hashlib.sha256(self._proto).hexdigest()[:16]
 
   def save(self, directory: str) -> None:
+    """Writes the model whole or not at all: a resume must never read half of one."""
     target = epath.Path(directory)
     target.mkdir(parents=True, exist_ok=True)
-    (target / SPM_FILENAME).write_bytes(self._proto)
+    rundir.write_atomic(target / SPM_FILENAME, self._proto)
 
 
 def load_saved(directory: str) -> Tokenizer:
@@ -150,10 +153,12 @@ def save_to_workdir(tokenizer: Tokenizer, directory: str) -> None:
 
   A checkpoint is only meaningful with the tokenizer it was trained with, so
   resuming a workdir with different tokenizer settings is an error, not a
-  silent overwrite.
+  silent overwrite. Only a whole saved model counts (saves are atomic; a temp
+  file left by a killed save does not), and no other process saves into the
+  same directory meanwhile: the run holds WORKDIR (`rundir.RunLock`).
   """
   saved = epath.Path(directory)
-  if saved.is_dir() and any(saved.iterdir()):
+  if any((saved / name).is_file() for name in (SPM_FILENAME, BYTES_FILENAME)):
     existing = load_saved(directory).fingerprint()
     if existing != tokenizer.fingerprint():
       raise ValueError(
