@@ -31,8 +31,8 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
-from gptjax import (checkpoint, data, flops, generate, metrics, optim, run_record, rundir,
-                    sharding)
+from gptjax import (checkpoint, data, eval_stats, flops, generate, metrics, optim, run_record,
+                    rundir, sharding)
 from gptjax.config import padded_vocab_size, train_steps, validate
 from gptjax.model import GPT, document_segments, model_config
 
@@ -45,9 +45,9 @@ class TrainState:
   rng: jax.Array  # base key; step and micro-batch are folded in, so it never changes
 
 
-def loss_sums(model: GPT, params: Any, tokens: jax.Array, weights: jax.Array | None,
-              rng: jax.Array | None, document_eos_id: int | None) -> jax.Array:
-  """Per-sequence summed next-token cross-entropy [batch] of rows [batch, seq_len + 1].
+def token_losses(model: GPT, params: Any, tokens: jax.Array, rng: jax.Array | None,
+                 document_eos_id: int | None) -> jax.Array:
+  """Next-token cross-entropy [batch, seq_len] of rows [batch, seq_len + 1].
 
   With `document_eos_id`, attention and positions restart after each end-of-text
   token, so packed documents do not see each other.
@@ -56,7 +56,13 @@ def loss_sums(model: GPT, params: Any, tokens: jax.Array, weights: jax.Array | N
   segment_ids = None if document_eos_id is None else document_segments(inputs, document_eos_id)
   logits, _ = model.apply({"params": params}, inputs, deterministic=rng is None,
                           rngs=None if rng is None else {"dropout": rng}, segment_ids=segment_ids)
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
+  return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
+
+
+def loss_sums(model: GPT, params: Any, tokens: jax.Array, weights: jax.Array | None,
+              rng: jax.Array | None, document_eos_id: int | None) -> jax.Array:
+  """Per-sequence summed (`weights`-weighted) `token_losses` [batch]."""
+  losses = token_losses(model, params, tokens, rng, document_eos_id)
   if weights is not None:
     losses = losses * weights
   return losses.sum(axis=-1)
@@ -160,12 +166,14 @@ def all_finite(tree: Any) -> jax.Array:
 
 def eval_step(params: Any, tokens: jax.Array, weights: jax.Array, token_bytes: jax.Array,
               *, model: GPT, document_eos_id: int | None = None) -> dict[str, jax.Array]:
-  """Sums over one eval batch; _evaluate() turns them into means, SEM and bits per byte."""
-  per_sequence = loss_sums(model, params, tokens, weights, None, document_eos_id)
-  counts = weights.sum(axis=-1)
-  return {"loss_sum": per_sequence.sum(), "tokens": counts.sum(),
-          "bytes": (token_bytes[tokens[:, 1:]] * weights).sum(),
-          "sequence_means": per_sequence / jnp.maximum(counts, 1), "sequence_tokens": counts}
+  """Weighted per-token losses [batch, seq_len] and the byte count of one eval batch.
+
+  Per-token rather than per-row sums, because a row spans documents and the SEM
+  clusters by document; _evaluate sums them per (row, document) on the host. They
+  are 1/vocab the size of the logits, so this costs nothing next to the forward pass.
+  """
+  return {"token_losses": token_losses(model, params, tokens, None, document_eos_id) * weights,
+          "bytes": (token_bytes[tokens[:, 1:]] * weights).sum()}
 
 
 def _init_state(rng: jax.Array, *, model: GPT, tx: optax.GradientTransformation,
@@ -278,23 +286,34 @@ class Diverged(RuntimeError):
   """The loss or gradient norm became NaN or inf; the run stops as 'diverged'."""
 
 
-def _evaluate(program: Program, params: Any, eval_set: list, token_bytes: jax.Array
-              ) -> dict[str, float]:
+def _evaluate(program: Program, params: Any, eval_set: data.EvalSet, token_bytes: jax.Array,
+              losses_path: epath.Path | None = None) -> dict[str, float]:
   """Eval loss over the fixed validation rows, with its standard error and bits per byte.
 
-  The SEM treats each validation sequence as one sample: tokens within a sequence
-  are not independent, so a per-token SEM would be too small.
+  The loss is the exact mean over every scored token; its SEM treats validation
+  documents as clusters (gptjax.eval_stats), because tokens and rows of one
+  document are not independent samples. Process 0 writes the loss of every (row,
+  document) part to `losses_path` (JSON lines), so reports can pair runs row by row.
   """
   as_global = functools.partial(jax.make_array_from_process_local_data, program.batch_sharding)
-  sums = jax.device_get([
+  outputs = jax.device_get([
       program.eval_step(params, as_global(tokens), as_global(weights), token_bytes)
-      for tokens, weights in eval_set])
-  loss_sum = sum(float(s["loss_sum"]) for s in sums)
-  loss = loss_sum / sum(float(s["tokens"]) for s in sums)
-  means = np.concatenate([s["sequence_means"][s["sequence_tokens"] > 0] for s in sums])
-  return {"eval_loss": loss, "eval_loss_sem": float(means.std(ddof=1) / math.sqrt(len(means))),
-          "eval_ppl": math.exp(loss),
-          "eval_bits_per_byte": loss_sum / math.log(2) / sum(float(s["bytes"]) for s in sums)}
+      for tokens, weights in eval_set.batches])
+  losses = np.concatenate([o["token_losses"] for o in outputs])
+  scored = eval_set.segments >= 0
+  part_sums = np.bincount(eval_set.segments[scored], weights=losses[scored].astype(np.float64),
+                          minlength=len(eval_set.segment_tokens))
+  loss, sem = eval_stats.cluster_ratio_mean(part_sums, eval_set.segment_tokens,
+                                            eval_set.segment_documents)
+  if losses_path is not None and jax.process_index() == 0:
+    losses_path.parent.mkdir(parents=True, exist_ok=True)
+    rundir.write_atomic(losses_path, "".join(
+        json.dumps({"row": int(r), "document": int(d), "loss_sum": float(y), "tokens": int(n)})
+        + "\n" for r, d, y, n in zip(eval_set.segment_rows, eval_set.segment_documents,
+                                     part_sums, eval_set.segment_tokens)))
+  return {"eval_loss": loss, "eval_loss_sem": sem, "eval_ppl": math.exp(loss),
+          "eval_bits_per_byte": part_sums.sum() / math.log(2)
+                                / sum(float(o["bytes"]) for o in outputs)}
 
 
 def _load_data(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, Any]:
@@ -470,7 +489,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, program: Program,
 
   def run_eval(step: int) -> None:
     start = time.perf_counter()
-    values = _evaluate(program, state.params, eval_set, token_bytes)
+    values = _evaluate(program, state.params, eval_set, token_bytes,
+                       epath.Path(workdir) / "eval" / str(step)
+                       / f"lm_losses_{config.data.eval_sequences}.jsonl")
     record.eval_row(step, {**values, "eval_sequences": config.data.eval_sequences},
                     time.perf_counter() - start)
 

@@ -214,6 +214,16 @@ def test_packing_a_stream_shorter_than_a_row_wraps():
   assert rows.target_mask.tolist() == [[1, 1, 0, 0]]
 
 
+def test_document_ends_and_target_documents(monkeypatch):
+  stream = packing.concat_documents([[5, 6, 7], [8], [9, 10, 11, 12, 13]], eos_id=1)
+  monkeypatch.setattr(packing, 'SCAN_CHUNK', 5)  # EOS on both sides of chunk borders.
+  ends = packing.document_ends(stream, eos_id=1)
+  assert ends.tolist() == [3, 5, 11]
+  # Rows of 5 targets: [5 6 7 1 8] [1 9 10 11 12] [13 1 | wrapped 5 6 7].
+  assert packing.target_documents(ends, np.arange(3), 5, len(stream)).tolist() == [
+      [0, 0, 0, 0, 1], [1, 2, 2, 2, 2], [2, 2, -1, -1, -1]]
+
+
 def small_lmdata(seed: int = 0, train_tokens: int = 1000) -> pipeline.LMData:
   train = packing.concat_documents([list(range(2, 2 + train_tokens // 10))] * 10, eos_id=1)
   validation = packing.concat_documents([[2, 3, 4]] * 7, eos_id=1)
@@ -256,12 +266,75 @@ def test_each_epoch_visits_every_row_once_even_with_huge_batches():
 
 def test_eval_batches_are_fixed_padded_and_exact():
   lm = small_lmdata()
-  batches = lm.eval_batches(batch_size=1, max_sequences=100)
+  batches = lm.eval_batches(batch_size=1, max_sequences=100).batches
   assert sum(mask.sum() for _, mask in batches) == lm.stats['validation'].tokens == 28
-  padded = lm.eval_batches(batch_size=4, max_sequences=100)
+  padded = lm.eval_batches(batch_size=4, max_sequences=100).batches
   assert [t.shape for t, _ in padded] == [(4, 17)]
   assert padded[0][1][2:].sum() == 0  # Two real rows, two zero-weight pad rows.
   np.testing.assert_array_equal(padded[0][0][:2], np.concatenate([t for t, _ in batches]))
+
+
+EVAL_ROWS_20 = [4, 22, 29, 30, 35, 38, 40, 41, 44, 45, 48, 51, 52, 61, 66, 70, 79, 82, 92, 93]
+
+
+def spread_lmdata(seed: int = 0) -> pipeline.LMData:
+  """98 validation rows of 8 targets from 40 documents of 10 to 29 tokens (EOS included).
+
+  780 tokens: the last row ends with 4 wrapped targets.
+  """
+  docs = [list(range(2, 2 + 9 + (7 * i) % 20)) for i in range(40)]
+  validation = packing.concat_documents(docs, eos_id=1)
+  return pipeline.LMData(token_cache.TokenFile(validation, 40, 0),
+                         token_cache.TokenFile(validation, 40, 0), seq_len=8, seed=seed,
+                         vocab_size=32, eos_id=1, identity='spread')
+
+
+def test_eval_rows_are_a_fixed_sample_spread_over_the_whole_split():
+  rows = spread_lmdata(seed=0).eval_rows(20)
+  assert len(set(rows.tolist())) == 20 and rows.tolist() == sorted(rows.tolist())
+  assert rows.tolist() != list(range(20))  # Not the old prefix.
+  # Every quarter of the split is represented (a uniform sample of 20 of 100 rows
+  # misses a given quarter with probability ~0.3%; the seed is fixed, so this is exact).
+  assert sorted(set((rows // 25).tolist())) == [0, 1, 2, 3]
+  # The same for every train seed and every call, and a larger set keeps these rows.
+  np.testing.assert_array_equal(spread_lmdata(seed=7).eval_rows(20), rows)
+  assert set(rows.tolist()) < set(spread_lmdata(seed=3).eval_rows(40).tolist())
+  # Pinned: a library upgrade must not silently change every run's eval set.
+  assert rows.tolist() == EVAL_ROWS_20
+
+
+def test_eval_segments_name_each_targets_row_and_document():
+  lm = spread_lmdata()
+  eval_set = lm.eval_batches(batch_size=8, max_sequences=100)  # All 98 rows, padded to 104.
+  assert len(eval_set.batches) == 13 and eval_set.segments.shape == (104, 8)
+  tokens = np.concatenate([t for t, _ in eval_set.batches])
+  mask = np.concatenate([m for _, m in eval_set.batches])
+  np.testing.assert_array_equal(eval_set.segments >= 0, mask == 1)
+  np.testing.assert_array_equal(tokens[:98], packing.pack(lm.validation_tokens, 8).tokens)
+  # By hand: the document of stream position q is the number of EOS before it.
+  stream = np.asarray(lm.validation_tokens)
+  for i, row in enumerate(eval_set.rows):
+    for j in range(8):
+      q, k = row * 8 + j, eval_set.segments[i, j]
+      if q >= len(stream):
+        assert k == -1  # Wrapped: a repeat, not scored.
+        continue
+      assert eval_set.segment_rows[k] == row
+      assert eval_set.segment_documents[k] == (stream[:q] == 1).sum()
+  assert eval_set.segment_tokens.sum() == mask.sum() == lm.stats['validation'].tokens
+  assert set(eval_set.segment_documents.tolist()) == set(range(40))
+  np.testing.assert_array_equal(eval_set.segment_tokens,
+                                np.bincount(eval_set.segments[eval_set.segments >= 0]))
+
+
+def test_eval_set_is_the_same_for_any_process_count():
+  lm = spread_lmdata()
+  whole = lm.eval_batches(8, 20)
+  halves = [lm.eval_batches(8, 20, p, 2) for p in (0, 1)]
+  for h in halves:
+    np.testing.assert_array_equal(h.segments, whole.segments)
+  for b, (tokens, _) in enumerate(whole.batches):
+    np.testing.assert_array_equal(np.concatenate([h.batches[b][0] for h in halves]), tokens)
 
 
 def test_unigram_cross_entropy():
@@ -289,7 +362,7 @@ def test_load_corpus_caches_everything_and_saves_tokenizer(cache_dir, corpus_roo
   np.testing.assert_array_equal(lm.train_batch(7, 4), lm2.train_batch(7, 4))
   assert lm.stats['train'].documents + lm.stats['validation'].documents == 62
   assert lm.stats['validation'].tokens == sum(
-      m.sum() for _, m in lm.eval_batches(4, 10_000))
+      m.sum() for _, m in lm.eval_batches(4, 10_000).batches)
   assert 0 < lm.unigram_cross_entropy() < np.log(tok.vocab_size)
 
   with pytest.raises(ValueError, match='new workdir'):

@@ -173,9 +173,10 @@ def test_two_processes_get_disjoint_shards_of_the_global_batch():
     shards = [lm.train_batch(step, 8, process_index=p, process_count=2) for p in (0, 1)]
     np.testing.assert_array_equal(np.concatenate(shards), lm.train_batch(step, 8))
     assert set(global_ids[:4].tolist()).isdisjoint(global_ids[4:].tolist())
-  global_eval = lm.eval_batches(4, 6)
+  global_eval = lm.eval_batches(4, 6).batches
   for p in (0, 1):
-    for (tokens, mask), (g_tokens, g_mask) in zip(lm.eval_batches(4, 6, p, 2), global_eval):
+    for (tokens, mask), (g_tokens, g_mask) in zip(lm.eval_batches(4, 6, p, 2).batches,
+                                                  global_eval):
       np.testing.assert_array_equal(tokens, g_tokens[2 * p:2 * p + 2])
       np.testing.assert_array_equal(mask, g_mask[2 * p:2 * p + 2])
   with pytest.raises(ValueError, match='process_count=3'):

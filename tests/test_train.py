@@ -127,6 +127,16 @@ def test_metrics_are_sane(finished_run):
   assert last["lr"] == pytest.approx(1e-3 * 0.1)  # cosine ends at 10% of the peak
 
 
+def test_each_eval_keeps_its_per_row_losses(finished_run):
+  workdir, _ = finished_run
+  for row in (r for r in rows(workdir) if "eval_loss" in r):
+    with open(f"{workdir}/eval/{row['step']}/lm_losses_8.jsonl") as f:
+      parts = [json.loads(line) for line in f]
+    assert len({p["row"] for p in parts}) == 8  # data.eval_sequences
+    assert sum(p["loss_sum"] for p in parts) / sum(p["tokens"] for p in parts) == pytest.approx(
+        row["eval_loss"], rel=1e-9)
+
+
 def test_restoring_a_different_model_says_what_differs(finished_run, tmp_path):
   workdir, _ = finished_run
   with pytest.raises(ValueError) as e:

@@ -14,11 +14,11 @@ from absl import logging
 import ml_collections
 
 from gptjax.data import documents, paths, source_dataset, sources, spm_training, token_cache
-from gptjax.data.pipeline import LMData, SplitStats
+from gptjax.data.pipeline import EvalSet, LMData, SplitStats
 from gptjax.data.tokenizer import (ByteTokenizer, SentencePieceTokenizer, Tokenizer,
                                    load_saved, save_to_workdir)
 
-__all__ = ['ByteTokenizer', 'LMData', 'SentencePieceTokenizer', 'SplitStats',
+__all__ = ['ByteTokenizer', 'EvalSet', 'LMData', 'SentencePieceTokenizer', 'SplitStats',
            'Tokenizer', 'load', 'load_corpus', 'load_saved', 'save_tokenizer', 'validate']
 
 SPM_MODEL_TYPES = ('bpe', 'unigram')

@@ -10,12 +10,18 @@ token exactly once while training simply sees a few tokens twice.
 
 Rows are gathered from S on demand (S may be a memmap far larger than RAM), so
 any seq_len can be served from one token file.
+
+Target q of S (the token at stream position q) belongs to document d when d EOS
+tokens precede it: a document's own EOS is its last target, and the token after
+it is the first target of the next document (`target_documents`).
 """
 
 import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
+
+SCAN_CHUNK = 1 << 24  # Tokens per step of the EOS scan, bounding its temporary memory.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,3 +72,25 @@ def gather_rows(stream: np.ndarray, row_ids: np.ndarray, seq_len: int) -> Packed
 def pack(stream: np.ndarray, seq_len: int) -> PackedRows:
   """All ceil(len/seq_len) rows of a stream (for small streams and tests)."""
   return gather_rows(stream, np.arange(num_rows(len(stream), seq_len)), seq_len)
+
+
+def document_ends(stream: np.ndarray, eos_id: int) -> np.ndarray:
+  """Stream positions of every EOS, int64 ascending: document d ends at position [d].
+
+  Scanned in chunks, so a memmap larger than RAM is read once and never held.
+  """
+  return np.concatenate([np.flatnonzero(stream[start:start + SCAN_CHUNK] == eos_id) + start
+                         for start in range(0, len(stream), SCAN_CHUNK)]).astype(np.int64)
+
+
+def target_documents(ends: np.ndarray, row_ids: np.ndarray, seq_len: int,
+                     num_tokens: int) -> np.ndarray:
+  """Document index (int64 [rows, seq_len]) of each target of rows `row_ids`.
+
+  `ends` is `document_ends` of the stream of `num_tokens`; wrapped targets
+  (target_mask 0 in `gather_rows`) get -1.
+  """
+  positions = (np.asarray(row_ids, dtype=np.int64)[:, None] * seq_len
+               + np.arange(seq_len, dtype=np.int64)[None, :])
+  documents = np.searchsorted(ends, positions, side='left').astype(np.int64)
+  return np.where(positions < num_tokens, documents, -1)

@@ -11,6 +11,14 @@ the order is the same whatever the number of processes.
 
 Rows are gathered from the on-disk token stream per batch, so memory use does
 not grow with the corpus.
+
+The eval set is a sample of validation rows drawn by a permutation with a fixed
+seed of its own (EVAL_SEED, not train.seed), so it is spread over the whole split
+and is the same for every run with the same data, tokenizer and seq_len: a sweep's
+members are scored on identical rows. A prefix of the split in file order would
+be a few documents, not the split. Eval rows are not part of a checkpoint's data
+state (the train order is), so choosing them differently needs no new
+ORDER_VERSION.
 """
 
 import dataclasses
@@ -28,6 +36,10 @@ from gptjax.data.token_cache import TokenFile
 # Bump when the row order or row layout changes: old checkpoints then refuse to
 # resume instead of silently continuing on different data.
 ORDER_VERSION = 'grain-shuffle-repeat-v1'
+# Seeds the choice of eval rows; independent of train.seed so every run of a sweep
+# is scored on the same rows. Changing it (or the way rows are drawn) changes
+# every eval loss, so treat it like ORDER_VERSION.
+EVAL_SEED = 20_240_611
 # The unigram baseline reads at most this many tokens per split.
 UNIGRAM_MAX_TOKENS = 100_000_000
 
@@ -38,6 +50,30 @@ class SplitStats:
   tokens: int  # Including one EOS per document; all of them are targets.
   rows: int
   wrapped_tokens: int  # Targets repeated to complete the last row.
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSet:
+  """The fixed validation rows an eval scores, and which documents their targets are in.
+
+  `batches` are this process's slices (tokens int32 [B/P, seq_len+1], mask float32
+  [B/P, seq_len]) of global batches of B rows; the last is padded with zero-mask
+  rows, so eval compiles once. sum(loss * mask) / sum(mask) is the exact mean over
+  the chosen rows' validation targets (wrapped repeats have mask 0).
+
+  A segment is the targets one row takes from one document. `segments` (int32
+  [len(batches) * B, seq_len], over the global batches, same on every process)
+  gives each target's segment, -1 where the mask is 0; `segment_rows`,
+  `segment_documents` and `segment_tokens` (int64 [K]) say which validation row
+  and document each segment is, and how many targets it has. Documents are the
+  clusters of the SEM (gptjax.eval_stats); row ids let reports pair runs.
+  """
+  batches: list[tuple[np.ndarray, np.ndarray]]
+  rows: np.ndarray  # int64 [count], ascending validation row ids
+  segments: np.ndarray
+  segment_rows: np.ndarray
+  segment_documents: np.ndarray
+  segment_tokens: np.ndarray
 
 
 def _check_shard(batch_size: int, process_index: int, process_count: int) -> int:
@@ -95,31 +131,51 @@ class LMData:
     rows = self.stream_rows(step * batch_size + process_index * local, local)
     return packing.gather_rows(self.train_tokens, rows, self.seq_len).tokens
 
-  def eval_batches(self, batch_size: int, max_sequences: int, process_index: int = 0,
-                   process_count: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The first `max_sequences` validation rows, in order, as (tokens, mask) pairs.
+  def eval_rows(self, max_sequences: int) -> np.ndarray:
+    """The validation row ids eval scores: the first `max_sequences` of a permutation
+    seeded by EVAL_SEED, ascending (so reading them walks the file forward).
 
-    Every global batch has `batch_size` rows so eval compiles once: the last one
-    is padded with zero-mask rows. `mask` (float32 [B, seq_len]) weights targets,
-    so sum(loss * mask) / sum(mask) is the exact mean over validation tokens.
-    Each process gets its contiguous slice [B/P] of every global batch.
+    A larger `max_sequences` keeps these rows and adds more.
     """
-    local = _check_shard(batch_size, process_index, process_count)
-    count = min(max_sequences, self.stats['validation'].rows)
+    rows = self.stats['validation'].rows
+    count = min(max_sequences, rows)
     if count < max_sequences:
       logging.info('data validation: only %d rows available (asked for %d)',
                    count, max_sequences)
-    rows = packing.gather_rows(self.validation_tokens, np.arange(count), self.seq_len)
-    batches = []
-    for start in range(0, count, batch_size):
-      stop = min(start + batch_size, count)
-      tokens = np.zeros((batch_size, self.seq_len + 1), dtype=np.int32)
-      mask = np.zeros((batch_size, self.seq_len), dtype=np.float32)
-      tokens[:stop - start] = rows.tokens[start:stop]
-      mask[:stop - start] = rows.target_mask[start:stop]
-      shard = slice(process_index * local, (process_index + 1) * local)
-      batches.append((tokens[shard], mask[shard]))
-    return batches
+    order = grain.MapDataset.range(rows).shuffle(seed=EVAL_SEED)
+    return np.sort(np.fromiter((order[i] for i in range(count)), dtype=np.int64, count=count))
+
+  def eval_batches(self, batch_size: int, max_sequences: int, process_index: int = 0,
+                   process_count: int = 1) -> EvalSet:
+    """`eval_rows(max_sequences)` as an `EvalSet` of global batches of `batch_size` rows.
+
+    Each process gets its contiguous slice [B/P] of every global batch.
+    """
+    local = _check_shard(batch_size, process_index, process_count)
+    rows = self.eval_rows(max_sequences)
+    count = len(rows)
+    padded = -(-count // batch_size) * batch_size
+    packed = packing.gather_rows(self.validation_tokens, rows, self.seq_len)
+    tokens = np.zeros((padded, self.seq_len + 1), dtype=np.int32)
+    mask = np.zeros((padded, self.seq_len), dtype=np.float32)
+    tokens[:count], mask[:count] = packed.tokens, packed.target_mask
+    shard = slice(process_index * local, (process_index + 1) * local)
+    batches = [(tokens[start:start + batch_size][shard], mask[start:start + batch_size][shard])
+               for start in range(0, padded, batch_size)]
+
+    ends = packing.document_ends(self.validation_tokens, self.eos_id)
+    documents = packing.target_documents(ends, rows, self.seq_len, len(self.validation_tokens))
+    valid = documents >= 0
+    # One key per (row, document) pair, ordered by row, then document.
+    keys = np.arange(count, dtype=np.int64)[:, None] * len(ends) + documents
+    unique_keys, first, inverse = np.unique(keys[valid], return_index=True, return_inverse=True)
+    segments = np.full((padded, self.seq_len), -1, dtype=np.int32)
+    segments[:count][valid] = inverse
+    return EvalSet(
+        batches=batches, rows=rows, segments=segments,
+        segment_rows=np.broadcast_to(rows[:, None], documents.shape)[valid][first],
+        segment_documents=documents[valid][first],
+        segment_tokens=np.bincount(inverse, minlength=len(unique_keys)).astype(np.int64))
 
   def state(self, step: int) -> dict[str, Any]:
     """The data position to save with a checkpoint (JSON-serialisable)."""
