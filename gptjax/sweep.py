@@ -135,7 +135,8 @@ def command(job: Job) -> list[str]:
 
 
 def run_status(workdir: str) -> str:
-  """summary.json's status ('completed', 'running', 'failed'), or 'pending' if there is none."""
+  """summary.json's status ('completed', 'running', 'diverged', 'failed'), or 'pending' if
+  there is none."""
   try:
     with open(os.path.join(workdir, "summary.json")) as f:
       return json.load(f).get("status", "pending")
@@ -147,7 +148,7 @@ def run_status(workdir: str) -> str:
 class Member:
   """One member's progress through this invocation of the sweep."""
   job: Job
-  status: str = "pending"  # pending, skipped, running, completed, failed
+  status: str = "pending"  # pending, skipped, running, completed, diverged, failed
   process: subprocess.Popen | None = None
   start: float = 0.0
   elapsed_s: float = 0.0
@@ -169,7 +170,7 @@ def progress(members: list[Member], parallel: int, start: float) -> str:
     lines.append(f"  {os.path.basename(m.job.workdir):<24} {m.status:<10} {elapsed:8.1f}s "
                  f"{m.flops:9.2e} FLOPs")
   count = {s: sum(m.status == s for m in members) for s in ("completed", "skipped", "running",
-                                                           "failed", "pending")}
+                                                           "diverged", "failed", "pending")}
   finished = [m for m in members if m.status == "completed"]
   rate = sum(m.flops for m in finished) / sum(m.elapsed_s for m in finished) if finished else 0.0
   left = [m for m in members if m.status in ("pending", "running")]
@@ -183,15 +184,16 @@ def progress(members: list[Member], parallel: int, start: float) -> str:
     eta = "? (after the first member)"
   lines.append(f"  done {count['completed'] + count['skipped']}/{len(members)}"
                f" (skipped {count['skipped']}), running {count['running']}, "
-               f"failed {count['failed']}, elapsed {now - start:.0f}s, ETA {eta}")
+               f"diverged {count['diverged']}, failed {count['failed']}, elapsed {now - start:.0f}s, ETA {eta}")
   return "\n".join(lines)
 
 
 def _finish(m: Member) -> None:
   m.returncode = m.process.wait()
   m.elapsed_s = time.monotonic() - m.start
-  completed = m.returncode == 0 and run_status(m.job.workdir) == "completed"
-  m.status = "completed" if completed else "failed"
+  status = run_status(m.job.workdir)
+  m.status = status if status == "diverged" or (m.returncode == 0 and status == "completed") \
+      else "failed"
 
 
 def run_local(members: list[Member], parallel: int) -> None:
@@ -204,6 +206,8 @@ def run_local(members: list[Member], parallel: int) -> None:
   for m in members:
     if run_status(m.job.workdir) == "completed":
       m.status = "skipped"
+    elif run_status(m.job.workdir) == "diverged":  # a rerun would diverge again, identically
+      m.status = "diverged"
   queue = [m for m in members if m.status == "pending"]
   active: list[Member] = []
   print(progress(members, parallel, start), flush=True)
@@ -330,10 +334,10 @@ def main(argv: list[str]) -> None:
   write_json(os.path.join(sweep_dir, "sweep.json"), sweep)
   run_local(members, _PARALLEL.value)
   record(sweep_dir, members)
-  failed = [m for m in members if m.status == "failed"]
+  failed = [m for m in members if m.status in ("failed", "diverged")]
   if failed:
-    sys.exit("error: sweep members failed: " + ", ".join(
-        f"{os.path.basename(m.job.workdir)} (exit {m.returncode}, see "
+    sys.exit("error: sweep members did not complete: " + ", ".join(
+        f"{os.path.basename(m.job.workdir)} ({m.status}, exit {m.returncode}, see "
         f"{os.path.join(m.job.workdir, 'train.log')})" for m in failed))
 
 

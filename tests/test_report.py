@@ -82,6 +82,26 @@ def test_size_ladder_report_recovers_alpha_and_checks_the_largest_model(tmp_path
   assert html.count("data:image/png;base64,") == md.count("![")
 
 
+def test_a_diverged_member_is_named_and_left_out_of_the_fits(tmp_path):
+  ns = [5e4, 1.5e5, 4e5, 1.2e6]
+  root = _sweep(tmp_path / "ladder", {f"m{i}": (n, 3e6) for i, n in enumerate(ns)})
+  diverged = os.path.join(root, "m4")
+  _write_run(diverged, 3.5e6, 3e6)
+  with open(os.path.join(diverged, "metrics.jsonl"), "a") as f:  # as training writes it
+    f.write(json.dumps({"step": 3001, "tokens": 3_001_000, "flops": 1.0, "train_loss": None,
+                        "grad_norm": None, "mfu": None, "nonfinite": ["train_loss"]}) + "\n")
+  summary_path = os.path.join(diverged, "summary.json")
+  summary = {**json.load(open(summary_path)), "status": "diverged", "final_train_loss": None,
+             "final_eval_loss": None}
+  json.dump(summary, open(summary_path, "w"))
+  json.dump({f"m{i}": {} for i in range(5)}, open(os.path.join(root, "sweep.json"), "w"))
+  paths = _render(root)
+  md = open(paths["md"]).read()
+  assert "4 completed; diverged: m4" in md and "| m4 |" in md
+  assert json.load(open(paths["fits"]))["source"]["runs"] == [f"m{i}" for i in range(5)]
+  assert any("not completed" in s for s in json.load(open(paths["fits"]))["skipped"])
+
+
 def test_isoflop_report_finds_the_frontier_exponent_of_the_law(tmp_path):
   a_true = LAW.beta / (LAW.alpha + LAW.beta)
   members = {}

@@ -81,18 +81,27 @@ def test_a_failing_member_is_recorded_and_the_others_complete(tmp_path):
       "def get_sweep():\n"
       "  good = tiny.get_sweep()['l1-d64']\n"
       # A valid config that fails once it meets the devices: 12 rows over 8 devices.
-      "  return {'good': good, 'bad-batch': {**good, 'train.batch_size': 12}}\n")
+      "  return {'good': good, 'bad-batch': {**good, 'train.batch_size': 12},\n"
+      "          'diverges': {**good, 'optim.lr': 1e4}}\n")
   workdir = tmp_path / "sweep"
   result = sweep(str(experiment), workdir, "--parallel=2")
   assert result.returncode != 0
-  assert "bad-batch" in result.stderr and "good" not in result.stderr.split("failed:")[1]
+  named = result.stderr.split("did not complete:")[1]
+  assert "bad-batch (failed" in named and "diverges (diverged" in named and "good" not in named
   with open(workdir / "status.json") as f:
     status = json.load(f)
   assert status["good"]["status"] == "completed"
   assert status["bad-batch"]["status"] == "failed"
+  assert status["diverges"]["status"] == "diverged"
   assert "batch_size=12" in (workdir / "bad-batch" / "train.log").read_text()
+  assert "error: diverged at step" in (workdir / "diverges" / "train.log").read_text()
   with open(workdir / "good" / "summary.json") as f:
     assert json.load(f)["status"] == "completed"
+  # A rerun retries the failed member but not the diverged one, which would diverge again.
+  log = (workdir / "diverges" / "train.log").read_text()
+  rerun = sweep(str(experiment), workdir, "--parallel=2")
+  assert "diverges (diverged" in rerun.stderr.split("did not complete:")[1]
+  assert (workdir / "diverges" / "train.log").read_text() == log
 
 
 def test_print_launcher_prints_commands_and_runs_nothing(tmp_path):

@@ -40,6 +40,15 @@ def _ci(values: list[float]) -> str:
   return f"[{_num(values[0])}, {_num(values[1])}]"
 
 
+def _not_completed(runs: list) -> dict[str, list[str]]:
+  """Runs by status other than completed (diverged, failed, running), so none goes unnamed."""
+  out: dict[str, list[str]] = {}
+  for r in runs:
+    if not r.completed:
+      out.setdefault(r.status, []).append(r.name)
+  return out
+
+
 def _runs_table(doc: Document, a: Analysis) -> None:
   rows = []
   for r in a.runs:
@@ -132,6 +141,8 @@ def write_report(sweep: Sweep, source: str, out_dir: str, resamples: int = 200,
   done = sum(r.completed for r in sweep.runs)
   doc.text(f"Source `{source}`" + (f", members matching `{only}`" if only else "")
            + f": {len(sweep.runs)} runs, {done} completed"
+           + "".join(f"; {status}: {', '.join(names)}"
+                     for status, names in _not_completed(sweep.runs).items())
            + (f"; not started: {', '.join(sweep.not_started)}" if sweep.not_started else "")
            + f". Generated {datetime.datetime.now().isoformat(timespec='seconds')} by "
            "`python -m gptjax.report`.")

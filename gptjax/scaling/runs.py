@@ -79,13 +79,14 @@ def _rows(path: epath.Path) -> list[dict]:
 
 def _curve(rows: list[dict], loss_key: str, sem_key: str) -> Curve:
   rows = [r for r in rows if loss_key in r]
-  column = lambda key: np.array([float(r.get(key, math.nan)) for r in rows])  # noqa: E731
+  column = lambda key: np.array([_number(r.get(key)) for r in rows])  # noqa: E731
   return Curve(tokens=column("tokens"), flops=column("flops"), loss=column(loss_key),
                sem=column(sem_key))
 
 
 def _number(value: object) -> float:
-  """A summary field as a float; a running run's not-yet-known values (null) read as nan."""
+  """A summary or row field as a float; null (a running run's not-yet-known value, or a
+  diverged run's non-finite one) reads as nan."""
   return math.nan if value is None else float(value)
 
 
@@ -102,7 +103,7 @@ def read_run(path: str, name: str | None = None) -> Run:
                       "summary holds")
   rows = _rows(epath.Path(path) / "metrics.jsonl")
   evals = _curve(rows, "eval_loss", "eval_loss_sem")
-  mfus = [r["mfu"] for r in rows if "mfu" in r]
+  mfus = [r["mfu"] for r in rows if r.get("mfu") is not None]
   return Run(
       name=name or epath.Path(path).name, path=str(path),
       n_params=int(summary["n_params"]), n=int(summary["n_params_non_embedding"]),
