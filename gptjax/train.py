@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import datetime
 import functools
+import hashlib
 import json
 import math
 import signal
@@ -318,14 +319,22 @@ def _evaluate(program: Program, params: Any, eval_set: data.EvalSet, token_bytes
 
 def _load_data(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, Any]:
   """Tokenizer and batches; process 0 prepares the caches while the others wait."""
-  load = functools.partial(data.load, config.data, config.model.seq_len, workdir,
-                           config.train.seed)
+  load = functools.partial(data.load, config.data, config.model.seq_len, config.train.seed)
   if jax.process_index() == 0:
     tokenizer, lm_data = load()
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("data prepared by process 0")
   if jax.process_index() != 0:
     tokenizer, lm_data = load()
+  if jax.process_count() > 1:
+    # Every process tokenized on its own: a stale cache or another corpus on one host would
+    # silently feed it other rows, so all must hold byte-identical data and tokenizer.
+    digest = hashlib.sha256(f"{lm_data.fingerprint}|{tokenizer.fingerprint()}".encode()).digest()
+    multihost_utils.assert_equal(np.frombuffer(digest, np.uint8).astype(np.int32),
+                                 fail_message="processes hold different data or tokenizers "
+                                 f"(process {jax.process_index()}: data {lm_data.fingerprint}, "
+                                 f"tokenizer {tokenizer.fingerprint()}); check data.* and the "
+                                 "caches on every host")
   if tokenizer.vocab_size > config.model.vocab_size:
     raise ValueError(
         f"model.vocab_size={config.model.vocab_size}: smaller than the tokenizer's vocabulary "

@@ -349,7 +349,8 @@ def test_unigram_cross_entropy():
 def test_load_corpus_caches_everything_and_saves_tokenizer(cache_dir, corpus_root, tmp_path):
   config = make_config()
   workdir = str(tmp_path / 'run')
-  tok, lm = data.load_corpus(corpus_root, config, seq_len=32, workdir=workdir, seed=0)
+  tok, lm = data.load_corpus(corpus_root, config, seq_len=32, seed=0)
+  data.save_tokenizer(tok, workdir)
   saved = os.path.join(workdir, 'tokenizer', 'spm.model')
   assert data.load_saved(os.path.dirname(saved)).fingerprint() == tok.fingerprint()
   cached = [os.path.join(dirpath, f) for dirpath, _, files in os.walk(cache_dir)
@@ -357,7 +358,7 @@ def test_load_corpus_caches_everything_and_saves_tokenizer(cache_dir, corpus_roo
   mtimes = {f: os.stat(f).st_mtime_ns for f in cached}
   assert any(f.endswith('.bin') for f in mtimes) and any(f.endswith('.model') for f in mtimes)
 
-  tok2, lm2 = data.load_corpus(corpus_root, config, seq_len=32, workdir=workdir, seed=0)
+  tok2, lm2 = data.load_corpus(corpus_root, config, seq_len=32, seed=0)
   assert {f: os.stat(f).st_mtime_ns for f in cached} == mtimes
   np.testing.assert_array_equal(lm.train_batch(7, 4), lm2.train_batch(7, 4))
   assert lm.stats['train'].documents + lm.stats['validation'].documents == 62
@@ -366,12 +367,12 @@ def test_load_corpus_caches_everything_and_saves_tokenizer(cache_dir, corpus_roo
   assert 0 < lm.unigram_cross_entropy() < np.log(tok.vocab_size)
 
   with pytest.raises(ValueError, match='new workdir'):
-    data.load_corpus(corpus_root, make_config(tokenizer='bytes'), 32, workdir, 0)
+    data.save_tokenizer(data.load_corpus(corpus_root, make_config(tokenizer='bytes'), 32, 0)[0],
+                        workdir)
 
 
 def test_byte_tokenizer_end_to_end(cache_dir, corpus_root, tmp_path):
-  tok, lm = data.load_corpus(corpus_root, make_config(tokenizer='bytes'), 64,
-                             str(tmp_path), seed=3)
+  tok, lm = data.load_corpus(corpus_root, make_config(tokenizer='bytes'), 64, seed=3)
   assert tok.vocab_size == 257
   assert isinstance(data.load_saved(str(tmp_path / 'tokenizer')), ByteTokenizer)
   assert lm.train_batch(0, 2).max() <= 256
@@ -397,7 +398,7 @@ def test_validate_names_field_value_and_fix():
   del del_config['vocab_size']
   assert any('data.vocab_size is missing' in p for p in data.validate(del_config))
   with pytest.raises(ValueError, match="data.source='Foo Bar'"):
-    data.load(make_config(source='Foo Bar'), 32, '/nonexistent', 0)
+    data.load(make_config(source='Foo Bar'), 32, 0)
 
 
 # --- concurrent processes --------------------------------------------------------
@@ -412,7 +413,8 @@ open(os.path.join(ready, str(os.getpid())), 'w').close()
 while len(os.listdir(ready)) < 2:  # start together, so that both find the cache empty
   time.sleep(0.01)
 logging.set_verbosity(logging.INFO)
-tok, lm = data.load_corpus(root, ml_collections.ConfigDict(json.loads(config)), 32, workdir, 0)
+tok, lm = data.load_corpus(root, ml_collections.ConfigDict(json.loads(config)), 32, 0)
+data.save_tokenizer(tok, workdir)
 digest = lambda tokens: hashlib.sha256(tokens.tobytes()).hexdigest()
 print(json.dumps({'tokenizer': tok.fingerprint(), 'data': lm.fingerprint,
                   'train': digest(lm.train_tokens), 'validation': digest(lm.validation_tokens)}))

@@ -28,7 +28,7 @@ def paragraphs(n: int, tag: str) -> list[str]:
 
 def fed_documents(config, workdir) -> tuple[list[str], data.LMData]:
   """Train documents recovered from the rows train.run fed in its steps, in stream order."""
-  tokenizer, lm = data.load(config.data, config.model.seq_len, workdir, config.train.seed)
+  tokenizer, lm = data.load(config.data, config.model.seq_len, config.train.seed)
   batch = config.train.batch_size
   rows_fed = {}
   for step in range(config.train.steps):
@@ -199,13 +199,13 @@ def test_bad_sources_fail_early_naming_the_problem(tmp_path):
   assert any("data.source='no_such_dataset': not a TFDS catalog" in p
              for p in data.validate(data_config(source='no_such_dataset')))
   with pytest.raises(ValueError, match=r"data.source='no_such_dataset': not a TFDS catalog"):
-    data.load(data_config(source='no_such_dataset'), 16, str(tmp_path / 'w'), 0)
+    data.load(data_config(source='no_such_dataset'), 16, 0)
   (tmp_path / 'lines.jsonl').write_text('{"text": "a"}\n\n{"body": "b"}\n')
   with pytest.raises(ValueError, match=r"lines.jsonl:3: no field 'text' \(found \['body'\]\)"):
-    data.load(data_config(source=str(tmp_path / '*.jsonl')), 16, str(tmp_path / 'w'), 0)
+    data.load(data_config(source=str(tmp_path / '*.jsonl')), 16, 0)
   (tmp_path / 'empty').mkdir()
   (tmp_path / 'empty' / 'a.txt').write_text('')
   (tmp_path / 'empty' / 'b.txt').write_text('\n\n  \n')
   with pytest.raises(ValueError, match='empty corpus'):
     data.load(data_config(source=str(tmp_path / 'empty' / '*.txt'),
-                          txt_documents='blank_lines'), 16, str(tmp_path / 'w'), 0)
+                          txt_documents='blank_lines'), 16, 0)

@@ -205,7 +205,7 @@ def test_two_processes_train_get_killed_resume_and_match_one_process(tmp_path):
                "model.vocab_size": 264, "model.seq_len": 16, "data.tokenizer": "bytes",
                "data.eval_sequences": 8, "train.batch_size": 8, "train.steps": 150,
                "train.log_every": 1, "train.eval_every": 50, "train.checkpoint_every": 25,
-               "train.num_samples": 0, "optim.warmup_steps": 1}
+               "train.num_samples": 1, "optim.warmup_steps": 1}
   reference = str(tmp_path / "reference")
   c = runpy.run_path(os.path.join(ROOT, "experiments", "quickstart.py"))["get_config"]()
   for key, value in overrides.items():
@@ -235,6 +235,7 @@ def test_two_processes_train_get_killed_resume_and_match_one_process(tmp_path):
   assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
   assert f"at step {saved[-1]}" in outputs[0]
   assert "process 1 of 2" in outputs[1]
+  assert os.path.getsize(os.path.join(workdir, "samples.txt")) > 0  # sampling across processes
   # gloo sums across processes in another order than one process does over 8 devices, and
   # that float32 difference compounds over the steps: 1e-4 instead of 1e-5.
   assert_same_curve(rows(workdir), rows(reference), rtol=1e-4)

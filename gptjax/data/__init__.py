@@ -78,33 +78,32 @@ def validate(data_config: ml_collections.ConfigDict) -> list[str]:
   return problems
 
 
-def load(data_config: ml_collections.ConfigDict, seq_len: int, workdir: str,
+def load(data_config: ml_collections.ConfigDict, seq_len: int,
          seed: int) -> tuple[Tokenizer, LMData]:
   """Prepares (or reuses) the configured source and returns tokenizer and batches.
 
-  The tokenizer is also saved to `WORKDIR/tokenizer` so sampling and resumed
-  runs use exactly the tokenizer the checkpoint was trained with.
+  Writes only to the caches, never to a run directory: training saves the
+  tokenizer there (save_tokenizer) once its start is accepted.
   """
   problems = validate(data_config)
   if problems:
     raise ValueError('invalid data config:\n  ' + '\n  '.join(problems))
   identity, splits, text_field = sources.open_sources(data_config)
-  return _load(identity, splits, text_field, data_config, seq_len, workdir, seed)
+  return _load(identity, splits, text_field, data_config, seq_len, seed)
 
 
 def load_corpus(root: str, data_config: ml_collections.ConfigDict, seq_len: int,
-                workdir: str, seed: int) -> tuple[Tokenizer, LMData]:
+                seed: int) -> tuple[Tokenizer, LMData]:
   """`load` with the embedded corpus rules applied to any directory `root` (tests use tiny ones)."""
   identity, splits = source_dataset.prepare(
       source_dataset.make_config(root, data_config.validation_percent),
       paths.resolve_data_dir(data_config.data_dir))
-  return _load(identity, splits, 'text', data_config, seq_len, workdir, seed)
+  return _load(identity, splits, 'text', data_config, seq_len, seed)
 
 
 def _load(identity: str, splits: sources.Sources, text_field: str,
-          data_config: ml_collections.ConfigDict, seq_len: int, workdir: str,
+          data_config: ml_collections.ConfigDict, seq_len: int,
           seed: int) -> tuple[Tokenizer, LMData]:
-  del workdir  # the tokenizer is saved there by save_tokenizer, once the run may write
   tokenizer = _make_tokenizer(data_config, identity,
                               sources.texts(splits['train'], text_field))
   files = {split: token_cache.load_or_encode(identity, split, source, text_field, tokenizer)

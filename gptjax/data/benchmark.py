@@ -6,7 +6,6 @@ times `train_batch` alone at the config's batch_size x seq_len and prints
 tokens/s, to compare with the training step's tokens/s.
 """
 
-import tempfile
 import time
 
 from absl import app, flags
@@ -26,8 +25,7 @@ def main(argv: list[str]) -> None:
   config = _CONFIG.value
   config_lib.validate(config)
   batch_size, seq_len = config.train.batch_size, config.model.seq_len
-  with tempfile.TemporaryDirectory() as workdir:
-    _, lm = data.load(config.data, seq_len, workdir, config.train.seed)
+  _, lm = data.load(config.data, seq_len, config.train.seed)
   lm.train_batch(0, batch_size)
   start = time.perf_counter()
   for step in range(1, _STEPS.value + 1):
