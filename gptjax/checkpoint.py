@@ -83,28 +83,45 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any,
   check_saves(mngr)
   meta = {"step": step, "settings": resume_settings(config),
           "schedule": schedule_settings(config), "data": data_state}
-  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                          meta=ocp.args.JsonSave(meta)), force=True)
+  try:
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                            meta=ocp.args.JsonSave(meta)), force=True)
+  except Exception as e:  # save() first waits for the previous save, and raises what it hit
+    raise _save_failed(mngr, e) from e
 
 
 def check_saves(mngr: ocp.CheckpointManager) -> None:
   """Raises SaveFailed with the root cause if an earlier async save failed.
 
-  Host-only (it looks at the background thread), so the loop calls it every step:
+  Host-only (it looks at the background threads), so the loop calls it every step:
   a full disk stops training at the next step instead of at exit.
   """
+  if mngr.is_saving_in_progress():
+    try:
+      mngr.check_for_errors()
+    except Exception as e:  # orbax re-raises whatever its writer threads hit
+      raise _save_failed(mngr, e) from e
+  else:
+    wait(mngr)  # returns at once, or raises what the finished save hit
+
+
+def wait(mngr: ocp.CheckpointManager) -> None:
+  """Waits for the pending save; SaveFailed if it, or an earlier one, failed."""
   try:
+    mngr.wait_until_finished()
     mngr.check_for_errors()
-  except Exception as e:  # orbax re-raises whatever the writer thread hit
-    cause = e
-    while cause.__cause__ is not None or cause.__context__ is not None:
-      if isinstance(cause, OSError):
-        break
-      cause = cause.__cause__ or cause.__context__
-    raise SaveFailed(
-        f"a checkpoint save in {mngr.directory} failed: {type(cause).__name__}: {cause}; the "
-        f"checkpoints already written are intact (steps {sorted(mngr.all_steps())}); free "
-        "space or fix permissions, then rerun the same command to resume") from e
+  except Exception as e:  # orbax re-raises whatever its writer threads hit
+    raise _save_failed(mngr, e) from e
+
+
+def _save_failed(mngr: ocp.CheckpointManager, error: Exception) -> SaveFailed:
+  cause = error
+  while not isinstance(cause, OSError) and (cause.__cause__ or cause.__context__):
+    cause = cause.__cause__ or cause.__context__
+  return SaveFailed(
+      f"a checkpoint save in {mngr.directory} failed: {type(cause).__name__}: {cause}; the "
+      f"checkpoints already written are intact (steps {sorted(mngr.all_steps())}); free "
+      "space or fix permissions, then rerun the same command to resume")
 
 
 def _settings_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

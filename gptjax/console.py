@@ -3,7 +3,9 @@
 Every library here logs through absl (orbax prints about 48 INFO lines per
 checkpoint, tfds a dozen per dataset), which buries the lines a researcher
 reads. By default the console shows gptjax's records as bare messages
-(warnings prefixed `warning:`) and other libraries' records only from ERROR up;
+(warnings prefixed `warning:`) and other libraries' records only when CRITICAL:
+an error they log (orbax logs each failed background write five times, asyncio
+once more) reaches the user as the exception gptjax reports in one `error:` line.
 `--verbosity=1` (absl's flag) restores absl's full format for everything.
 """
 
@@ -18,11 +20,11 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 class _OwnLines(logging.Filter):
-  """Passes gptjax's records, and other records from ERROR up."""
+  """Passes gptjax's records, and other records that are CRITICAL."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     return (record.pathname.startswith(_PACKAGE_DIR + os.sep)
-            or record.levelno >= logging.ERROR)
+            or record.levelno >= logging.CRITICAL)
 
 
 class _Plain(logging.Formatter):

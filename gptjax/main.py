@@ -6,6 +6,7 @@ the same command on the same workdir resumes from the latest checkpoint.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import jax
@@ -48,6 +49,11 @@ def main(argv: list[str]) -> None:
   except _USER_ERRORS as e:
     if flags.FLAGS.verbosity > 0:
       raise
+    if isinstance(e, checkpoint.SaveFailed):
+      # orbax's writer threads are left broken and print tracebacks while the interpreter
+      # shuts down; every file of ours is already closed, so leave without that noise.
+      print(f"error: {e}", file=sys.stderr, flush=True)
+      os._exit(1)
     sys.exit(f"error: {e}")
 
 

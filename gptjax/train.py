@@ -409,14 +409,22 @@ def _run_locked(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh,
       if start_step == train_steps(config) and _finished(workdir, config):
         logging.info("%s is already complete at step %d: nothing to train or evaluate",
                      workdir, start_step)
-        return json.loads((epath.Path(workdir) / "summary.json").read_text())
-      _record_start(workdir, config, found)
-      data.save_tokenizer(tokenizer, workdir)
-      state = program.init(jax.random.PRNGKey(config.train.seed)) if found is None else found[2]
-      return _train(config, workdir, program, mngr, state, start_step, tokenizer, lm_data,
-                    interrupts, lock)
-    finally:
-      mngr.close()
+        summary = json.loads((epath.Path(workdir) / "summary.json").read_text())
+      else:
+        _record_start(workdir, config, found)
+        data.save_tokenizer(tokenizer, workdir)
+        state = (program.init(jax.random.PRNGKey(config.train.seed)) if found is None
+                 else found[2])
+        summary = _train(config, workdir, program, mngr, state, start_step, tokenizer,
+                         lm_data, interrupts, lock)
+    except BaseException:
+      try:  # closing waits for pending saves; a failed one would hide the error in flight
+        mngr.close()
+      except Exception:  # pylint: disable=broad-exception-caught
+        pass
+      raise
+    mngr.close()
+    return summary
 
 
 def _finished(workdir: str, config: ml_collections.ConfigDict) -> bool:
@@ -564,8 +572,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, program: Program,
                         step)
         break
     read_rows()
-    mngr.wait_until_finished()
-    checkpoint.check_saves(mngr)
+    checkpoint.wait(mngr)
     completed = step == total_steps
     if completed and record.last_eval_step != total_steps:
       run_eval(total_steps)
@@ -593,7 +600,7 @@ def _check_finite(values: Window, mngr: Any, config: ml_collections.ConfigDict) 
 
 def _divergence_message(what: str, step: int, mngr: Any,
                         config: ml_collections.ConfigDict) -> str:
-  mngr.wait_until_finished()
+  checkpoint.wait(mngr)
   last = mngr.latest_step()
   kept = (f"the last checkpoint, step {last} in {mngr.directory}, is finite"
           if last is not None else "no checkpoint was written before it")

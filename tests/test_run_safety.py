@@ -1,6 +1,7 @@
 """Numbers a report can trust (issue 11): divergence, window means, explicit resumes, faults."""
 
 import hashlib
+import resource
 import json
 import os
 import shutil
@@ -247,3 +248,33 @@ def test_missing_experiment_file_is_an_error_line(tmp_path):
       "'experiments/no_such_file.py'); pass an existing file, e.g. "
       "--config=experiments/quickstart.py"]
   assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_failed_checkpoint_write_stops_the_run_and_keeps_the_earlier_checkpoints(tmp_path):
+  """A real write error from the filesystem: the process may write no file over 100 kB
+  (RLIMIT_FSIZE), which the first checkpoint of this run needs."""
+  workdir = str(tmp_path / "run")
+  overrides = {"data.tokenizer": "bytes", "train.steps": 5, "train.checkpoint_every": 5,
+               "train.eval_every": 0, "train.num_samples": 0}
+  subprocess.run(cli(workdir, **overrides), check=True, capture_output=True, cwd=ROOT)
+
+  def small_files():
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write fails with EFBIG instead
+
+  result = subprocess.run(
+      cli(workdir, **{**overrides, "train.steps": 40, "train.extend": True}), cwd=ROOT,
+      capture_output=True, text=True, preexec_fn=small_files)
+  assert result.returncode != 0
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: a checkpoint save in") and "File too large" in last, last
+  assert "checkpoints already written are intact (steps [5])" in last
+  # orbax's writer threads may still print asyncio tracebacks of their own while they fail;
+  # none comes from gptjax's handling, which ends the process with the line above.
+  assert _checkpoints(workdir) == [5]
+  with open(os.path.join(workdir, "summary.json")) as f:
+    summary = json.load(f)
+  # Stopped as soon as the failure was known: at the latest when the next save (step 15)
+  # waited for the failed one, long before the 40 steps asked for.
+  assert summary["status"] == "failed" and summary["step"] <= 15
