@@ -5,7 +5,11 @@ which mesh axes they land on is decided by the config's rules, never here.
 
 The model optionally takes a key/value cache so generation reuses the same
 weights and code path as training: `cache=None` is a training/eval forward pass,
-a cache plus `index` (the position of the first token given) is a decode step.
+a cache plus `index` (the position of the first token given, one for the batch or
+one per row) is a prefill or decode step. Per-row positions let prompts of
+different lengths share a batch: row i's tokens sit in cache slots 0, 1, ... of
+row i whatever the other rows hold, and a key is visible only to queries at or
+after its own position, so stale slots past a row's length are never read.
 Packed rows can carry `segment_ids`, so attention and positions restart at every
 document instead of running across the end-of-text token into the previous one.
 """
@@ -67,12 +71,11 @@ class CausalSelfAttention(nn.Module):
     q, k, v = (nn.with_logical_constraint(t, ("batch", "length", "heads", "kv")) for t in qkv)
 
     if cache is not None:
-      k_all = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), index, axis=1)
-      v_all = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), index, axis=1)
+      k_all, v_all = _cache_write(cache["k"], k, index), _cache_write(cache["v"], v, index)
       cache = {"k": k_all, "v": v_all}
-      query_pos = index + jnp.arange(q.shape[1])
+      query_pos = _row_index(index, q.shape[0])[:, None] + jnp.arange(q.shape[1])
       key_pos = jnp.arange(k_all.shape[1])
-      mask = (key_pos[None, :] <= query_pos[:, None])[None, None]
+      mask = (key_pos[None, None, :] <= query_pos[:, :, None])[:, None]
       out = jax.nn.dot_product_attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype),
                                          mask=mask, implementation="xla")
     elif cfg.attn_dropout > 0 and not self.deterministic:
@@ -93,6 +96,24 @@ class CausalSelfAttention(nn.Module):
     b_o = _param(self, "out_bias", (cfg.d_model,), ("embed",), nn.initializers.zeros, cfg.param_dtype)
     y = jnp.einsum("bthk,hkd->btd", out, w_o.astype(cfg.dtype)) + b_o.astype(cfg.dtype)
     return y, cache
+
+
+def _row_index(index: jax.Array | int, batch: int) -> jax.Array:
+  """`index` (one position for the batch, or one per row) as one position per row."""
+  return jnp.broadcast_to(jnp.asarray(index, jnp.int32), (batch,))
+
+
+def _cache_write(cache: jax.Array, new: jax.Array, index: jax.Array | int) -> jax.Array:
+  """Writes `new` [batch, t, ...] into `cache` [batch, max_len, ...] at slot `index` on.
+
+  One shared index is one contiguous update; per-row indices (decoding a ragged
+  batch) update each row at its own slot.
+  """
+  new = new.astype(cache.dtype)
+  if jnp.ndim(index) == 0:
+    return jax.lax.dynamic_update_slice_in_dim(cache, new, index, axis=1)
+  return jax.vmap(lambda c, n, i: jax.lax.dynamic_update_slice_in_dim(c, n, i, axis=0))(
+      cache, new, index)
 
 
 class Mlp(nn.Module):
@@ -148,11 +169,15 @@ class GPT(nn.Module):
   @nn.compact
   def __call__(self, tokens: jax.Array, *, deterministic: bool = True,
                cache: Cache | None = None, index: jax.Array | int = 0,
-               segment_ids: jax.Array | None = None) -> tuple[jax.Array, Cache | None]:
+               segment_ids: jax.Array | None = None,
+               logits_at: jax.Array | None = None) -> tuple[jax.Array, Cache | None]:
     """Returns float32 logits [batch, length, vocab_size] and the updated cache.
 
+    `index` is the position of the first token, a scalar or one per row [batch].
     `segment_ids` [batch, length] (training and eval only) numbers the documents
-    in each row; see `document_segments`.
+    in each row; see `document_segments`. `logits_at` [batch] keeps only the
+    logits at one position per row ([batch, 1, vocab_size]): a prefill needs just
+    each prompt's last one, and all of them would be batch x length x vocab floats.
     """
     cfg = self.config
     normal = nn.initializers.normal(cfg.init_std)
@@ -161,7 +186,9 @@ class GPT(nn.Module):
     wpe = _param(self, "wpe", (cfg.seq_len, cfg.d_model), ("length", "embed"), normal,
                  cfg.param_dtype)
     mask = None
-    if segment_ids is None:
+    if jnp.ndim(index) == 1:
+      positions = jnp.take(wpe, index[:, None] + jnp.arange(tokens.shape[1]), axis=0)
+    elif segment_ids is None:
       positions = jax.lax.dynamic_slice_in_dim(wpe, index, tokens.shape[1], axis=0)[None]
     else:
       same_document = segment_ids[:, :, None] == segment_ids[:, None, :]
@@ -189,6 +216,8 @@ class GPT(nn.Module):
         layer_caches.append(layer_cache)
       cache = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *layer_caches)
 
+    if logits_at is not None:
+      x = jnp.take_along_axis(x, logits_at[:, None, None], axis=1)
     if cfg.architecture == "gpt2":
       x = _layer_norm(cfg, "ln_f")(x)
     logits = jnp.einsum("btd,vd->btv", x, wte.astype(cfg.dtype), preferred_element_type=jnp.float32)
