@@ -119,11 +119,11 @@ def test_row_i_of_a_ragged_batch_equals_its_prompt_alone(strategy):
   for prompt, [row] in zip(RAGGED, together):
     [[alone]] = decoder.generate([prompt], settings)
     assert row.tokens == alone.tokens
-    np.testing.assert_allclose(row.logprobs, alone.logprobs, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(row.logprobs, alone.logprobs, rtol=1e-5, atol=1e-5)
   # Batched by two: the third prompt shares its batch with a pad row, and nothing changes.
   for [row], [by_two] in zip(together, decoder.generate(RAGGED, settings, batch_size=2)):
     assert by_two.tokens == row.tokens
-    np.testing.assert_allclose(by_two.logprobs, row.logprobs, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(by_two.logprobs, row.logprobs, rtol=1e-5, atol=1e-5)
 
 
 def test_compiles_once_per_strategy_batch_shape_and_length_bucket():
