@@ -45,6 +45,7 @@ import numpy as np
 from absl import app, flags, logging
 from etils import epath
 
+from gptjax.load import load
 from gptjax.model import Cache, GPT, init_cache
 
 STRATEGIES = ("greedy", "sample", "beam")
@@ -139,7 +140,10 @@ def bucket(length: int, limit: int) -> int:
 
 
 def check_prompts(prompts: Sequence[Sequence[int]], max_new_tokens: int, seq_len: int) -> None:
-  """Raises ValueError for an empty prompt or one that leaves no room for max_new_tokens."""
+  """Raises ValueError for no prompt, an empty one, or one that leaves no room for
+  max_new_tokens."""
+  if not prompts:
+    raise ValueError("no prompt to decode: give at least one")
   for i, prompt in enumerate(prompts):
     if not prompt:
       raise ValueError(f"prompt {i} is empty: give it at least one token")
@@ -594,36 +598,36 @@ def generate(model: GPT, params: Any, tokenizer: Any, prompts: Sequence[Sequence
 
 # ------------------------------------------------------------------ command line
 
-_DEFAULTS = Settings()
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory to decode from (local or gs://).")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to load; default: the newest.")
-_PROMPT = flags.DEFINE_multi_string("prompt", [], "A prompt; repeat the flag for several.")
-_PROMPTS_FILE = flags.DEFINE_string(
-    "prompts_file", None, "One prompt per line, or a .jsonl file whose objects have a 'prompt'.")
-_STRATEGY = flags.DEFINE_string("strategy", _DEFAULTS.strategy, "greedy, sample or beam.")
-_TEMPERATURE = flags.DEFINE_float("temperature", _DEFAULTS.temperature,
-                                  "sample: divides the logits (applied first); 0 = greedy.")
-_TOP_K = flags.DEFINE_integer("top_k", _DEFAULTS.top_k,
-                              "sample: keep the k most likely tokens (applied second); 0 = all.")
-_TOP_P = flags.DEFINE_float(
-    "top_p", _DEFAULTS.top_p,
-    "sample: keep the smallest set of tokens with probability >= top_p (applied last).")
-_NUM_BEAMS = flags.DEFINE_integer("num_beams", _DEFAULTS.num_beams, "beam: live hypotheses.")
-_LENGTH_PENALTY = flags.DEFINE_float(
-    "length_penalty", _DEFAULTS.length_penalty,
-    "beam: score = sum of generated log-probs / generated length ** length_penalty.")
-_NUM_RETURN_SEQUENCES = flags.DEFINE_integer(
-    "num_return_sequences", _DEFAULTS.num_return_sequences,
-    "Completions per prompt: independent samples, or the best beam hypotheses.")
-_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", _DEFAULTS.max_new_tokens,
-                                       "New tokens at most per completion.")
-_STOP = flags.DEFINE_multi_string(
-    "stop", [], "A string that ends a completion (repeatable); end-of-text always does.")
-_SEED = flags.DEFINE_integer("seed", _DEFAULTS.seed, "sample: the random seed.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "Prompts decoded together.")
-_OUTPUT = flags.DEFINE_string(
-    "output", None, "A .jsonl file: one line per completion with its prompt, text, tokens, "
-    "token log-probabilities, strategy, settings and checkpoint step.")
+def define_flags() -> None:
+  """The command line's flags, one per Settings field and of the same name. Defined only when
+  this module runs as a program: training imports it, and gptjax.main has its own --workdir."""
+  defaults = Settings()
+  flags.DEFINE_string("workdir", None, "Run directory to decode from (local or gs://).")
+  flags.DEFINE_integer("step", None, "Checkpoint step to load; default: the newest.")
+  flags.DEFINE_multi_string("prompt", [], "A prompt; repeat the flag for several.")
+  flags.DEFINE_string("prompts_file", None,
+                      "One prompt per line, or a .jsonl file whose objects have a 'prompt'.")
+  flags.DEFINE_string("strategy", defaults.strategy, "greedy, sample or beam.")
+  flags.DEFINE_float("temperature", defaults.temperature,
+                     "sample: divides the logits (applied first); 0 = greedy.")
+  flags.DEFINE_integer("top_k", defaults.top_k,
+                       "sample: keep the k most likely tokens (applied second); 0 = all.")
+  flags.DEFINE_float("top_p", defaults.top_p, "sample: keep the smallest set of tokens with "
+                     "probability >= top_p (applied last); 1 = all.")
+  flags.DEFINE_integer("num_beams", defaults.num_beams, "beam: live hypotheses.")
+  flags.DEFINE_float("length_penalty", defaults.length_penalty,
+                     "beam: score = sum of generated log-probs / generated length ** this.")
+  flags.DEFINE_integer("num_return_sequences", defaults.num_return_sequences,
+                       "Completions per prompt: independent samples, or the best beams.")
+  flags.DEFINE_integer("max_new_tokens", defaults.max_new_tokens,
+                       "New tokens at most per completion.")
+  flags.DEFINE_multi_string("stop", [], "A string that ends a completion (repeatable); "
+                            "end-of-text always does.")
+  flags.DEFINE_integer("seed", defaults.seed, "sample: the random seed.")
+  flags.DEFINE_integer("batch_size", 16, "Prompts decoded together.")
+  flags.DEFINE_string("output", None, "A .jsonl file: one line per completion with its prompt, "
+                      "text, tokens, token log-probabilities, strategy, settings and checkpoint "
+                      "step.")
 
 
 def read_prompts(prompts: Sequence[str], prompts_file: str | None) -> list[str]:
@@ -660,18 +664,14 @@ def _rate(tokens: int, seconds: float) -> str:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:  # orbax logs every restore at INFO
+  args = flags.FLAGS
+  if not args["verbosity"].present:  # orbax logs every restore at INFO
     logging.set_verbosity(logging.WARNING)
-  from gptjax.load import load  # deferred: load imports this package's data modules
-  settings = Settings(
-      strategy=_STRATEGY.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
-      top_p=_TOP_P.value, num_beams=_NUM_BEAMS.value, length_penalty=_LENGTH_PENALTY.value,
-      num_return_sequences=_NUM_RETURN_SEQUENCES.value, max_new_tokens=_MAX_NEW_TOKENS.value,
-      seed=_SEED.value)
+  settings = Settings(**{f.name: args[f.name].value for f in dataclasses.fields(Settings)})
   try:
     settings.check()
-    texts = read_prompts(_PROMPT.value, _PROMPTS_FILE.value)
-    loaded = load(_WORKDIR.value, _STEP.value)
+    texts = read_prompts(args.prompt, args.prompts_file)
+    loaded = load(args.workdir, args.step)
     tokenizer = loaded.tokenizer
     # Training puts end-of-text before every document, so a prompt starts after one.
     prompts = [[tokenizer.eos_id] + tokenizer.encode(text) for text in texts]
@@ -681,8 +681,7 @@ def main(argv: list[str]) -> None:
 
   decoder = Decoder(loaded.model, loaded.params, tokenizer)
   with loaded.active():
-    completions = decoder.generate(prompts, settings, stop=_STOP.value,
-                                   batch_size=_BATCH_SIZE.value)
+    completions = decoder.generate(prompts, settings, stop=args.stop, batch_size=args.batch_size)
   described = settings.describe()
   records = []
   for i, (text, outs) in enumerate(zip(texts, completions)):
@@ -693,17 +692,19 @@ def main(argv: list[str]) -> None:
           "prompt": text, "completion": c.text, "tokens": c.tokens,
           "token_logprobs": c.logprobs, "finish_reason": c.finish_reason, "score": c.score,
           "prompt_index": i, "completion_index": j, "strategy": described["strategy"],
-          "settings": described, "stop": list(_STOP.value), "step": loaded.step,
-          "workdir": _WORKDIR.value})
+          "settings": described, "stop": list(args.stop), "step": loaded.step,
+          "workdir": args.workdir})
   stats = decoder.stats
-  print(f"prefill: {stats.prompt_tokens:,} prompt tokens, {_rate(stats.prompt_tokens, stats.prefill_s)}"
-        f" | decode: {stats.decode_tokens:,} tokens, {_rate(stats.decode_tokens, stats.decode_s)}"
+  print(f"prefill: {stats.prompt_tokens:,} prompt tokens, "
+        f"{_rate(stats.prompt_tokens, stats.prefill_s)} | decode: {stats.decode_tokens:,} "
+        f"tokens, {_rate(stats.decode_tokens, stats.decode_s)}"
         f" | {stats.compiles} programs compiled in {stats.compile_s:.1f} s (not counted)",
         file=sys.stderr)
-  if _OUTPUT.value:
-    epath.Path(_OUTPUT.value).write_text("".join(json.dumps(r) + "\n" for r in records))
+  if args.output:
+    epath.Path(args.output).write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flags_as_required(["workdir"])
   app.run(main)
