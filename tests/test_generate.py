@@ -435,6 +435,12 @@ def test_load_restores_the_parameters_only(saved_run):
     assert got.sharding.mesh.shape == run.mesh.shape
   earlier = gptjax.load(workdir, step=2)
   np.testing.assert_array_equal(earlier.params["wte"], states[2].params["wte"])
+  # Another mesh than the run's (it trained data-parallel): the same values, sharded by fsdp.
+  fsdp = sharding.make_mesh(ml_collections.ConfigDict({
+      "ici": {"data": 1, "fsdp": -1, "tensor": 1}, "dcn": {"data": 1, "fsdp": 1, "tensor": 1}}))
+  sharded = gptjax.load(workdir, mesh=fsdp)
+  assert sharded.params["wte"].sharding.shard_shape((640, 32)) == (640, 4)
+  np.testing.assert_array_equal(sharded.params["wte"], states[4].params["wte"])
   with run.active():
     [[completion]] = Decoder(run.model, run.params, run.tokenizer).generate(
         [[256, 100, 101]], Settings(max_new_tokens=4))
