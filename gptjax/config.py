@@ -80,8 +80,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 3  # most recent checkpoints kept on disk
   c.train.num_samples = 2  # samples generated at the end (written to samples.txt)
   c.train.sample_tokens = 128  # new tokens per sample
+  c.train.sample_strategy = "sample"  # 'sample', 'greedy' (one sample) or 'beam' (the num_samples best beams)
   c.train.sample_temperature = 0.8  # softmax temperature for samples
   c.train.sample_top_k = 40  # sample only from the k most likely tokens; 0 = all
+  c.train.sample_top_p = 1.0  # then only from the smallest set of tokens with probability >= top_p; 1 = all
+  c.train.sample_num_beams = 4  # beam: live hypotheses; must be >= num_samples
   c.train.peak_tflops = 0.0  # per-device peak for MFU; 0 = look up the device, or measure a matmul on CPU
   c.train.dry_run = False  # compile the train step for the mesh, print per-device memory, and exit
   c.train.extend = False  # on resume, accept changed train.steps/tokens or optim.* (the schedule is recomputed, and the log says how the lr moves)
@@ -162,8 +165,17 @@ def validate(c: ml_collections.ConfigDict) -> None:
     errors.append(
         f"train.batch_size={t.batch_size}: not divisible by train.grad_accum_steps="
         f"{t.grad_accum_steps}; make the global batch a multiple of the micro-batch count")
+  _choice(errors, "train.sample_strategy", t.sample_strategy, ("sample", "greedy", "beam"))
   if t.sample_temperature <= 0:
     errors.append(f"train.sample_temperature={t.sample_temperature!r}: must be > 0")
+  if not 0 < t.sample_top_p <= 1:
+    errors.append(f"train.sample_top_p={t.sample_top_p!r}: must be in (0, 1] (1 = all tokens)")
+  _positive(errors, "train.sample_num_beams", t.sample_num_beams)
+  if (t.sample_strategy == "beam" and isinstance(t.sample_num_beams, int)
+      and t.num_samples > t.sample_num_beams):
+    errors.append(
+        f"train.num_samples={t.num_samples}: beam search returns at most train.sample_num_beams="
+        f"{t.sample_num_beams} samples; raise sample_num_beams or lower num_samples")
   if t.peak_tflops < 0:
     errors.append(f"train.peak_tflops={t.peak_tflops!r}: must be >= 0 (0 = automatic)")
 

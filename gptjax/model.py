@@ -5,7 +5,13 @@ which mesh axes they land on is decided by the config's rules, never here.
 
 The model optionally takes a key/value cache so generation reuses the same
 weights and code path as training: `cache=None` is a training/eval forward pass,
-a cache plus `index` (the position of the first token given) is a decode step.
+a cache plus `index` (the position of the first token given, one for the batch or
+one per row) is a prefill or decode step. Per-row positions let prompts of
+different lengths share a batch: row i's tokens sit in cache slots 0, 1, ... of
+row i whatever the other rows hold, and a query sees only its row's slots before
+`index` and the new tokens up to itself, so stale slots past a row's length are
+never read. Layers only read the cache; every layer's new keys and values are
+written into it once, in place, after the last layer.
 Packed rows can carry `segment_ids`, so attention and positions restart at every
 document instead of running across the end-of-text token into the previous one.
 """
@@ -66,15 +72,8 @@ class CausalSelfAttention(nn.Module):
     qkv = qkv + b_qkv[:, None, None].astype(cfg.dtype)
     q, k, v = (nn.with_logical_constraint(t, ("batch", "length", "heads", "kv")) for t in qkv)
 
-    if cache is not None:
-      k_all = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), index, axis=1)
-      v_all = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), index, axis=1)
-      cache = {"k": k_all, "v": v_all}
-      query_pos = index + jnp.arange(q.shape[1])
-      key_pos = jnp.arange(k_all.shape[1])
-      mask = (key_pos[None, :] <= query_pos[:, None])[None, None]
-      out = jax.nn.dot_product_attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype),
-                                         mask=mask, implementation="xla")
+    if cache is not None and not (isinstance(index, int) and index == 0):
+      out = _attend_with_cache(q, k, v, cache, index)
     elif cfg.attn_dropout > 0 and not self.deterministic:
       # jax.nn.dot_product_attention has no dropout, so this path spells the softmax out.
       scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
@@ -83,9 +82,11 @@ class CausalSelfAttention(nn.Module):
       probs = jax.nn.softmax(jnp.where(allowed, scores, jnp.finfo(jnp.float32).min), axis=-1)
       probs = nn.Dropout(cfg.attn_dropout, deterministic=False)(probs)
       out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
-    else:
+    else:  # training, eval, and a prefill into an empty cache (index=0): plain causal
       out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=mask is None,
                                          implementation=cfg.attention_impl)
+    if cache is not None:
+      cache = {"k": k, "v": v}  # only the new entries: GPT writes all layers' at once
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
 
     w_o = _param(self, "out_kernel", (cfg.n_head, head_dim, cfg.d_model), ("heads", "kv", "embed"),
@@ -93,6 +94,41 @@ class CausalSelfAttention(nn.Module):
     b_o = _param(self, "out_bias", (cfg.d_model,), ("embed",), nn.initializers.zeros, cfg.param_dtype)
     y = jnp.einsum("bthk,hkd->btd", out, w_o.astype(cfg.dtype)) + b_o.astype(cfg.dtype)
     return y, cache
+
+
+def _attend_with_cache(q: jax.Array, k: jax.Array, v: jax.Array, cache: Cache,
+                       index: jax.Array | int) -> jax.Array:
+  """Attention of new queries over each row's cached keys before `index` and, causally, over
+  the new keys, under one softmax.
+
+  The cache is only read here (GPT writes the new keys into it after the last layer), so a
+  decode step reads the cache once instead of copying it in every layer.
+  """
+  batch, length, _, head_dim = q.shape
+  scale = 1 / jnp.sqrt(head_dim).astype(jnp.float32)
+  scores = lambda keys: jnp.einsum("bqhd,bkhd->bhqk", q, keys.astype(q.dtype),
+                                   preferred_element_type=jnp.float32) * scale
+  slots = cache["k"].shape[1]
+  earlier = jnp.arange(slots)[None, :] < jnp.broadcast_to(index, (batch,))[:, None]
+  causal = jnp.tril(jnp.ones((length, length), bool))
+  masked = jnp.finfo(jnp.float32).min
+  probs = jax.nn.softmax(jnp.concatenate([
+      jnp.where(earlier[:, None, None, :], scores(cache["k"]), masked),
+      jnp.where(causal, scores(k), masked)], axis=-1), axis=-1).astype(v.dtype)
+  return (jnp.einsum("bhqk,bkhd->bqhd", probs[..., :slots], cache["v"].astype(v.dtype))
+          + jnp.einsum("bhqk,bkhd->bqhd", probs[..., slots:], v))
+
+
+def _cache_write(cache: jax.Array, new: jax.Array, index: jax.Array | int) -> jax.Array:
+  """Writes `new` [n_layer, batch, t, ...] into `cache` [n_layer, batch, max_len, ...] at slot
+  `index` on: one shared index is one contiguous update, per-row indices (a ragged batch)
+  update each row at its own slot. Both update the cache in place (a vmapped
+  dynamic_update_slice would not: XLA:CPU copied the whole cache for it)."""
+  new = new.astype(cache.dtype)
+  if jnp.ndim(index) == 0:
+    return jax.lax.dynamic_update_slice_in_dim(cache, new, index, axis=2)
+  rows = jnp.arange(new.shape[1])[:, None]
+  return cache.at[:, rows, index[:, None] + jnp.arange(new.shape[2])].set(new)
 
 
 class Mlp(nn.Module):
@@ -148,11 +184,15 @@ class GPT(nn.Module):
   @nn.compact
   def __call__(self, tokens: jax.Array, *, deterministic: bool = True,
                cache: Cache | None = None, index: jax.Array | int = 0,
-               segment_ids: jax.Array | None = None) -> tuple[jax.Array, Cache | None]:
+               segment_ids: jax.Array | None = None,
+               logits_at: jax.Array | None = None) -> tuple[jax.Array, Cache | None]:
     """Returns float32 logits [batch, length, vocab_size] and the updated cache.
 
+    `index` is the position of the first token, a scalar or one per row [batch].
     `segment_ids` [batch, length] (training and eval only) numbers the documents
-    in each row; see `document_segments`.
+    in each row; see `document_segments`. `logits_at` [batch] keeps only the
+    logits at one position per row ([batch, 1, vocab_size]): a prefill needs just
+    each prompt's last one, and all of them would be batch x length x vocab floats.
     """
     cfg = self.config
     normal = nn.initializers.normal(cfg.init_std)
@@ -161,7 +201,9 @@ class GPT(nn.Module):
     wpe = _param(self, "wpe", (cfg.seq_len, cfg.d_model), ("length", "embed"), normal,
                  cfg.param_dtype)
     mask = None
-    if segment_ids is None:
+    if jnp.ndim(index) == 1:
+      positions = jnp.take(wpe, index[:, None] + jnp.arange(tokens.shape[1]), axis=0)
+    elif segment_ids is None:
       positions = jax.lax.dynamic_slice_in_dim(wpe, index, tokens.shape[1], axis=0)[None]
     else:
       same_document = segment_ids[:, :, None] == segment_ids[:, None, :]
@@ -180,15 +222,20 @@ class GPT(nn.Module):
                       split_rngs={"params": True, "dropout": True},
                       in_axes=(0, nn.broadcast, nn.broadcast), length=cfg.n_layer,
                       metadata_params={nn.PARTITION_NAME: "layers"})
-      x, cache = stack(cfg, deterministic, name="blocks")(x, cache, index, mask)
+      x, new_entries = stack(cfg, deterministic, name="blocks")(x, cache, index, mask)
     else:
-      layer_caches = []
+      layer_entries = []
       for i in range(cfg.n_layer):
         layer_cache = None if cache is None else jax.tree.map(lambda a, i=i: a[i], cache)
-        x, layer_cache = block(cfg, deterministic, name=f"block_{i}")(x, layer_cache, index, mask)
-        layer_caches.append(layer_cache)
-      cache = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *layer_caches)
+        x, entries = block(cfg, deterministic, name=f"block_{i}")(x, layer_cache, index, mask)
+        layer_entries.append(entries)
+      new_entries = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a),
+                                                            *layer_entries)
+    if cache is not None:
+      cache = jax.tree.map(lambda c, n: _cache_write(c, n, index), cache, new_entries)
 
+    if logits_at is not None:
+      x = jnp.take_along_axis(x, logits_at[:, None, None], axis=1)
     if cfg.architecture == "gpt2":
       x = _layer_norm(cfg, "ln_f")(x)
     logits = jnp.einsum("btd,vd->btv", x, wte.astype(cfg.dtype), preferred_element_type=jnp.float32)

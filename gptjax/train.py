@@ -612,14 +612,19 @@ def _divergence_message(what: str, step: int, mngr: Any,
 
 def _write_samples(workdir: str, model: GPT, params: Any, tokenizer: Any,
                    tc: ml_collections.ConfigDict) -> None:
-  """Samples continuing an end-of-text token, i.e. fresh documents."""
-  new_tokens = min(tc.sample_tokens, model.config.seq_len - 1)
-  prompt = jnp.full((tc.num_samples, 1), tokenizer.eos_id, jnp.int32)
-  out = generate.generate(model, params, prompt, jax.random.PRNGKey(tc.seed + 1),
-                          max_new_tokens=new_tokens, temperature=tc.sample_temperature,
-                          top_k=tc.sample_top_k, vocab_limit=tokenizer.vocab_size)
-  texts = [tokenizer.decode([int(t) for t in row[1:]]) for row in jax.device_get(out)]
+  """Samples continuing an end-of-text token, i.e. fresh documents, decoded by the same code
+  as `python -m gptjax.generate`; samples.txt starts with the strategy and its settings."""
+  settings = generate.Settings(
+      strategy=tc.sample_strategy, temperature=tc.sample_temperature, top_k=tc.sample_top_k,
+      top_p=tc.sample_top_p, num_beams=tc.sample_num_beams, seed=tc.seed + 1,
+      max_new_tokens=min(tc.sample_tokens, model.config.seq_len - 1),
+      # Every sample continues the same prompt: greedy decoding has one to write.
+      num_return_sequences=1 if tc.sample_strategy == "greedy" else tc.num_samples)
+  [completions] = generate.generate(model, params, tokenizer, [[tokenizer.eos_id]], settings)
+  texts = [c.text for c in completions]
   for i, text in enumerate(texts):
     logging.info("sample %d:\n%s", i, text)
   if jax.process_index() == 0:
-    (epath.Path(workdir) / "samples.txt").write_text("\n\n========\n\n".join(texts) + "\n")
+    header = f"decoding: {json.dumps(settings.describe())}\n\n"
+    (epath.Path(workdir) / "samples.txt").write_text(
+        header + "\n\n========\n\n".join(texts) + "\n")
