@@ -62,7 +62,12 @@ def _parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, TypeError) as e:
-    message = " ".join(str(e).replace("\\n", " ").split()).strip("'\"")
+    text = str(e)
+    if len(text) > 1 and text[0] in "'\"" and text[-1] == text[0]:  # a KeyError's repr
+      text = text[1:-1]
+    message = " ".join(text.replace("\\n", " ").replace("\\'", "'").split())
+    if isinstance(e, (AttributeError, KeyError)):
+      message = f"unknown --config field {message}"
     sys.exit(f"error: {message}; see --helpfull for the flags, and gptjax/config.py for "
              "every --config.* field")
 

@@ -374,6 +374,7 @@ def test_load_corpus_caches_everything_and_saves_tokenizer(cache_dir, corpus_roo
 def test_byte_tokenizer_end_to_end(cache_dir, corpus_root, tmp_path):
   tok, lm = data.load_corpus(corpus_root, make_config(tokenizer='bytes'), 64, seed=3)
   assert tok.vocab_size == 257
+  data.save_tokenizer(tok, str(tmp_path))
   assert isinstance(data.load_saved(str(tmp_path / 'tokenizer')), ByteTokenizer)
   assert lm.train_batch(0, 2).max() <= 256
 

@@ -223,7 +223,7 @@ def test_ctrl_c_during_compilation_is_safe(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("argv_tail, first_words", [
-    (["--config.model.nlayer=3"], "error: 'nlayer' Did you mean"),
+    (["--config.model.nlayer=3"], "error: unknown --config field 'nlayer' Did you mean"),
     (["--config.mesh.ici.data=16"], "error: mesh.ici="),
     (["--config.model.vocab_size=300"], "error: model.vocab_size=300: smaller than"),
 ])
