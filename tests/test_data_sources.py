@@ -56,6 +56,7 @@ def train_ids(ids, percent):
   return [i for i in ids if not corpus.is_validation(i, percent)]
 
 
+@pytest.mark.slow
 def test_txt_glob_trains_and_feeds_the_documents_in_order(tmp_path):
   root = tmp_path / 'corpus'
   root.mkdir()
@@ -76,6 +77,7 @@ def test_txt_glob_trains_and_feeds_the_documents_in_order(tmp_path):
   assert lm.stats['validation'].documents == len(by_id) - len(expected) > 0
 
 
+@pytest.mark.slow
 def test_jsonl_glob_trains_and_feeds_the_documents_in_order(tmp_path):
   (tmp_path / 'corpus' / 'sub').mkdir(parents=True)
   docs = paragraphs(40, 'json')
@@ -108,6 +110,7 @@ def place_dolly_download(data_dir, records) -> None:
                            original_fname=info.filename, url_info=info)
 
 
+@pytest.mark.slow
 def test_tfds_catalog_builder_offline(tmp_path):
   data_dir = str(tmp_path / 'tfds')
   records = [dict(instruction=f'q{i}', context='', category='c',

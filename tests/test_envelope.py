@@ -21,6 +21,7 @@ def _curves(sizes: np.ndarray, tokens_per_param: tuple[float, float], evals: int
   return curves
 
 
+@pytest.mark.slow
 def test_envelope_recovers_the_chinchilla_frontier_exponents():
   curves = _curves(np.geomspace(1e8, 1e10, 8), (0.5, 2000.0))
   env = compute_envelope(curves, points=50)
@@ -52,6 +53,7 @@ def test_a_run_that_ends_before_being_overtaken_is_a_handover_not_a_crossing():
   assert np.isnan(env.a) and np.isnan(env.a_ci95[0]) and np.isnan(env.b)
 
 
+@pytest.mark.slow
 def test_noisy_curves_give_an_interval_that_covers_the_truth():
   curves = _curves(np.geomspace(1e8, 1e10, 8), (0.5, 2000.0), noise=0.002, seed=0)
   env = compute_envelope(curves)

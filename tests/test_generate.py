@@ -72,8 +72,9 @@ def recompute_greedy(model, params, prompt: list[int], n_new: int, tokenizer: Id
 # ------------------------------------------------------------------ the cache
 
 
-@pytest.mark.parametrize("architecture,scan_layers", [("gpt2", True), ("gpt2", False),
-                                                      ("gpt1", True), ("gpt1", False)])
+@pytest.mark.parametrize("architecture,scan_layers", [  # two of four in the fast set
+    ("gpt2", True), pytest.param("gpt2", False, marks=pytest.mark.slow),
+    pytest.param("gpt1", True, marks=pytest.mark.slow), ("gpt1", False)])
 def test_prefill_and_cached_steps_equal_a_full_forward_pass(architecture, scan_layers):
   """A ragged batch of 3 prompts: one prefill pass, then cached steps at per-row positions,
   give at every generated position the logits of a full forward pass over that row alone;
@@ -109,6 +110,7 @@ def test_prefill_and_cached_steps_equal_a_full_forward_pass(architecture, scan_l
   assert len({tuple(c.tokens) for [c] in completions}) == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["greedy", "beam"])
 def test_row_i_of_a_ragged_batch_equals_its_prompt_alone(strategy):
   model = tiny_model()
@@ -300,6 +302,7 @@ def test_beam_search_finds_the_brute_force_best(vocab5):
     assert len({len(seq) for _, seq in exact}) > 1  # shorter, finished hypotheses compete
 
 
+@pytest.mark.slow
 def test_one_beam_is_greedy(vocab5):
   """Also when greedy meets end-of-text: the beam's hypothesis finishes with it."""
   _, _, decoder = vocab5
@@ -339,6 +342,7 @@ def test_beam_scores_follow_the_length_penalty_formula(vocab5, length_penalty):
 # ------------------------------------------------------------------ seeds, stops, errors
 
 
+@pytest.mark.slow
 def test_seeds():
   model = tiny_model()
   decoder = Decoder(model, random_params(model), Ids(VOCAB, eos_id=0))
@@ -424,6 +428,7 @@ def saved_run(tmp_path_factory):
   return workdir, states
 
 
+@pytest.mark.slow
 def test_load_restores_the_parameters_only(saved_run):
   workdir, states = saved_run
   run = gptjax.load(workdir)

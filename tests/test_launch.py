@@ -198,6 +198,7 @@ TINY = {"model.n_layer": 2, "model.d_model": 64, "model.n_head": 8, "model.d_ff"
         "optim.warmup_steps": 1}
 
 
+@pytest.mark.slow
 def test_local_two_processes_train_a_sweep_member_end_to_end(tmp_path):
   job = member(str(tmp_path), "s1", f"{ROOT}/experiments/quickstart.py", TINY)
   local.run(job, num_processes=2, devices_per_process=2, timeout_s=240)
@@ -211,6 +212,7 @@ def test_local_two_processes_train_a_sweep_member_end_to_end(tmp_path):
     assert "process 1 of 2, 2 local devices" in f.read()
 
 
+@pytest.mark.slow
 def test_local_names_the_process_that_failed(tmp_path):
   job = Job(f"{ROOT}/experiments/quickstart.py", str(tmp_path), {"model.n_layer": 0})
   with pytest.raises(LaunchError, match=r"process \d of 2 exited with code 1; its log: .*process_"):

@@ -253,6 +253,7 @@ def test_scan_layers_matches_unrolled_layers() -> None:
   assert_trees_close(scan_grads, stack_layers(loop_grads, n_layer=2), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scan_layers", [True, False])
 @pytest.mark.parametrize("policy", ["dots_with_no_batch_dims_saveable", "nothing_saveable"])
 def test_remat_policies_change_memory_not_math(policy: str, scan_layers: bool) -> None:
@@ -355,6 +356,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits() -> None:
   assert init_cache(bf16.config, 1, 4)["k"].dtype == jnp.bfloat16
 
 
+@pytest.mark.slow
 def test_attention_dropout_path_matches_fused_attention() -> None:
   """Attention dropout needs a hand-written softmax path; at a negligible rate it
   must equal jax.nn.dot_product_attention (the deterministic path), and at rate
@@ -423,6 +425,7 @@ def test_document_segments_and_positions():
       [0, 1, 0, 1, 2, 0, 0, 1], list(range(8)), [0, 1, 2, 0, 1, 2, 3, 4]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scan", [True, False])
 def test_document_mask_makes_packed_documents_independent(scan):
   """With segment ids, each packed document gets exactly the logits it gets alone."""

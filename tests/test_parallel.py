@@ -71,6 +71,7 @@ def reference():
   return train_three_steps((1, 1, 1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", MESHES[1:], ids=lambda s: "x".join(map(str, s)))
 def test_same_losses_and_parameters_on_every_mesh(reference, shape):
   ref_losses, ref_params, _ = reference
@@ -82,6 +83,7 @@ def test_same_losses_and_parameters_on_every_mesh(reference, shape):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_accumulation_on_a_mesh_matches_one_batch_on_one_device():
   """Micro-batches stay spread over the data x fsdp devices and still sum to the full batch."""
   ref_losses, ref_params, _ = train_three_steps((1, 1, 1), batch_size=16)
@@ -149,6 +151,7 @@ def test_indivisible_parameters_are_refused_before_compiling():
     build(c, (8, 1, 1))
 
 
+@pytest.mark.slow
 def test_dry_run_reports_per_device_memory_and_ineffective_settings():
   report = plan.dry_run(small_config((8, 1, 1), **{"model.n_head": 4}))
   params = build(small_config((8, 1, 1)), (8, 1, 1)).abstract_state.params
@@ -162,6 +165,7 @@ def test_dry_run_reports_per_device_memory_and_ineffective_settings():
   assert "warning" not in report
 
 
+@pytest.mark.slow
 def test_restore_onto_another_mesh_continues_the_loss_curve(tmp_path):
   reference = str(tmp_path / "reference")
   train.run(small_config((8, 1, 1), **{"train.steps": 6, "train.checkpoint_every": 3}), reference)
@@ -199,6 +203,7 @@ def _read(path):
     return f.read()
 
 
+@pytest.mark.slow
 def test_two_processes_train_get_killed_resume_and_match_one_process(tmp_path):
   """2 jax.distributed processes x 4 CPU devices (gloo) vs 1 process x 8 devices."""
   overrides = {"model.n_layer": 2, "model.d_model": 64, "model.n_head": 8, "model.d_ff": 128,

@@ -57,6 +57,7 @@ def _render(run_dir, out=None) -> dict:
   return paths
 
 
+@pytest.mark.slow
 def test_size_ladder_report_recovers_alpha_and_checks_the_largest_model(tmp_path):
   ns = [5e4, 1.5e5, 4e5, 1.2e6, 3.5e6]
   d = 3e6
@@ -102,6 +103,7 @@ def test_a_diverged_member_is_named_and_left_out_of_the_fits(tmp_path):
   assert any("not completed" in s for s in json.load(open(paths["fits"]))["skipped"])
 
 
+@pytest.mark.slow
 def test_isoflop_report_finds_the_frontier_exponent_of_the_law(tmp_path):
   a_true = LAW.beta / (LAW.alpha + LAW.beta)
   members = {}
@@ -151,6 +153,7 @@ def test_report_errors_name_the_directory(tmp_path, capsys):
   assert "no run directories with a summary.json" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_sweep_on_gcs_is_reported_in_place(tmp_path, gcs_bucket):
   """The same fabricated ladder uploaded to a local GCS server renders the same fits."""
   from etils import epath

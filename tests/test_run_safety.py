@@ -136,6 +136,7 @@ def test_rerunning_a_finished_run_adds_nothing_but_an_eval_with_other_settings(
       r for r in rows(six_step_run) if "train_loss" in r]
 
 
+@pytest.mark.slow
 def test_extending_a_run_is_explicit_and_recorded(six_step_run, tmp_path, caplog):
   workdir = copy_of(six_step_run, tmp_path)
   caplog.set_level("INFO")
@@ -150,6 +151,7 @@ def test_extending_a_run_is_explicit_and_recorded(six_step_run, tmp_path, caplog
     assert json.load(f)["train"]["steps"] == 9
 
 
+@pytest.mark.slow
 def test_an_unreadable_latest_checkpoint_is_moved_aside_and_the_previous_one_used(
     six_step_run, tmp_path, caplog):
   workdir = copy_of(six_step_run, tmp_path)

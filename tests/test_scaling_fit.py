@@ -32,6 +32,7 @@ def _parametric_objective(theta: np.ndarray, n: np.ndarray, d: np.ndarray, loss:
                                  jnp.log(jnp.asarray(loss)), jnp.ones(loss.size)))
 
 
+@pytest.mark.slow
 def test_parametric_fit_recovers_chinchilla_constants_from_exact_points():
   n, d, loss = _grid_points(noise=0.0, seed=0)
   exact = fit.fit_parametric(n, d, loss).law
@@ -39,6 +40,7 @@ def test_parametric_fit_recovers_chinchilla_constants_from_exact_points():
     assert getattr(exact, name) == pytest.approx(getattr(CHINCHILLA, name), rel=1e-3), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_parametric_fit_at_one_percent_noise_gives_e_within_one_percent(seed):
   """The acceptance check: 1% noise, alpha and beta within 0.02, E within 1%.
@@ -71,6 +73,7 @@ def test_parametric_fit_at_one_percent_noise_gives_e_within_one_percent(seed):
   assert result.objective <= from_truth * (1 + 1e-9)
 
 
+@pytest.mark.slow
 def test_summed_objective_goes_further_than_mean_under_the_same_tolerance():
   n, d, loss = _grid_points(noise=0.01, seed=1, side=8)
   features = np.stack([np.log(n), np.log(d)], 1)
@@ -115,6 +118,7 @@ def test_isoflop_vertex_and_exponent_are_recovered():
     isoflop.isoflop_minima(np.array(n[:7]), -np.array(loss[:7]), np.array(flops[:7]))
 
 
+@pytest.mark.slow
 def test_saturating_and_kaplan_power_laws_are_recovered():
   n = np.geomspace(1e6, 1e10, 40)
   rng = np.random.default_rng(0)
@@ -136,6 +140,7 @@ def _interval(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return tuple(np.percentile(rows, [2.5, 97.5], axis=0))
 
 
+@pytest.mark.slow
 def test_saturating_bootstrap_covers_the_truth_and_narrows_with_less_noise():
   """A 5-size sweep (the scaling_cpu range) with its eval SEM; the same draws scaled 4x smaller."""
   n = np.geomspace(5e4, 6.2e6, 5)
@@ -202,6 +207,7 @@ def _report(*args: str) -> subprocess.CompletedProcess:
                         text=True, cwd=ROOT, env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_report_fit_prints_constants_and_intervals_from_a_flops_column(tmp_path):
   n, d, loss = _grid_points(noise=0.01, seed=2, side=10)
   path = tmp_path / "runs.csv"

@@ -21,6 +21,8 @@ from gptjax.launch.job import LaunchError, completed_test, member
 from gptjax.scaling import sizes
 from gptjax.sweep import Member, launch_slurm, load_sweep, planned_flops, progress
 
+pytestmark = pytest.mark.slow  # sweeps run member processes; the script tests share their fixture
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "experiments", "scaling_tiny.py")
 CPU = os.path.join(ROOT, "experiments", "scaling_cpu.py")

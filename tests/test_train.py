@@ -57,6 +57,7 @@ def cli(workdir, **overrides) -> list[str]:
           f"--workdir={workdir}", *flags]
 
 
+@pytest.mark.slow
 def test_grad_accumulation_matches_one_big_batch():
   """4 micro-batches of b must be the same update as one batch of 4b (3 steps)."""
   c = tiny_config()
@@ -153,6 +154,7 @@ def test_restoring_a_different_model_says_what_differs(finished_run, tmp_path):
   assert "seed: checkpoint 0, now 1" in str(e.value)
 
 
+@pytest.mark.slow
 def test_a_gs_run_directory_holds_the_same_run_and_resumes(finished_run, gcs_bucket, caplog):
   """The run directory on GCS (a local GCS server, tests/gcs_emulator.py): the same files and
   rows as the local run, and a resume that drops the rows past its checkpoint."""
@@ -190,6 +192,7 @@ def _checkpoints(workdir):
   return sorted(int(d) for d in os.listdir(path) if d.isdigit()) if os.path.isdir(path) else []
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_matches_an_uninterrupted_run(tmp_path):
   """The acceptance test for exact resume: params, optimizer, step, RNG and data order."""
   overrides = {"train.steps": 400, "train.checkpoint_every": 50, "train.eval_every": 100,
@@ -216,6 +219,7 @@ def test_kill_9_then_rerun_matches_an_uninterrupted_run(tmp_path):
     assert json.load(f)["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_kill_9_on_gcs_loses_no_row_a_resume_keeps(gcs_bucket, tmp_path):
   """On GCS metrics.jsonl is uploaded now and then, and always before each checkpoint."""
   workdir = f"gs://{gcs_bucket}/killed"
@@ -246,6 +250,7 @@ def test_kill_9_on_gcs_loses_no_row_a_resume_keeps(gcs_bucket, tmp_path):
   assert not os.listdir(tmp_path)  # nothing landed on local disk (./gs:/...)
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(tmp_path):
   workdir = str(tmp_path / "run")
   overrides = {"train.steps": 3000, "train.checkpoint_every": 1000, "train.eval_every": 0}
@@ -261,6 +266,7 @@ def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(tmp_path):
     assert json.load(f)["status"] == "running"
 
 
+@pytest.mark.slow
 def test_document_mask_only_matters_when_a_row_holds_several_documents():
   c = tiny_config()
   model = GPT(model_config(c.model))
