@@ -60,13 +60,10 @@ def token_losses(model: GPT, params: Any, tokens: jax.Array, rng: jax.Array | No
   return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
 
 
-def loss_sums(model: GPT, params: Any, tokens: jax.Array, weights: jax.Array | None,
-              rng: jax.Array | None, document_eos_id: int | None) -> jax.Array:
-  """Per-sequence summed (`weights`-weighted) `token_losses` [batch]."""
-  losses = token_losses(model, params, tokens, rng, document_eos_id)
-  if weights is not None:
-    losses = losses * weights
-  return losses.sum(axis=-1)
+def loss_sums(model: GPT, params: Any, tokens: jax.Array, rng: jax.Array | None,
+              document_eos_id: int | None) -> jax.Array:
+  """Per-sequence summed `token_losses` [batch]."""
+  return token_losses(model, params, tokens, rng, document_eos_id).sum(axis=-1)
 
 
 def train_step(state: TrainState, batch: jax.Array, *, model: GPT,
@@ -97,7 +94,7 @@ def train_step(state: TrainState, batch: jax.Array, *, model: GPT,
     tokens, index = xs
     rng = jax.random.fold_in(step_rng, index) if use_dropout else None
     loss, grads = jax.value_and_grad(
-        lambda p: loss_sums(model, p, tokens, None, rng, document_eos_id).sum() / n_targets
+        lambda p: loss_sums(model, p, tokens, rng, document_eos_id).sum() / n_targets
     )(state.params)
     return jax.tree.map(jnp.add, carry, (loss, constrain(grads))), None
 

@@ -7,14 +7,13 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 
 import numpy as np
 import pytest
 
 from gptjax import checkpoint, rundir, sharding, train
 from run_rows import rows
-from test_train import ROOT, cli, tiny_config
+from test_train import ROOT, _checkpoints, _wait_for, cli, tiny_config
 
 
 def strict_rows(workdir):
@@ -169,19 +168,6 @@ def test_an_unreadable_latest_checkpoint_is_moved_aside_and_the_previous_one_use
   np.testing.assert_allclose([r["train_loss"] for r in rows(workdir) if "train_loss" in r],
                              [r["train_loss"] for r in rows(six_step_run) if "train_loss" in r],
                              rtol=1e-6)
-
-
-def _wait_for(predicate, proc, timeout=300.0):
-  deadline = time.time() + timeout
-  while not predicate():
-    assert proc.poll() is None, "training ended before it could be interrupted"
-    assert time.time() < deadline, "timed out waiting for the run"
-    time.sleep(0.01)
-
-
-def _checkpoints(workdir):
-  path = os.path.join(workdir, "checkpoints")
-  return sorted(int(d) for d in os.listdir(path) if d.isdigit()) if os.path.isdir(path) else []
 
 
 @pytest.mark.slow

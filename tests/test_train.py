@@ -275,6 +275,6 @@ def test_document_mask_only_matters_when_a_row_holds_several_documents():
   single = np.arange(2, 35, dtype=np.int32)[None]  # no end-of-text inside the row
   packed = single.copy()
   packed[0, 10] = eos
-  loss = functools.partial(train.loss_sums, model, params, weights=None, rng=None)
+  loss = functools.partial(train.loss_sums, model, params, rng=None)
   np.testing.assert_allclose(loss(single, document_eos_id=eos), loss(single, document_eos_id=None))
   assert not np.allclose(loss(packed, document_eos_id=eos), loss(packed, document_eos_id=None))
