@@ -12,8 +12,10 @@ percentage), so a changed corpus gets a new directory and a prepared one is
 never rebuilt.
 """
 
+import contextlib
 import dataclasses
 import hashlib
+import io
 import os
 from collections.abc import Iterator, Sequence
 
@@ -172,7 +174,10 @@ def prepare(config: SourceCorpusConfig, data_dir: str
         logging.info('source_corpus: preparing %s from %s into %s', identity,
                      config.pattern or config.root, data_dir)
         check_documents(config)
-        builder.download_and_prepare()
+        # tfds prints 'Downloading and preparing dataset Unknown size ...' for local files,
+        # where nothing is downloaded; the line above says what happens.
+        with contextlib.redirect_stdout(io.StringIO()):
+          builder.download_and_prepare()
   logging.info('source_corpus: using %s in %s', identity, data_dir)
   sources = tfds.data_source(identity, data_dir=data_dir, download=False)
   return identity, {split: sources[split] for split in SPLITS}
