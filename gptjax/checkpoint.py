@@ -94,7 +94,8 @@ def check_saves(mngr: ocp.CheckpointManager) -> None:
   """Raises SaveFailed with the root cause if an earlier async save failed.
 
   Host-only (it looks at the background threads), so the loop calls it every step:
-  a full disk stops training at the next step instead of at exit.
+  a full disk stops training at the first step after orbax reports it (at the latest
+  when the next save waits for the failed one), instead of at exit.
   """
   if mngr.is_saving_in_progress():
     try:
