@@ -50,11 +50,24 @@ def main(argv: list[str]) -> None:
     if flags.FLAGS.verbosity > 0:
       raise
     if isinstance(e, checkpoint.SaveFailed):
-      # orbax's writer threads are left broken and print tracebacks while the interpreter
-      # shuts down; every file of ours is already closed, so leave without that noise.
-      print(f"error: {e}", file=sys.stderr, flush=True)
-      os._exit(1)
+      _exit_quietly(f"error: {e}")
     sys.exit(f"error: {e}")
+
+
+def _exit_quietly(message: str) -> None:
+  """Ends the process with `message` as the last line on stderr, and nothing after it.
+
+  orbax's writer threads are left broken by a failed save and print asyncio tracebacks,
+  even while this line is written (CI once saw one glued to its front). So stderr goes to
+  /dev/null for every thread first, and the line goes to the saved descriptor on a line of
+  its own. Every file of ours is already closed, hence os._exit.
+  """
+  sys.stderr.flush()
+  real_stderr = os.dup(2)
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  os.write(real_stderr, f"\n{message}\n".encode())
+  os._exit(1)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

@@ -258,8 +258,8 @@ def test_a_failed_checkpoint_write_stops_the_run_and_keeps_the_earlier_checkpoin
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("error: a checkpoint save in") and "File too large" in last, last
   assert "checkpoints already written are intact (steps [5])" in last
-  # orbax's writer threads may still print asyncio tracebacks of their own while they fail;
-  # none comes from gptjax's handling, which ends the process with the line above.
+  # orbax's writer threads print asyncio tracebacks while they fail; main sends them to
+  # /dev/null before writing the line above, so it is the last line and starts on its own.
   assert _checkpoints(workdir) == [5]
   with open(os.path.join(workdir, "summary.json")) as f:
     summary = json.load(f)
