@@ -64,7 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.b1 = 0.9  # AdamW beta1
   c.optim.b2 = 0.95  # AdamW beta2
   c.optim.eps = 1e-8  # AdamW epsilon
-  c.optim.weight_decay = 0.1  # decoupled weight decay on weight matrices
+  c.optim.weight_decay = 0.1  # decoupled weight decay on weight matrices (an embed axis and another dim; optim.decays)
   c.optim.decay_embeddings = False  # also decay token/position embeddings (biases and LayerNorm never are)
   c.optim.clip_norm = 1.0  # global gradient-norm clip; 0 disables
 

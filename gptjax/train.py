@@ -212,8 +212,11 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, eos_id: int) -> Program
   model = GPT(model_config(config.model))
   document_eos_id = eos_id if config.data.document_mask else None
   total_steps = train_steps(config)
-  tx = optim.make(config.optim, total_steps)
   axis_rules = sharding.rules(config.mesh)
+  tokens = jax.ShapeDtypeStruct((1, config.model.seq_len), jnp.int32)
+  param_axes = nn.get_partition_spec(
+      jax.eval_shape(model.init, jax.random.PRNGKey(0), tokens)["params"])
+  tx = optim.make(config.optim, total_steps, param_axes)
   init_fn = functools.partial(_init_state, model=model, tx=tx, seq_len=config.model.seq_len)
   with sharding.active(mesh, axis_rules):
     abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0))

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec
 
 from gptjax import optim
 from gptjax.config import base_config
@@ -22,14 +23,14 @@ def leaf_name(path) -> str:
   return [p.key for p in path if isinstance(p, jax.tree_util.DictKey)][-1]
 
 
-def model_params(scan_layers: bool) -> dict:
-  """A real (shape-only) GPT parameter tree: the mask must work on what model.py builds."""
+def model_param_axes(scan_layers: bool) -> dict:
+  """The logical axes of a real GPT's parameters: the mask must work on what model.py builds."""
   c = base_config().model
   c.update(dict(n_layer=2, d_model=32, n_head=4, d_ff=64, vocab_size=100, seq_len=16,
                 scan_layers=scan_layers))
   model = GPT(model_config(c))
   tokens = jax.ShapeDtypeStruct((1, 16), jnp.int32)
-  return nn.unbox(jax.eval_shape(model.init, jax.random.key(0), tokens)["params"])
+  return nn.get_partition_spec(jax.eval_shape(model.init, jax.random.key(0), tokens)["params"])
 
 
 def optim_config(**overrides) -> ml_collections.ConfigDict:
@@ -42,9 +43,13 @@ def optim_config(**overrides) -> ml_collections.ConfigDict:
 @pytest.mark.parametrize("decay_embeddings", [False, True])
 def test_weight_decay_mask(scan_layers: bool, decay_embeddings: bool) -> None:
   """Decaying biases or LayerNorm gains hurts training (GPT-2/3 practice decays only
-  weight matrices); embeddings are decayed only when asked."""
-  params = model_params(scan_layers)
-  mask = optim.weight_decay_mask(params, decay_embeddings=decay_embeddings)
+  weight matrices); embeddings are decayed only when asked. The mask is the same on the
+  boxed tree optax sees at init and on the plain arrays it sees at update."""
+  axes = model_param_axes(scan_layers)
+  mask_of = optim.weight_decay_mask(axes, decay_embeddings=decay_embeddings)
+  params = jax.tree.map(lambda spec: np.zeros(len(spec)), axes,
+                        is_leaf=lambda x: isinstance(x, PartitionSpec))
+  mask = mask_of(params)
   assert jax.tree.structure(mask) == jax.tree.structure(params)
   seen = set()
   for path, decayed in jax.tree_util.tree_flatten_with_path(mask)[0]:
@@ -58,6 +63,31 @@ def test_weight_decay_mask(scan_layers: bool, decay_embeddings: bool) -> None:
       assert name in ("wte", "wpe"), jax.tree_util.keystr(path)
       assert decayed is decay_embeddings, jax.tree_util.keystr(path)
   assert seen == KERNELS | NEVER_DECAYED | {"wte", "wpe"}
+
+
+class _WithNewParameters(nn.Module):
+  """A module as a later change might write it: names the old suffix rule never knew."""
+
+  @nn.compact
+  def __call__(self, x):
+    gate = self.param("gate", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                      (x.shape[-1],))
+    head = self.param("classifier", nn.with_logical_partitioning(
+        nn.initializers.normal(), ("embed", None)), (x.shape[-1], 3))
+    return (x * gate) @ head
+
+
+def test_new_parameters_are_decayed_by_structure_not_name() -> None:
+  """A new vector (a gate over d_model) is not decayed, a new matrix (a task head) is,
+  whatever their names: the rule reads logical axes, and scan's 'layers' axis is not a
+  dimension of the weight."""
+  boxed = jax.eval_shape(_WithNewParameters().init, jax.random.key(0),
+                         jax.ShapeDtypeStruct((2, 8), jnp.float32))["params"]
+  mask = optim.weight_decay_mask(nn.get_partition_spec(boxed), decay_embeddings=False)
+  assert mask(nn.unbox(boxed)) == {"gate": False, "classifier": True}
+  assert nn.unbox(mask(boxed)) == {"gate": False, "classifier": True}
+  assert optim.decays(("layers", "embed"), decay_embeddings=False) is False
+  assert optim.decays(("layers", "embed", "mlp"), decay_embeddings=False) is True
 
 
 def test_learning_rate_schedule() -> None:
@@ -121,7 +151,9 @@ def test_zero_gradient_step_is_pure_decoupled_decay(warmup_steps: int) -> None:
   shrinks by exactly lr_0*wd*w, where lr_0 = learning_rate(...)(0) is the first
   update's rate, and a bias or LayerNorm scale does not move at all."""
   cfg = optim_config(lr=1e-2, warmup_steps=warmup_steps, weight_decay=0.1, clip_norm=1.0)
-  tx = optim.make(cfg, total_steps=100)
+  axes = {"fc_kernel": PartitionSpec("embed", "mlp"), "fc_bias": PartitionSpec("mlp"),
+          "scale": PartitionSpec("embed")}
+  tx = optim.make(cfg, total_steps=100, param_axes=axes)
   lr_0 = 1e-2 / max(warmup_steps, 1)
   assert float(optim.learning_rate(cfg, 100)(0)) == pytest.approx(lr_0, rel=1e-6)
   params = {"fc_kernel": jnp.array([[2.0, -3.0], [0.5, 4.0]]), "fc_bias": jnp.array([1.0, -2.0]),
@@ -149,7 +181,9 @@ def test_update_matches_numpy_adamw_with_clipping(clip_norm: float) -> None:
   for scale in (50.0, 0.3, 20.0):
     grads_seq.append({k: (scale * rng.standard_normal(v.shape)).astype(np.float32)
                       for k, v in params.items()})
-  got = run_optimizer(optim.make(cfg, total_steps=10),
+  axes = {"qkv_kernel": PartitionSpec("embed", "heads"), "qkv_bias": PartitionSpec("heads"),
+          "wte": PartitionSpec("vocab", "embed")}
+  got = run_optimizer(optim.make(cfg, total_steps=10, param_axes=axes),
                       jax.tree.map(jnp.asarray, params), grads_seq)
   kwargs = dict(lr=1e-2, b1=0.9, b2=0.95, eps=1e-8, wd=0.1)
   expected = numpy_adamw(params, grads_seq, decayed, clip=clip_norm, **kwargs)

@@ -63,7 +63,8 @@ def test_grad_accumulation_matches_one_big_batch():
   """4 micro-batches of b must be the same update as one batch of 4b (3 steps)."""
   c = tiny_config()
   model = GPT(model_config(c.model))
-  tx = optim.make(c.optim, 3)
+  tx = optim.make(c.optim, 3, nn.get_partition_spec(jax.eval_shape(
+      model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, 32), np.int32))["params"]))
   schedule = optim.learning_rate(c.optim, 3)
   state = jax.jit(lambda r: nn.unbox(train._init_state(r, model=model, tx=tx, seq_len=32)))(
       jax.random.PRNGKey(0))
