@@ -8,6 +8,8 @@ starts, so a typo costs a second, not a compile or a dataset build.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 
@@ -129,6 +131,27 @@ def _positive(errors: list[str], field: str, value, *, allow_zero: bool = False)
     bound = ">= 0" if allow_zero else "> 0"
     errors.append(f"{field}={value!r}: must be an integer {bound}")
 
+
+
+def override(c: ml_collections.ConfigDict, overrides: Mapping[str, Any]
+             ) -> ml_collections.ConfigDict:
+  """A copy of `c` with `{"group.field": value}` applied (any depth: "mesh.ici.data").
+
+  The one way sweeps, resumes and tests address fields by name, so a misspelt field
+  fails here, naming it, and a wrong type fails as ConfigDict's TypeError.
+  """
+  out = c.copy_and_resolve_references()
+  for key, value in overrides.items():
+    *groups, field = key.split(".")
+    node = out
+    for name in groups:
+      if name not in node or not isinstance(node[name], ml_collections.ConfigDict):
+        raise KeyError(f"{key}: no such config field; see gptjax/config.py for the fields")
+      node = node[name]
+    if not groups or field not in node:
+      raise KeyError(f"{key}: no such config field; see gptjax/config.py for the fields")
+    node[field] = value
+  return out
 
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ValueError listing every bad field, each with its value and the fix."""

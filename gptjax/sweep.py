@@ -114,11 +114,8 @@ def planned_flops(path: str, sweep: dict[str, dict[str, object]]) -> dict[str, f
   module = _load_experiment(path)
   planned = {}
   for name, overrides in sweep.items():
-    c = module.get_config()
     try:
-      for key, value in overrides.items():
-        group, field = key.split(".")
-        c[group][field] = value
+      c = config_lib.override(module.get_config(), overrides)
       config_lib.validate(c)
     except (KeyError, AttributeError, TypeError, ValueError) as e:
       raise LaunchError(f"member {name!r}: {e}") from None

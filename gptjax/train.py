@@ -34,7 +34,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from gptjax import (checkpoint, data, eval_stats, flops, generate, metrics, optim, run_record,
                     rundir, sharding)
-from gptjax.config import padded_vocab_size, train_steps, validate
+from gptjax.config import override, padded_vocab_size, train_steps, validate
 from gptjax.model import GPT, document_segments, model_config
 
 
@@ -477,11 +477,7 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def _schedule_change(config: ml_collections.ConfigDict, meta: dict[str, Any], step: int
                      ) -> dict[str, list[float]]:
   """train.extend: logs how the learning rate moves at `step` under the new schedule."""
-  old = config.copy_and_resolve_references()
-  with old.unlocked():
-    for field, value in meta.get("schedule", {}).items():
-      group, name = field.split(".")
-      old[group][name] = value
+  old = override(config, meta.get("schedule", {}))
   before = float(optim.learning_rate(old.optim, train_steps(old))(step))
   after = float(optim.learning_rate(config.optim, train_steps(config))(step))
   logging.warning("train.extend: the schedule is recomputed for %d steps (was %d): the "

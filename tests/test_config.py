@@ -85,3 +85,15 @@ def test_command_line_override_is_validated_before_any_work(tmp_path):
   assert result.returncode != 0
   assert "model.d_model=30" in result.stderr and "model.n_head=4" in result.stderr
   assert not workdir.exists()  # nothing was started
+
+
+def test_override_applies_dotted_fields_to_a_copy():
+  """Sweeps, resumes and tests address fields as 'group.field' (any depth); a misspelt
+  field is refused by name and the original config is never changed."""
+  base = config_lib.base_config()
+  c = config_lib.override(base, {"model.n_layer": 7, "mesh.ici.data": 2, "optim.lr": 2.5e-3})
+  assert (c.model.n_layer, c.mesh.ici.data, c.optim.lr) == (7, 2, 2.5e-3)
+  assert (base.model.n_layer, base.mesh.ici.data) == (4, -1) and base.optim.lr != 2.5e-3
+  for bad in ("model.n_layers", "modle.n_layer", "n_layer", "model.n_layer.x"):
+    with pytest.raises(KeyError, match=bad.replace(".", r"\.")):
+      config_lib.override(base, {bad: 1})

@@ -33,10 +33,7 @@ def small_config(mesh_shape=(8, 1, 1), **overrides) -> ml_collections.ConfigDict
   c.data.update(tokenizer="bytes", eval_sequences=8)
   c.optim.warmup_steps = 1
   c.mesh.ici.update(data=mesh_shape[0], fsdp=mesh_shape[1], tensor=mesh_shape[2])
-  for key, value in overrides.items():
-    group, name = key.split(".")
-    c[group][name] = value
-  return c
+  return config_lib.override(c, overrides)
 
 
 def mesh_for(shape):
@@ -212,10 +209,8 @@ def test_two_processes_train_get_killed_resume_and_match_one_process(tmp_path):
                "train.log_every": 1, "train.eval_every": 50, "train.checkpoint_every": 25,
                "train.num_samples": 1, "optim.warmup_steps": 1}
   reference = str(tmp_path / "reference")
-  c = runpy.run_path(os.path.join(ROOT, "experiments", "quickstart.py"))["get_config"]()
-  for key, value in overrides.items():
-    group, name = key.split(".")
-    c[group][name] = value
+  c = config_lib.override(
+      runpy.run_path(os.path.join(ROOT, "experiments", "quickstart.py"))["get_config"](), overrides)
   train.run(c, reference)  # the same config in one process; also prepares the data caches
 
   workdir = str(tmp_path / "two_processes")

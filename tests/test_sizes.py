@@ -119,10 +119,7 @@ def _experiment(name: str):
 
 def _member_configs(module):
   for name, overrides in module.get_sweep().items():
-    c = module.get_config()
-    for key, value in overrides.items():
-      group, field = key.split(".")
-      c[group][field] = value
+    c = config_lib.override(module.get_config(), overrides)
     config_lib.validate(c)
     yield name, c
 

@@ -125,10 +125,7 @@ def test_scaling_cpu_members_validate_and_span_one_and_a_half_decades():
   spec.loader.exec_module(module)
   ns = []
   for overrides in module.get_sweep().values():
-    c = module.get_config()
-    for key, value in overrides.items():
-      group, name = key.split(".")
-      c[group][name] = value
+    c = config_lib.override(module.get_config(), overrides)
     config_lib.validate(c)
     ns.append(flops.param_counts(c.model)["n_params_non_embedding"])
   assert len(ns) >= 5

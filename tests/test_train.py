@@ -45,11 +45,7 @@ TINY = {
 
 
 def tiny_config(**overrides):
-  c = config_lib.base_config()
-  for key, value in {**TINY, **overrides}.items():
-    group, name = key.split(".")
-    c[group][name] = value
-  return c
+  return config_lib.override(config_lib.base_config(), {**TINY, **overrides})
 
 
 def cli(workdir, **overrides) -> list[str]:
