@@ -14,7 +14,7 @@ from absl import app, flags, logging
 import ml_collections
 from ml_collections import config_flags
 
-from gptjax import checkpoint, console, metrics, plan, rundir, train
+from gptjax import checkpoint, console, memory_plan, metrics, rundir, train
 from gptjax import config as config_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -108,7 +108,7 @@ def _main() -> None:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   if config.train.dry_run:
-    print(plan.dry_run(config))
+    print(memory_plan.dry_run(config))
     return
   logging.info("process %d of %d, %d local devices", jax.process_index(), jax.process_count(),
                jax.local_device_count())

@@ -18,7 +18,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from gptjax import config as config_lib
-from gptjax import plan, sharding, train
+from gptjax import memory_plan, sharding, train
 from run_rows import assert_same_curve, rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -119,13 +119,13 @@ def test_every_leaf_is_sharded_as_the_rules_say(shape):
 
 
 def test_per_device_parameter_bytes_fall_by_fsdp_times_tensor():
-  replicated = plan.per_device_bytes(build(small_config((8, 1, 1)), (8, 1, 1)).abstract_state.params)
+  replicated = memory_plan.per_device_bytes(build(small_config((8, 1, 1)), (8, 1, 1)).abstract_state.params)
   sharded = build(small_config((1, 4, 2)), (1, 4, 2)).abstract_state.params
   kernels = {k: v for k, v in sharded["blocks"]["mlp"].items() if k.endswith("kernel")}
   full = sum(v.size * 4 for v in kernels.values())
-  assert plan.per_device_bytes(kernels) * 8 == full  # 2-D sharded matrices: exactly 1/8
+  assert memory_plan.per_device_bytes(kernels) * 8 == full  # 2-D sharded matrices: exactly 1/8
   # Biases and LayerNorms are split on one axis only, so the whole tree is a bit above 1/8.
-  assert 1 / 8 <= plan.per_device_bytes(sharded) / replicated < 1 / 6
+  assert 1 / 8 <= memory_plan.per_device_bytes(sharded) / replicated < 1 / 6
 
 
 def test_mesh_errors_name_the_field_and_fix():
@@ -150,13 +150,13 @@ def test_indivisible_parameters_are_refused_before_compiling():
 
 @pytest.mark.slow
 def test_dry_run_reports_per_device_memory_and_ineffective_settings():
-  report = plan.dry_run(small_config((8, 1, 1), **{"model.n_head": 4}))
+  report = memory_plan.dry_run(small_config((8, 1, 1), **{"model.n_head": 4}))
   params = build(small_config((8, 1, 1)), (8, 1, 1)).abstract_state.params
   total_gib = sum(leaf.size * 4 for leaf in jax.tree.leaves(params)) / 1024**3
   assert f"parameters        {total_gib:9.3f} GiB" in report  # data-parallel: full copy
   assert "peak estimate" in report
   assert "fsdp axis has size 1" in report
-  report = plan.dry_run(small_config((1, 1, 8), **{"model.n_head": 8, "mesh.rules": (
+  report = memory_plan.dry_run(small_config((1, 1, 8), **{"model.n_head": 8, "mesh.rules": (
       ("batch", ("data", "fsdp")), ("length", None), ("embed", "fsdp"), ("heads", None),
       ("kv", None), ("mlp", "tensor"), ("vocab", "tensor"), ("layers", None))}))
   assert "warning" not in report
