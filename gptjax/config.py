@@ -153,6 +153,7 @@ def override(c: ml_collections.ConfigDict, overrides: Mapping[str, Any]
     node[field] = value
   return out
 
+
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ValueError listing every bad field, each with its value and the fix."""
   errors: list[str] = []
@@ -228,8 +229,5 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if missing:
     errors.append(f"mesh.rules: no rule for logical axes {sorted(missing)}; add (name, None) to replicate")
 
-  if not errors:
-    from gptjax import data  # deferred: the data package pulls in tfds
-    errors.extend(data.validate(c.data))
   if errors:
     raise ValueError("invalid config:\n  " + "\n  ".join(errors))

@@ -14,7 +14,7 @@ from absl import app, flags, logging
 import ml_collections
 from ml_collections import config_flags
 
-from gptjax import checkpoint, console, memory_plan, metrics, rundir, train
+from gptjax import checkpoint, console, data, memory_plan, metrics, rundir, train
 from gptjax import config as config_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -99,6 +99,7 @@ def _experiment() -> ml_collections.ConfigDict:
 def _main() -> None:
   config = _experiment()
   config_lib.validate(config)
+  data.check(config.data)
   if not config.train.dry_run:  # a dry run writes nothing
     rundir.check(_WORKDIR.value)
   if _DISTRIBUTED.value:

@@ -28,6 +28,7 @@ import time
 from absl import app, flags
 
 from gptjax import config as config_lib
+from gptjax import data
 from gptjax import flops
 from gptjax.launch import slurm, tpu, tpu_sweep
 from gptjax.launch.job import Job, LaunchError, member, parse_env
@@ -117,6 +118,7 @@ def planned_flops(path: str, sweep: dict[str, dict[str, object]]) -> dict[str, f
     try:
       c = config_lib.override(module.get_config(), overrides)
       config_lib.validate(c)
+      data.check(c.data)
     except (KeyError, AttributeError, TypeError, ValueError) as e:
       raise LaunchError(f"member {name!r}: {e}") from None
     tokens = config_lib.train_steps(c) * c.train.batch_size * c.model.seq_len

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from gptjax import config as config_lib
+from gptjax import data
 from gptjax.scaling import families
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +47,8 @@ def _error(mutate) -> str:
   c = config_lib.base_config()
   mutate(c)
   with pytest.raises(ValueError) as e:
-    config_lib.validate(c)
+    config_lib.validate(c)  # the config's own fields, then the data's, as main checks them
+    data.check(c.data)
   return str(e.value)
 
 
@@ -97,3 +99,16 @@ def test_override_applies_dotted_fields_to_a_copy():
   for bad in ("model.n_layers", "modle.n_layer", "n_layer", "model.n_layer.x"):
     with pytest.raises(KeyError, match=bad.replace(".", r"\.")):
       config_lib.override(base, {bad: 1})
+
+
+@pytest.mark.slow
+def test_prepare_refuses_a_bad_source_in_one_line(tmp_path):
+  """`python -m gptjax.prepare` checks the config first: one `error:` line, nothing built."""
+  result = subprocess.run(
+      [sys.executable, "-m", "gptjax.prepare", f"--config={ROOT}/experiments/quickstart.py",
+       "--config.data.source=no_such_dataset", f"--config.data.data_dir={tmp_path}"],
+      capture_output=True, text=True, cwd=ROOT)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[0] == "error: invalid data config:"
+  assert "data.source='no_such_dataset'" in result.stderr
+  assert os.listdir(tmp_path) == []

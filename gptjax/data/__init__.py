@@ -78,6 +78,13 @@ def validate(data_config: ml_collections.ConfigDict) -> list[str]:
   return problems
 
 
+def check(data_config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError listing every problem of `validate`, before anything is prepared."""
+  problems = validate(data_config)
+  if problems:
+    raise ValueError('invalid data config:\n  ' + '\n  '.join(problems))
+
+
 def load(data_config: ml_collections.ConfigDict, seq_len: int,
          seed: int) -> tuple[Tokenizer, LMData]:
   """Prepares (or reuses) the configured source and returns tokenizer and batches.
@@ -85,9 +92,7 @@ def load(data_config: ml_collections.ConfigDict, seq_len: int,
   Writes only to the caches, never to a run directory: training saves the
   tokenizer there (save_tokenizer) once its start is accepted.
   """
-  problems = validate(data_config)
-  if problems:
-    raise ValueError('invalid data config:\n  ' + '\n  '.join(problems))
+  check(data_config)
   identity, splits, text_field = sources.open_sources(data_config)
   return _load(identity, splits, text_field, data_config, seq_len, seed)
 

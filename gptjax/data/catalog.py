@@ -38,7 +38,7 @@ def prepare(name: str, data_dir: str, download: bool, splits: dict[str, str],
       raise ValueError(
           f'data.source={name!r}: {full_name} is not prepared in data.data_dir='
           f'{data_dir!r}. Prepare it once (this downloads it and writes ArrayRecord '
-          f'files): python -m gptjax.data.benchmark --config=YOUR_EXPERIMENT.py '
+          f'files): python -m gptjax.prepare --config=YOUR_EXPERIMENT.py '
           f'--config.data.source={name} --config.data.data_dir={data_dir} '
           '--config.data.download=True (or add --config.data.download=True to this '
           'run), or point data.data_dir at the directory where it was prepared')

@@ -1,6 +1,6 @@
 """Times the Approach 3 fit on synthetic Chinchilla-law data and prints the recovery.
 
-  python -m gptjax.scaling.fit_benchmark [points] [resamples]
+  python benchmarks/scaling_fit.py [points] [resamples]
 
 A figure for the README, not a test: it prints seconds for the full 4,500-start
 fit (first call includes compilation, second is warm) and the bootstrap.

@@ -1,9 +1,8 @@
-"""Input-pipeline throughput: `python -m gptjax.data.benchmark --config=FILE [--config.x=y]`.
+"""Input-pipeline throughput: `python benchmarks/input_pipeline.py --config=FILE [--config.x=y]`.
 
-Prepares the configured data exactly as training does (so it also serves as
-the one-time preparation command, e.g. with --config.data.download=True), then
-times `train_batch` alone at the config's batch_size x seq_len and prints
-tokens/s, to compare with the training step's tokens/s.
+Loads the configured data as training does (preparing it first if `python -m
+gptjax.prepare` has not), then times `train_batch` alone at the config's
+batch_size x seq_len and prints tokens/s, to compare with the training step's.
 """
 
 import time
