@@ -120,8 +120,12 @@ def _main() -> None:
 def _closing_line(summary: dict, workdir: str) -> str:
   """One line that says how the run ended and where to look."""
   rows = [r for r in metrics.read_rows(workdir) if "eval_loss" in r]
-  last_eval = (f"eval loss {rows[-1]['eval_loss']:.4f} ± {rows[-1]['eval_loss_sem']:.4f} "
-               f"nats/token at step {rows[-1]['step']}" if rows else "no eval")
+  last_eval = "no eval"
+  if rows:
+    loss, sem = rows[-1]["eval_loss"], rows[-1].get("eval_loss_sem")
+    # No SEM when the eval rows come from a single document (no clusters to vary over).
+    spread = f" ± {sem:.4f}" if sem is not None else " (SEM n/a: one document)"
+    last_eval = f"eval loss {loss:.4f}{spread} nats/token at step {rows[-1]['step']}"
   return (f"{summary['status']}: {summary['step']} steps, "
           f"{last_eval}, {metrics.format_duration(summary['wall_s'])} of training, "
           f"run directory {workdir}")

@@ -227,3 +227,19 @@ def test_sigterm_releases_the_lock(tmp_path):
   holder.send_signal(signal.SIGTERM)
   assert holder.wait() == 143
   assert not os.listdir(workdir)
+
+
+@pytest.mark.slow
+def test_closing_line_without_a_sem(tmp_path):
+  """Eval rows from a single document carry no SEM (null): the run's closing line says so
+  instead of crashing after a finished run."""
+  (tmp_path / "metrics.jsonl").write_text(
+      '{"step": 4, "eval_loss": 3.25, "eval_loss_sem": null}\n')
+  summary = {"status": "completed", "step": 4, "wall_s": 61.0}
+  result = subprocess.run(
+      [sys.executable, "-c", "import sys; from gptjax import main; "
+       f"print(main._closing_line({summary!r}, sys.argv[1]))", str(tmp_path)],
+      capture_output=True, text=True, cwd=ROOT, check=True)
+  assert result.stdout.strip() == (
+      "completed: 4 steps, eval loss 3.2500 (SEM n/a: one document) nats/token at step 4, "
+      f"1m01s of training, run directory {tmp_path}")
