@@ -51,8 +51,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.jsonl_field = "text"  # .jsonl globs: the field of each line's JSON object holding the document
   c.data.validation_percent = 5  # embedded and globs: percent of documents held out, chosen by a hash of their id
   c.data.document_mask = False  # let attention see only the current document (segment ids and positions per row)
-  c.data.tokenizer = "sentencepiece"  # 'sentencepiece' (trained on the corpus), 'bytes', or a path to a .model file
-  c.data.vocab_size = 8192  # sentencepiece vocabulary to train (ignored for 'bytes' and .model paths)
+  c.data.tokenizer = "sentencepiece"  # 'sentencepiece' or 'bpe' (GPT-2-style byte-level BPE; both trained on the corpus), 'bytes', 'hf:PATH' (a Hugging Face tokenizer.json, e.g. GPT-2's) or a path to a .model file
+  c.data.vocab_size = 8192  # sentencepiece/bpe vocabulary to train (ignored for 'bytes', 'hf:' and .model paths)
   c.data.spm_model_type = "bpe"  # sentencepiece algorithm: 'bpe' or 'unigram'
   c.data.tokenizer_sample_chars = 20_000_000  # characters of training text sampled to train the tokenizer
   c.data.eval_sequences = 256  # fixed validation rows of seq_len tokens scored at every eval
