@@ -187,7 +187,7 @@ def test_import_matches_an_independent_numpy_gpt2(hf_dir, imported):
   np.testing.assert_allclose(_logits(loaded, IDS), reference, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("scan_layers", [True, False])
+@pytest.mark.parametrize("scan_layers", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_export_then_import_is_bit_identical(hf_dir, tmp_path, scan_layers):
   """HF -> gptjax (padded to 128 rows) -> HF gives back the exact tensors, and importing
   the export gives back the exact parameters."""
@@ -252,6 +252,7 @@ def test_bad_checkpoints_are_refused_by_name_and_write_nothing(tmp_path, hf_toke
     assert not (tmp_path / f"{name}_run").exists()
 
 
+@pytest.mark.slow
 def test_openai_gpt_imports_as_gpt1_and_exports_back(tmp_path, hf_tokenizer):
   """GPT-1's names (tokens_embed, positions_embed, no ln_f) map onto architecture='gpt1'."""
   tensors = {k.replace("wte.", "tokens_embed.").replace("wpe.", "positions_embed."): v
@@ -404,12 +405,13 @@ def test_training_from_hf_weights_records_the_source(hf_dir, tmp_path):
   """A short run from hf:DIR with its tokenizer: the source goes into config.json and
   summary.json, and the first step's loss is the imported model's loss on that batch."""
   (tmp_path / "corpus").mkdir()
-  for i in range(12):
-    (tmp_path / "corpus" / f"{i}.txt").write_text(TEXT[i * 40:] + f" document {i}\n")
+  for i in range(40):
+    (tmp_path / "corpus" / f"{i}.txt").write_text(TEXT[i * 20:] + f" document {i}\n")
   c = _run_config()
   c.data.source = str(tmp_path / "corpus" / "*.txt")
   c.data.tokenizer = f"hf:{hf_dir}"
   c.data.eval_sequences = 8
+  c.data.validation_percent = 25
   c.train.init_from = f"hf:{hf_dir}"
   c.train.update(dict(steps=2, batch_size=8, log_every=1, num_samples=0, eval_every=0))
   c.optim.warmup_steps = 1
