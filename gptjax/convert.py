@@ -299,8 +299,10 @@ def export_hf(workdir: str, hf_dir: str, step: int | None = None, dtype: str = "
 
 
 def main(argv: list[str]) -> None:
-  from absl import flags
+  from absl import flags, logging
   args = flags.FLAGS
+  if not args["verbosity"].present:  # orbax logs every save and restore at INFO
+    logging.set_verbosity(logging.WARNING)
   if len(argv) != 2 or argv[1] not in ("from-hf", "to-hf"):
     sys.exit("error: give one command, from-hf or to-hf, e.g. python -m gptjax.convert from-hf "
              "--hf_dir=DIR --workdir=OUT")

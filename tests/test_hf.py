@@ -429,3 +429,34 @@ def test_training_from_hf_weights_records_the_source(hf_dir, tmp_path):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     first = json.loads(f.readline())
   assert first["step"] == 1 and abs(first["train_loss"] - expected) < 1e-4
+
+
+@pytest.mark.slow
+def test_convert_command_line(hf_dir, tmp_path):
+  """The two commands as a user runs them, and their one-line errors."""
+  import subprocess
+  import sys
+
+  def convert_cli(*args):
+    return subprocess.run([sys.executable, "-m", "gptjax.convert", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+  run, out = str(tmp_path / "run"), str(tmp_path / "out")
+  done = convert_cli("from-hf", f"--hf_dir={hf_dir}", f"--workdir={run}", "--step=3",
+                     "--scan_layers=false")
+  assert done.returncode == 0, done.stderr
+  assert done.stdout.strip() == (f"wrote {run}: gpt2, 2 layers, d_model 64, vocab 300, "
+                                 "context 32, checkpoint step 3")
+  done = convert_cli("to-hf", f"--workdir={run}", f"--hf_dir={out}", "--dtype=bfloat16")
+  assert done.returncode == 0 and done.stdout.strip() == (
+      f"wrote {out}: GPT2LMHeadModel, step 3, bfloat16"), done.stderr
+  for args, error in (
+      (("from-hf", f"--hf_dir={hf_dir}", f"--workdir={run}"),
+       f"error: --workdir={run}: already holds a run; convert into a new directory"),
+      (("to-hf", f"--workdir={run}", f"--hf_dir={out}", "--step=7"),
+       f"error: --step=7: no checkpoint at that step in {run}/checkpoints; it has steps 3"),
+      (("from-hf", f"--hf_dir={tmp_path}", f"--workdir={tmp_path}/x"),
+       f"error: --hf_dir={tmp_path}: no config.json there; point at a directory written by "
+       "save_pretrained (or downloaded from the Hub)")):
+    done = convert_cli(*args)
+    assert done.returncode == 1 and done.stderr.strip().splitlines()[-1] == error
