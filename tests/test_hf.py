@@ -161,6 +161,18 @@ def test_byte_level_bpe_matches_tokenizers_and_round_trips(tmp_path):
   assert from_pair.encode(UNSEEN) == ours.encode(UNSEEN) and from_pair.eos_id == ours.eos_id
 
 
+def test_bpe_option_trains_once_then_reuses_the_cached_model():
+  """data.tokenizer='bpe': trained on the first use, read back from the cache after."""
+  first = bpe_training.load_or_train("test-corpus", iter([TEXT]), VOCAB, 10_000)
+  again = bpe_training.load_or_train("test-corpus", iter(["never read"]), VOCAB, 10_000)
+  assert again.fingerprint() == first.fingerprint() and first.vocab_size == VOCAB
+  other = bpe_training.load_or_train("test-corpus", iter([TEXT]), VOCAB, 500)
+  assert other.fingerprint() != first.fingerprint()  # another sample is another tokenizer
+  c = config_lib.base_config().data
+  c.tokenizer, c.vocab_size = "bpe", 100
+  assert any(p.startswith("data.vocab_size=100: use an integer >= 259") for p in data_validate(c))
+
+
 def test_hf_tokenizer_saves_into_the_run_and_bad_paths_are_refused(tmp_path, hf_tokenizer):
   hf_tokenizer.save(str(tmp_path / "tokenizer.json"))
   ours = HFTokenizer.from_path(str(tmp_path / "tokenizer.json"))
