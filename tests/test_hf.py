@@ -410,6 +410,9 @@ def test_transformers_model_imports_and_exports_exactly(hf_models, tmp_path, hf_
                                        gptjax.generate.Settings(max_new_tokens=16))
   hf_new = hf_new[:hf_new.index(VOCAB - 1) + 1] if VOCAB - 1 in hf_new else hf_new
   assert ours.tokens == hf_new and len(ours.tokens) >= 1
+  exported_tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "out"))
+  assert exported_tokenizer(UNSEEN)["input_ids"] == loaded.tokenizer.encode(UNSEEN)
+  assert exported_tokenizer.eos_token_id == loaded.tokenizer.eos_id
 
 
 @pytest.mark.slow
