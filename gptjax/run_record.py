@@ -21,7 +21,7 @@ from gptjax import flops, metrics, rundir
 def write_json(path: epath.Path, obj: dict[str, Any]) -> None:
   """Atomically (rundir.write_atomic), so a kill never leaves half a file."""
   if jax.process_index() == 0:
-    rundir.write_atomic(path, json.dumps(obj, indent=2))
+    rundir.write_json(path, obj)
 
 
 class RunRecord:

@@ -107,6 +107,11 @@ def write_atomic(target: epath.Path, text: str | bytes) -> None:
   tmp.replace(target)
 
 
+def write_json(target: epath.PathLike, obj: dict[str, Any]) -> None:
+  """`obj` as indented JSON, atomically (write_atomic): every JSON file of a run or a sweep."""
+  write_atomic(epath.Path(target), json.dumps(obj, indent=2))
+
+
 def append_line(target: epath.Path, line: str) -> None:
   """Adds one line to a small log file (resumes.jsonl). An object store cannot
   append, so there the file is read and uploaded whole (write_atomic)."""

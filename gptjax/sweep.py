@@ -29,8 +29,8 @@ from absl import app, flags
 
 from gptjax import config as config_lib
 from gptjax import data
-from gptjax import flops
-from gptjax.launch import slurm, tpu, tpu_sweep
+from gptjax import flops, rundir
+from gptjax.launch import options, slurm, tpu, tpu_sweep
 from gptjax.launch.job import Job, LaunchError, member, parse_env
 
 _CONFIG = flags.DEFINE_string("config", None, "Experiment file defining get_config() and get_sweep().")
@@ -40,49 +40,18 @@ _LAUNCHER = flags.DEFINE_enum(
     "launcher", "local", ["local", "print", "tpu", "slurm"],
     "'local' runs the members here; 'print' prints their commands and runs nothing; 'tpu' and "
     "'slurm' print the script or sbatch jobs that run them on Cloud TPU VMs or a SLURM cluster.")
-_EXECUTE = flags.DEFINE_bool("execute", False, "tpu, slurm: run the printed script or submit the "
-                             "printed jobs. Without it they only print, because they spend money.")
+_EXECUTE = options.define_flags("tpu, slurm", (options.EXECUTE,))["execute"]
 _ENV = flags.DEFINE_multi_string("env", [], "NAME=VALUE set for every training process; repeatable.")
 
-# --launcher=tpu; the same names as `python -m gptjax.launch tpu`, so one set of flags serves both.
+# --launcher=tpu and slurm take `python -m gptjax.launch`'s flags, from one definition.
 _TPU_MODE = flags.DEFINE_enum("tpu_mode", "one_slice", tpu_sweep.MODES,
                               "tpu: one_slice runs the members one after another on the VM --name; "
                               "vm_per_member gives each member M its own VM, NAME-M.")
-_NAME = flags.DEFINE_string("name", "", "tpu: the VM (one_slice) or the prefix of each member's VM "
-                            "(vm_per_member), e.g. scaling-v4.")
-_PROJECT = flags.DEFINE_string("project", "", "tpu: Google Cloud project, e.g. my-gcp-project.")
-_ZONE = flags.DEFINE_string("zone", "", "tpu: zone with the TPU type, e.g. us-central2-b for v4.")
-_ACCELERATOR = flags.DEFINE_string("accelerator", "", "tpu: TPU type, e.g. v4-32 (4 hosts).")
-_RUNTIME_VERSION = flags.DEFINE_string("runtime_version", tpu.Tpu.runtime_version,
-                                       "tpu: TPU VM software image.")
-_PROVISIONING = flags.DEFINE_string("provisioning", "on-demand", "tpu: on-demand, spot or preemptible.")
-_QUEUED = flags.DEFINE_bool("queued", False, "tpu: create through queued-resources, which wait for "
-                            "capacity (with spot: a preempted slice is SUSPENDED, recreated on rerun).")
-_REPO = flags.DEFINE_string("repo", "", "tpu: git URL of gptjax that every worker can clone.")
-_REVISION = flags.DEFINE_string("revision", "", "tpu: commit, tag or branch the workers install; "
-                                "it must contain the experiment file.")
-
-# --launcher=slurm; the same names as `python -m gptjax.launch slurm`.
-_JOB_NAME = flags.DEFINE_string("job_name", "", "slurm: prefix of the jobs' names; member M's job is "
-                                "NAME-M.")
-_NODES = flags.DEFINE_integer("nodes", 1, "slurm: nodes per member.")
-_GPUS_PER_NODE = flags.DEFINE_integer("gpus_per_node", 0, "slurm: GPUs per node, e.g. 8.")
-_TASKS = flags.DEFINE_string("tasks", "gpu", "slurm: gpu (one task per GPU) or node (one per node).")
-_PARTITION = flags.DEFINE_string("partition", "", "slurm: partition; '' leaves it to the cluster's default.")
-_ACCOUNT = flags.DEFINE_string("account", "", "slurm: account to charge; '' leaves it to your default.")
-_TIME = flags.DEFINE_string("time", "24:00:00", "slurm: time limit of each member's job.")
-_REPO_DIR = flags.DEFINE_string("repo_dir", "", "slurm: gptjax checkout on shared storage that the "
-                                "jobs run from, e.g. /shared/you/gptjax.")
+_TPU = options.define_flags("tpu", options.TPU)
+_SLURM = options.define_flags("slurm", options.SLURM)
 
 _POLL_S = 0.2
 _PROGRESS_EVERY_S = 60.0  # the table is also printed on every status change
-
-
-def write_json(path: str, obj: dict) -> None:
-  """Atomically (write, then rename), so an interrupted sweep never leaves half a file."""
-  with open(path + ".tmp", "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(path + ".tmp", path)
 
 
 def _load_experiment(path: str):
@@ -234,7 +203,7 @@ def run_local(members: list[Member], parallel: int) -> None:
 
 def record(sweep_dir: str, members: list[Member]) -> None:
   """SWEEP_DIR/status.json: each member's outcome in this invocation, failures included."""
-  write_json(os.path.join(sweep_dir, "status.json"),
+  rundir.write_json(os.path.join(sweep_dir, "status.json"),
              {os.path.basename(m.job.workdir): {"status": m.status, "returncode": m.returncode,
                                                "elapsed_s": round(m.elapsed_s, 1)}
               for m in members})
@@ -275,7 +244,7 @@ def launch_slurm(cluster: slurm.Cluster, sweep_dir: str, sweep: dict, jobs: dict
                                 job) for name, job in jobs.items()}
   if execute:
     os.makedirs(sweep_dir, exist_ok=True)
-    write_json(os.path.join(sweep_dir, "sweep.json"), sweep)
+    rundir.write_json(os.path.join(sweep_dir, "sweep.json"), sweep)
   failed = []
   for name, job in jobs.items():
     if run_status(job.workdir) == "completed":
@@ -313,14 +282,10 @@ def main(argv: list[str]) -> None:
     planned = planned_flops(config, sweep)
     members = [Member(job, flops=planned[name]) for name, job in jobs.items()]
     if _LAUNCHER.value == "tpu":
-      spec = tpu.Tpu(_NAME.value, _PROJECT.value, _ZONE.value, _ACCELERATOR.value,
-                     _RUNTIME_VERSION.value, _PROVISIONING.value, _QUEUED.value, _REPO.value,
-                     _REVISION.value)
+      spec = options.tpu_spec({name: flag.value for name, flag in _TPU.items()})
       sys.exit(launch_tpu(spec, sweep_dir, sweep, jobs, _TPU_MODE.value, _EXECUTE.value))
     if _LAUNCHER.value == "slurm":
-      cluster = slurm.Cluster(_JOB_NAME.value, _NODES.value, _GPUS_PER_NODE.value, _TASKS.value,
-                              _PARTITION.value, _ACCOUNT.value, _TIME.value,
-                              repo_dir=_REPO_DIR.value)
+      cluster = options.slurm_cluster({name: flag.value for name, flag in _SLURM.items()})
       sys.exit(launch_slurm(cluster, sweep_dir, sweep, jobs, _EXECUTE.value))
   except LaunchError as e:
     sys.exit(f"error: {e}")
@@ -330,7 +295,7 @@ def main(argv: list[str]) -> None:
                       shlex.join(command(m.job))]))
     return
   os.makedirs(sweep_dir, exist_ok=True)
-  write_json(os.path.join(sweep_dir, "sweep.json"), sweep)
+  rundir.write_json(os.path.join(sweep_dir, "sweep.json"), sweep)
   run_local(members, _PARALLEL.value)
   record(sweep_dir, members)
   failed = [m for m in members if m.status in ("failed", "diverged")]

@@ -10,7 +10,7 @@ import shlex
 import subprocess
 import sys
 
-from gptjax.launch import local, slurm, tpu
+from gptjax.launch import local, options, slurm, tpu
 from gptjax.launch.job import Job, LaunchError, parse_env, parse_overrides
 
 
@@ -29,26 +29,11 @@ def _parser() -> argparse.ArgumentParser:
       p.add_argument("--platform", default="cpu", help="cpu, or gpu: one process per GPU")
       p.add_argument("--devices_per_process", type=int, default=1, help="CPU devices each")
     else:
-      p.add_argument("--execute", action="store_true", help="run the commands (default: print)")
+      options.add_arguments(p, (options.EXECUTE,))
     if name == "tpu":
-      p.add_argument("--name", default="")
-      p.add_argument("--project", default="")
-      p.add_argument("--zone", default="")
-      p.add_argument("--accelerator", default="", help="e.g. v4-32")
-      p.add_argument("--runtime_version", default=tpu.Tpu.runtime_version)
-      p.add_argument("--provisioning", default="on-demand", help="on-demand, spot, preemptible")
-      p.add_argument("--queued", action="store_true", help="create through queued-resources")
-      p.add_argument("--repo", default="", help="git URL every worker can clone")
-      p.add_argument("--revision", default="", help="commit, tag or branch")
+      options.add_arguments(p, options.TPU)
     if name == "slurm":
-      p.add_argument("--job_name", default="")
-      p.add_argument("--nodes", type=int, default=1)
-      p.add_argument("--gpus_per_node", type=int, default=0)
-      p.add_argument("--tasks", default="gpu", help="gpu (one task per GPU) or node")
-      p.add_argument("--partition", default="")
-      p.add_argument("--account", default="")
-      p.add_argument("--time", default="24:00:00")
-      p.add_argument("--repo_dir", default="", help="gptjax checkout on shared storage")
+      options.add_arguments(p, options.SLURM)
       p.add_argument("--script", default="", help="where to write the script (default WORKDIR/job.sbatch)")
   return parser
 
@@ -69,8 +54,7 @@ def main(argv: list[str]) -> int:
     print(f"all {args.num_processes} processes finished; logs in {args.workdir}/logs")
     return 0
   if args.launcher == "tpu":
-    spec = tpu.Tpu(args.name, args.project, args.zone, args.accelerator, args.runtime_version,
-                   args.provisioning, args.queued, args.repo, args.revision)
+    spec = options.tpu_spec(vars(args))
     job = _job(args, rest, needed=args.action in ("up", "setup", "run", "relaunch"))
     for command in tpu.commands(args.action, spec, job):
       print(shlex.join(command), flush=True)
@@ -81,8 +65,7 @@ def main(argv: list[str]) -> int:
           return result.returncode
     return 0
   job = _job(args, rest)
-  cluster = slurm.Cluster(args.job_name, args.nodes, args.gpus_per_node, args.tasks,
-                          args.partition, args.account, args.time, repo_dir=args.repo_dir)
+  cluster = options.slurm_cluster(vars(args))
   text = slurm.script(cluster, job)
   if not args.execute:
     print(text, end="")
