@@ -217,3 +217,25 @@ def test_local_names_the_process_that_failed(tmp_path):
   job = Job(f"{ROOT}/experiments/quickstart.py", str(tmp_path), {"model.n_layer": 0})
   with pytest.raises(LaunchError, match=r"process \d of 2 exited with code 1; its log: .*process_"):
     local.run(job, num_processes=2, timeout_s=120)
+
+
+def test_launch_scripts_are_shellcheck_clean_and_print_what_the_python_prints(tmp_path):
+  """launch/*.sh are thin wrappers: each passes its arguments to the Python launcher
+  unchanged, so `launch/tpu.sh up ...` prints exactly `python -m gptjax.launch tpu up ...`,
+  with every remote command on --worker=all."""
+  scripts = sorted(p for p in os.listdir(os.path.join(ROOT, "launch")) if p.endswith(".sh"))
+  assert scripts == ["local.sh", "slurm.sh", "sweep.sh", "tpu.sh"]
+  for name in scripts:
+    with open(os.path.join(ROOT, "launch", name)) as f:
+      shellcheck(tmp_path, f.read())
+  args = ["up", "--name=vm", "--project=p", "--zone=z", "--accelerator=v4-32",
+          "--repo=https://example.com/gptjax.git", "--revision=abc", "--config=experiments/gpt3.py:xl",
+          "--workdir=gs://b/run", "--config.train.steps=5"]
+  env = {**os.environ, "PYTHON": sys.executable}
+  script = subprocess.run([os.path.join(ROOT, "launch", "tpu.sh"), *args], capture_output=True,
+                          text=True, cwd=ROOT, env=env, check=True).stdout
+  direct = subprocess.run([sys.executable, "-m", "gptjax.launch", "tpu", *args],
+                          capture_output=True, text=True, cwd=ROOT, check=True).stdout
+  assert script == direct
+  lines = script.splitlines()
+  assert len(lines) == 3 and all("--worker=all" in line for line in lines[1:])
