@@ -52,8 +52,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.jsonl_field = "text"  # .jsonl globs: the field of each line's JSON object holding the document
   c.data.validation_percent = 5  # embedded and globs: percent of documents held out, chosen by a hash of their id
   c.data.document_mask = False  # let attention see only the current document (segment ids and positions per row)
-  c.data.tokenizer = "sentencepiece"  # 'sentencepiece' (trained on the corpus), 'bytes', or a path to a .model file
-  c.data.vocab_size = 8192  # sentencepiece vocabulary to train (ignored for 'bytes' and .model paths)
+  c.data.tokenizer = "sentencepiece"  # 'sentencepiece' or 'bpe' (GPT-2-style byte-level BPE; both trained on the corpus), 'bytes', 'hf:PATH' (a Hugging Face tokenizer.json, e.g. GPT-2's) or a path to a .model file
+  c.data.vocab_size = 8192  # sentencepiece/bpe vocabulary to train (ignored for 'bytes', 'hf:' and .model paths)
   c.data.spm_model_type = "bpe"  # sentencepiece algorithm: 'bpe' or 'unigram'
   c.data.tokenizer_sample_chars = 20_000_000  # characters of training text sampled to train the tokenizer
   c.data.eval_sequences = 256  # fixed validation rows of seq_len tokens scored at every eval
@@ -89,6 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.peak_tflops = 0.0  # per-device peak for MFU; 0 = look up the device, or measure a matmul on CPU
   c.train.dry_run = False  # compile the train step for the mesh, print per-device memory, and exit
   c.train.objective = "lm"  # the loss of the one train step: 'lm', 'sft', 'classify' or 'choice' (gptjax/objectives.py)
+  c.train.init_from = ""  # '' (fresh), 'run:DIR', 'run:DIR@STEP' or 'hf:DIR': start from those parameters (fresh optimizer, step 0)
   c.train.extend = False  # on resume, accept changed train.steps/tokens or optim.* (the schedule is recomputed, and the log says how the lr moves)
 
   c.finetune = ml_collections.ConfigDict()
@@ -183,6 +184,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
     errors.append(
         f"train.num_samples={t.num_samples}: beam search returns at most train.sample_num_beams="
         f"{t.sample_num_beams} samples; raise sample_num_beams or lower num_samples")
+  if not isinstance(t.init_from, str):
+    errors.append(f"train.init_from={t.init_from!r}: use '' or 'run:DIR', 'run:DIR@STEP', 'hf:DIR'")
+  else:
+    from gptjax import init_from  # deferred: it imports the converter and the loader
+    errors.extend(init_from.problems(t.init_from))
   if t.peak_tflops < 0:
     errors.append(f"train.peak_tflops={t.peak_tflops!r}: must be >= 0 (0 = automatic)")
 

@@ -99,7 +99,7 @@ def next_token_losses(model: GPT, params: Any, inputs: jax.Array, targets: jax.A
                       rng: jax.Array | None, segment_ids: jax.Array | None = None) -> jax.Array:
   """Cross-entropy [batch, length] of `targets` given `inputs`; `segment_ids` [batch, length]
   keep packed examples from attending to each other and restart their positions."""
-  logits, _ = model.apply({"params": _gpt_params(params)}, inputs, deterministic=rng is None,
+  logits, _ = model.apply({"params": gpt_params(params)}, inputs, deterministic=rng is None,
                           rngs=None if rng is None else {"dropout": rng}, segment_ids=segment_ids)
   return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
 
@@ -119,7 +119,7 @@ def task_scores(model: GPT, kind: str, outputs: int, params: Any, batch: Batch,
   deterministic = rng is None
   rngs = None if rng is None else {"dropout": rng}
   (logits, _), state = model.apply(
-      {"params": _gpt_params(params)}, flat[:, :-1], deterministic=deterministic, rngs=rngs,
+      {"params": gpt_params(params)}, flat[:, :-1], deterministic=deterministic, rngs=rngs,
       mutable=["intermediates"])
   [hidden] = state["intermediates"]["hidden"]
   features = jnp.take_along_axis(hidden, batch["extract"].reshape(b * k, 1, 1), axis=1)
@@ -161,7 +161,7 @@ def _sft_counts(batch: Batch) -> Terms:
   return {"lm": batch["weights"].sum()}
 
 
-def _gpt_params(params: Any) -> Any:
+def gpt_params(params: Any) -> Any:
   """The GPT's own parameters: all but a task head."""
   return {k: v for k, v in params.items() if k != HEAD} if HEAD in params else params
 
@@ -172,6 +172,18 @@ def init_params(model: GPT, objective: Objective, rng: jax.Array, num_outputs: i
   if objective.name in ("classify", "choice"):
     outputs = num_outputs if objective.name == "classify" else 1
     params = {**params, HEAD: init_head(model, outputs, jax.random.fold_in(rng, 2))}
+  return params
+
+
+def graft(fresh: Any, pretrained: Any, vocab_size: int) -> Any:
+  """`fresh` parameters with every GPT parameter taken from `pretrained`, except the
+  embedding rows from `vocab_size` on (fine-tuning's special tokens and padding).
+
+  So a task head and the special-token rows are the only fresh parameters of a
+  fine-tuning run, initialised as in pretraining.
+  """
+  params = {**fresh, **{k: v for k, v in pretrained.items() if k != "wte"}}
+  params["wte"] = fresh["wte"].at[:vocab_size].set(pretrained["wte"][:vocab_size])
   return params
 
 

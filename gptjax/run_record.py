@@ -45,7 +45,8 @@ class RunRecord:
     self.summary = {
         **flops.param_counts(config.model),
         **{k: config.model[k] for k in ("n_layer", "d_model", "n_head", "seq_len", "vocab_size")},
-        **self.position(start_step), "final_train_loss": None, "final_eval_loss": None,
+        "init_from": config.train.init_from, **self.position(start_step),
+        "final_train_loss": None, "final_eval_loss": None,
         "wall_s": self._previous_wall, "status": "running"}
     write_json(self._summary_path, self.summary)
 

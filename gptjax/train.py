@@ -32,8 +32,8 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
-from gptjax import (checkpoint, data, eval_stats, flops, generate, metrics, objectives, optim,
-                    run_record, rundir, sharding)
+from gptjax import (checkpoint, data, eval_stats, flops, generate, init_from, metrics,
+                    objectives, optim, run_record, rundir, sharding)
 from gptjax.config import padded_vocab_size, train_steps, validate
 from gptjax.model import GPT, model_config
 from gptjax.objectives import token_losses
@@ -350,6 +350,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   checkpoint.SaveFailed for a failed checkpoint write.
   """
   validate(config)
+  config = init_from.resolve(config)  # a source of another shape is refused here, before any work
   rundir.check(workdir)
   interrupts = _Interrupts()
   mesh = sharding.make_mesh(config.mesh)
@@ -403,6 +404,15 @@ def _run_locked(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh,
         data.save_tokenizer(tokenizer, workdir)
         state = (program.init(jax.random.PRNGKey(config.train.seed)) if found is None
                  else found[2])
+        if found is None and config.train.init_from:
+          # A fresh optimizer state does not depend on parameter values (zero moments), so
+          # swapping the parameters in after init is the same as initialising from them.
+          # Fine-tuning's task head and special-token rows keep their fresh initialisation.
+          pretrained = init_from.load_params(
+              config, objectives.gpt_params(program.state_shardings.params))
+          state = state.replace(params=jax.jit(
+              functools.partial(objectives.graft, vocab_size=config.model.vocab_size),
+              out_shardings=program.state_shardings.params)(state.params, pretrained))
         summary = _train(config, workdir, program, mngr, state, start_step, tokenizer,
                          lm_data, interrupts, lock)
     except BaseException:

@@ -139,7 +139,7 @@ def by_hand(model, params, batch, kind):
   tokens = batch["tokens"]
   rows, k, _ = tokens.shape
   flat = tokens.reshape(rows * k, -1)
-  (logits, _), state = model.apply({"params": objectives._gpt_params(params)}, flat[:, :-1],
+  (logits, _), state = model.apply({"params": objectives.gpt_params(params)}, flat[:, :-1],
                                    mutable=["intermediates"])
   hidden = np.asarray(state["intermediates"]["hidden"][0], np.float64)
   features = hidden[np.arange(rows * k), batch["extract"].reshape(-1)].reshape(rows, k, -1)

@@ -13,15 +13,18 @@ from typing import Any
 from absl import logging
 import ml_collections
 
-from gptjax.data import documents, paths, source_dataset, sources, spm_training, token_cache
+from gptjax.data import (bpe_training, documents, paths, source_dataset, sources, spm_training,
+                         token_cache)
 from gptjax.data.pipeline import EvalSet, LMData, SplitStats
-from gptjax.data.tokenizer import (ByteTokenizer, SentencePieceTokenizer, Tokenizer,
-                                   load_saved, save_to_workdir)
+from gptjax.data.tokenizer import (ByteTokenizer, HFTokenizer, SentencePieceTokenizer,
+                                   Tokenizer, load_saved, save_to_workdir)
 
-__all__ = ['ByteTokenizer', 'EvalSet', 'LMData', 'SentencePieceTokenizer', 'SplitStats',
-           'Tokenizer', 'load', 'load_corpus', 'load_saved', 'save_tokenizer', 'validate']
+__all__ = ['ByteTokenizer', 'EvalSet', 'HFTokenizer', 'LMData', 'SentencePieceTokenizer',
+           'SplitStats', 'Tokenizer', 'load', 'load_corpus', 'load_saved', 'save_tokenizer',
+           'validate']
 
 SPM_MODEL_TYPES = ('bpe', 'unigram')
+HF_PREFIX = 'hf:'  # data.tokenizer='hf:PATH': a Hugging Face tokenizer.json (or its directory)
 # Byte fallback reserves 256 pieces; unk and eos take two more.
 MIN_SPM_VOCAB = 259
 
@@ -42,16 +45,22 @@ def validate(data_config: ml_collections.ConfigDict) -> list[str]:
   if percent is not None and (not isinstance(percent, int) or not 1 <= percent <= 99):
     problems.append(f'data.validation_percent={percent!r}: use an integer in 1..99')
   tokenizer = get('tokenizer')
-  if tokenizer is not None and tokenizer not in ('sentencepiece', 'bytes'):
+  if isinstance(tokenizer, str) and tokenizer.startswith(HF_PREFIX):
+    if not os.path.exists(os.path.expanduser(tokenizer[len(HF_PREFIX):])):
+      problems.append(f'data.tokenizer={tokenizer!r}: no such file or directory; give '
+                      '\'hf:\' plus a tokenizer.json or a directory holding one')
+  elif tokenizer is not None and tokenizer not in ('sentencepiece', 'bpe', 'bytes'):
     if not (isinstance(tokenizer, str) and os.path.isfile(os.path.expanduser(tokenizer))):
       problems.append(f'data.tokenizer={tokenizer!r}: use \'sentencepiece\', '
-                      '\'bytes\' or the path of an existing SentencePiece .model file')
-  if tokenizer == 'sentencepiece':
+                      '\'bpe\', \'bytes\', \'hf:PATH\' (a tokenizer.json) or the path of '
+                      'an existing SentencePiece .model file')
+  if tokenizer in ('sentencepiece', 'bpe'):
     vocab_size = get('vocab_size')
     if vocab_size is not None and (not isinstance(vocab_size, int)
                                    or vocab_size < MIN_SPM_VOCAB):
       problems.append(f'data.vocab_size={vocab_size!r}: use an integer >= '
-                      f'{MIN_SPM_VOCAB} (256 byte pieces + unk + eos + text pieces)')
+                      f'{MIN_SPM_VOCAB} (256 byte pieces + special pieces + merged pieces)')
+  if tokenizer == 'sentencepiece':
     model_type = get('spm_model_type')
     if model_type is not None and model_type not in SPM_MODEL_TYPES:
       problems.append(f'data.spm_model_type={model_type!r}: use one of {SPM_MODEL_TYPES}')
@@ -134,4 +143,9 @@ def _make_tokenizer(data_config: ml_collections.ConfigDict, identity: str,
     return spm_training.load_or_train(
         identity, train_texts, data_config.vocab_size, data_config.spm_model_type,
         data_config.tokenizer_sample_chars)
+  if data_config.tokenizer == 'bpe':
+    return bpe_training.load_or_train(identity, train_texts, data_config.vocab_size,
+                                      data_config.tokenizer_sample_chars)
+  if data_config.tokenizer.startswith(HF_PREFIX):
+    return HFTokenizer.from_path(os.path.expanduser(data_config.tokenizer[len(HF_PREFIX):]))
   return SentencePieceTokenizer.from_file(os.path.expanduser(data_config.tokenizer))

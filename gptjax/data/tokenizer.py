@@ -1,23 +1,28 @@
-"""Tokenizers: a minimal shared interface, a byte tokenizer and SentencePiece.
+"""Tokenizers: a minimal shared interface, a byte tokenizer, SentencePiece and
+Hugging Face `tokenizers` (GPT-2's byte-level BPE).
 
-Both implementations decode exactly what they encoded (no normalisation), so
+All implementations decode exactly what they encoded (no normalisation), so
 generated code keeps its indentation and bits-per-byte can be computed from
 `token_byte_lengths`, which says how many UTF-8 bytes each id decodes to.
 """
 
 import hashlib
+import json
 import os
 from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
 import sentencepiece as spm
+import tokenizers
 from etils import epath
 
 from gptjax import rundir
 
 SPM_FILENAME = 'spm.model'
 BYTES_FILENAME = 'bytes.tokenizer'  # Marker file: the byte tokenizer has no state.
+HF_FILENAME = 'tokenizer.json'  # A Hugging Face `tokenizers` model, the same file the Hub ships.
+HF_EOS = '<|endoftext|>'  # GPT-2's document separator (id 50256 in GPT-2's own vocabulary)
 
 
 class Tokenizer(Protocol):
@@ -137,6 +142,82 @@ class SentencePieceTokenizer:
     rundir.write_atomic(target / SPM_FILENAME, self._proto)
 
 
+class HFTokenizer:
+  """A Hugging Face `tokenizers` model (tokenizer.json) used verbatim.
+
+  No special tokens are added on encode; EOS is the model's own `<|endoftext|>`.
+  Decoding skips special tokens, as the other tokenizers drop EOS. With GPT-2's
+  byte-level BPE every string round-trips exactly.
+  """
+
+  def __init__(self, tokenizer_json: str, origin: str = '<memory>'):
+    self._json = tokenizer_json
+    self._tok = tokenizers.Tokenizer.from_str(tokenizer_json)
+    self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
+    eos_id = self._tok.token_to_id(HF_EOS)
+    if eos_id is None:
+      raise ValueError(
+          f'data.tokenizer={origin!r}: the tokenizer has no {HF_EOS} token, which gptjax '
+          'needs as a document separator; add it as a special token to tokenizer.json')
+    self.eos_id = int(eos_id)
+
+  @classmethod
+  def from_path(cls, path: str) -> 'HFTokenizer':
+    """Loads `path`: a tokenizer.json, or a directory holding one or GPT-2's
+    vocab.json + merges.txt (turned into the equivalent byte-level BPE)."""
+    where = epath.Path(path)
+    if where.is_dir() and (where / HF_FILENAME).is_file():
+      where = where / HF_FILENAME
+    if where.is_file():
+      return cls(where.read_text(), origin=f'hf:{path}')
+    if where.is_dir() and (where / 'vocab.json').is_file() and (where / 'merges.txt').is_file():
+      return cls(gpt2_bpe_json(os.fspath(where / 'vocab.json'), os.fspath(where / 'merges.txt')),
+                 origin=f'hf:{path}')
+    raise ValueError(f'data.tokenizer=\'hf:{path}\': no {HF_FILENAME} there (nor vocab.json + '
+                     'merges.txt); give a tokenizer.json file or a directory holding one')
+
+  def encode(self, text: str) -> list[int]:
+    return self._tok.encode(text, add_special_tokens=False).ids
+
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+  def token_byte_lengths(self) -> np.ndarray:
+    """Bytes per id: 0 for special tokens; for a byte-level model each character of a
+    token stands for one byte, otherwise the UTF-8 length of the id decoded alone."""
+    special = {int(i) for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
+    byte_level = (json.loads(self._json).get('decoder') or {}).get('type') == 'ByteLevel'
+    lengths = np.zeros(self.vocab_size, dtype=np.int32)
+    for i in range(self.vocab_size):
+      if i in special:
+        continue
+      if byte_level:
+        lengths[i] = len(self._tok.id_to_token(i))
+      else:
+        lengths[i] = len(self._tok.decode([i]).encode('utf-8'))
+    return lengths
+
+  def fingerprint(self) -> str:
+    return 'hf-' + hashlib.sha256(self._json.encode()).hexdigest()[:16]
+
+  def save(self, directory: str) -> None:
+    target = epath.Path(directory)
+    target.mkdir(parents=True, exist_ok=True)
+    rundir.write_atomic(target / HF_FILENAME, self._json)
+
+
+def gpt2_bpe_json(vocab_file: str, merges_file: str) -> str:
+  """GPT-2's tokenizer.json from its older vocab.json + merges.txt files."""
+  bpe = tokenizers.Tokenizer(tokenizers.models.BPE.from_file(vocab_file, merges_file))
+  bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+  bpe.decoder = tokenizers.decoders.ByteLevel()
+  bpe.add_special_tokens([HF_EOS])
+  return bpe.to_str()
+
+
 def load_saved(directory: str) -> Tokenizer:
   """Reloads the tokenizer a run saved in `WORKDIR/tokenizer` (for sampling)."""
   saved = epath.Path(directory)
@@ -144,8 +225,10 @@ def load_saved(directory: str) -> Tokenizer:
     return SentencePieceTokenizer.from_file(os.fspath(saved / SPM_FILENAME))
   if (saved / BYTES_FILENAME).is_file():
     return ByteTokenizer()
-  raise ValueError(f'no tokenizer saved in {directory!r} (expected {SPM_FILENAME} '
-                   f'or {BYTES_FILENAME}); point at a run\'s WORKDIR/tokenizer')
+  if (saved / HF_FILENAME).is_file():
+    return HFTokenizer((saved / HF_FILENAME).read_text(), origin=directory)
+  raise ValueError(f'no tokenizer saved in {directory!r} (expected {SPM_FILENAME}, '
+                   f'{BYTES_FILENAME} or {HF_FILENAME}); point at a run\'s WORKDIR/tokenizer')
 
 
 def save_to_workdir(tokenizer: Tokenizer, directory: str) -> None:
@@ -158,7 +241,7 @@ def save_to_workdir(tokenizer: Tokenizer, directory: str) -> None:
   same directory meanwhile: the run holds WORKDIR (`rundir.RunLock`).
   """
   saved = epath.Path(directory)
-  if any((saved / name).is_file() for name in (SPM_FILENAME, BYTES_FILENAME)):
+  if any((saved / name).is_file() for name in (SPM_FILENAME, BYTES_FILENAME, HF_FILENAME)):
     existing = load_saved(directory).fingerprint()
     if existing != tokenizer.fingerprint():
       raise ValueError(
