@@ -34,6 +34,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from gptjax import (checkpoint, data, eval_stats, flops, generate, init_from, metrics,
                     objectives, optim, run_record, rundir, sharding)
+from gptjax.data import tasks
 from gptjax.config import padded_vocab_size, train_steps, validate
 from gptjax.model import GPT, model_config
 from gptjax.objectives import token_losses
@@ -180,6 +181,7 @@ class Program:
   init: Callable[[jax.Array], TrainState]
   train_step: Callable[[TrainState, Window, objectives.Batch], tuple[TrainState, Window]]
   eval_step: Callable[..., dict[str, jax.Array]]
+  objective_eval: Callable[[Any, objectives.Batch], tuple[objectives.Terms, objectives.Terms]]
   all_finite: Callable[[Any], jax.Array]
 
   def abstract_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
@@ -232,7 +234,10 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, eos_id: int) -> Program
                                           document_eos_id=document_eos_id),
                         in_shardings=(state_shardings.params, batch_sharding, batch_sharding,
                                       replicated),
-                        out_shardings=replicated))
+                        out_shardings=replicated),
+      objective_eval=jax.jit(lambda params, batch: objective.loss(params, batch, None),
+                             in_shardings=(state_shardings.params, batch_shardings),
+                             out_shardings=replicated))
 
 
 class _Interrupts:
@@ -305,9 +310,45 @@ def _evaluate(program: Program, params: Any, eval_set: data.EvalSet, token_bytes
                                 / sum(float(o["bytes"]) for o in outputs)}
 
 
+def _evaluate_task(program: Program, params: Any, batches: list[objectives.Batch],
+                   objective: str) -> dict[str, float]:
+  """A task objective's eval over every held-out example: accuracy with its binomial
+  standard error and the mean task loss (classify, choice), or the masked loss (sft)."""
+  sums, counts = {}, {}
+  for batch in batches:
+    s, c = jax.device_get(program.objective_eval(params, {
+        k: jax.make_array_from_process_local_data(program.batch_shardings[k], v)
+        for k, v in batch.items()}))
+    sums = {k: sums.get(k, 0.0) + float(v) for k, v in s.items()}
+    counts = {k: counts.get(k, 0.0) + float(v) for k, v in c.items()}
+  if objective == "sft":
+    return {"eval_loss": sums["lm"] / counts["lm"], "eval_targets": int(counts["lm"])}
+  n = counts["task"]
+  accuracy = sums["correct"] / n
+  return {"eval_loss": sums["task"] / n, "eval_accuracy": accuracy,
+          "eval_accuracy_se": math.sqrt(accuracy * (1 - accuracy) / n),
+          "eval_lm_loss": sums["lm"] / max(counts["lm"], 1), "eval_examples": int(n)}
+
+
+def _task_tokenizer(config: ml_collections.ConfigDict) -> Any:
+  """A fine-tuning run's tokenizer: its source run's, else one that needs no corpus."""
+  spec = config.train.init_from
+  if spec.startswith("run:"):
+    _, directory, _ = init_from.parse(spec)
+    return data.load_saved(str(epath.Path(directory) / "tokenizer"))
+  if config.data.tokenizer in ("sentencepiece", "bpe"):
+    raise ValueError(f"data.tokenizer={config.data.tokenizer!r}: a fine-tuning run without "
+                     "train.init_from=run:DIR cannot train a tokenizer; use 'bytes', 'hf:PATH' "
+                     "or a .model file")
+  return data._make_tokenizer(config.data, "", ())  # pylint: disable=protected-access
+
+
 def _load_data(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, Any]:
   """Tokenizer and batches; process 0 prepares the caches while the others wait."""
-  load = functools.partial(data.load, config.data, config.model.seq_len, config.train.seed)
+  if config.train.objective != "lm":
+    load = lambda: (lambda tok: (tok, tasks.load(config, tok)))(_task_tokenizer(config))
+  else:
+    load = functools.partial(data.load, config.data, config.model.seq_len, config.train.seed)
   if jax.process_index() == 0:
     tokenizer, lm_data = load()
   if jax.process_count() > 1:
@@ -327,8 +368,9 @@ def _load_data(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, An
     raise ValueError(
         f"model.vocab_size={config.model.vocab_size}: smaller than the tokenizer's vocabulary "
         f"({tokenizer.vocab_size}); set model.vocab_size >= {tokenizer.vocab_size}")
-  logging.info("baseline: a unigram model of the train split scores %.4f nats/token on "
-               "validation", lm_data.unigram_cross_entropy())
+  if config.train.objective == "lm":
+    logging.info("baseline: a unigram model of the train split scores %.4f nats/token on "
+                 "validation", lm_data.unigram_cross_entropy())
   return tokenizer, lm_data
 
 
@@ -387,6 +429,12 @@ def _writer_lock(workdir: str) -> Iterator[rundir.RunLock | None]:
 def _run_locked(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh,
                 interrupts: _Interrupts, lock: rundir.RunLock | None) -> dict[str, Any]:
   tokenizer, lm_data = _load_data(config, workdir)
+  if config.train.epochs:
+    config = config.copy_and_resolve_references()
+    config.train.steps, config.train.tokens = lm_data.steps_for(config.train.epochs,
+                                                                config.train.batch_size), 0
+    logging.info("train.epochs=%d: %d steps of %d over %d training rows", config.train.epochs,
+                 config.train.steps, config.train.batch_size, lm_data.rows)
   _log_model(config)
   program = build(config, mesh, tokenizer.eos_id)
   with sharding.active(mesh, program.axis_rules):
@@ -431,7 +479,8 @@ def _finished(workdir: str, config: ml_collections.ConfigDict) -> bool:
   if not path.exists() or json.loads(path.read_text()).get("status") != "completed":
     return False
   return any(r.get("step") == train_steps(config) and "eval_loss" in r
-             and r.get("eval_sequences") == config.data.eval_sequences
+             and (config.train.objective != "lm"
+                  or r.get("eval_sequences") == config.data.eval_sequences)
              for r in metrics.read_rows(workdir))
 
 
@@ -494,21 +543,34 @@ def _train(config: ml_collections.ConfigDict, workdir: str, program: Program,
   """The host loop: dispatch steps, read rows one step late, eval, checkpoint, stop."""
   tc, total_steps = config.train, train_steps(config)
 
+  lm = tc.objective == "lm"
+  eval_batch_size = tc.batch_size // tc.grad_accum_steps
+
   def global_batch(step: int) -> objectives.Batch:
     local = lm_data.train_batch(step, tc.batch_size, jax.process_index(), jax.process_count())
-    return {"tokens": jax.make_array_from_process_local_data(program.batch_sharding, local)}
+    if lm:
+      local = {"tokens": local}
+    return {k: jax.make_array_from_process_local_data(program.batch_shardings[k], v)
+            for k, v in local.items()}
 
-  token_bytes = jnp.asarray(tokenizer.token_byte_lengths())
-  eval_set = lm_data.eval_batches(tc.batch_size // tc.grad_accum_steps, config.data.eval_sequences,
-                                  jax.process_index(), jax.process_count())
+  if lm:
+    token_bytes = jnp.asarray(tokenizer.token_byte_lengths())
+    eval_set = lm_data.eval_batches(eval_batch_size, config.data.eval_sequences,
+                                    jax.process_index(), jax.process_count())
+  else:
+    task_batches = lm_data.eval_batches(eval_batch_size, jax.process_index(),
+                                        jax.process_count())
 
   def run_eval(step: int) -> None:
     start = time.perf_counter()
-    values = _evaluate(program, state.params, eval_set, token_bytes,
-                       epath.Path(workdir) / "eval" / str(step)
-                       / f"lm_losses_{config.data.eval_sequences}.jsonl")
-    record.eval_row(step, {**values, "eval_sequences": config.data.eval_sequences},
-                    time.perf_counter() - start)
+    if lm:
+      values = _evaluate(program, state.params, eval_set, token_bytes,
+                         epath.Path(workdir) / "eval" / str(step)
+                         / f"lm_losses_{config.data.eval_sequences}.jsonl")
+      values["eval_sequences"] = config.data.eval_sequences
+    else:
+      values = _evaluate_task(program, state.params, task_batches, tc.objective)
+    record.eval_row(step, values, time.perf_counter() - start)
 
   peak_tflops, peak_note = flops.device_peak(tc.peak_tflops, config.model.dtype)
   logging.info("MFU divides by %s, %d of them", peak_note, flops.peak_units())
@@ -536,8 +598,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, program: Program,
   try:
     if step < total_steps:
       compile_start = time.perf_counter()
-      step_fn = program.train_step.lower(state, zero_window,
-                                         program.abstract_batch(tc.batch_size)).compile()
+      step_fn = program.train_step.lower(state, zero_window, global_batch(step)).compile()
       logging.info("compiled the train step in %.1f s", time.perf_counter() - compile_start)
       record.restart_clock()
     while step < total_steps:
