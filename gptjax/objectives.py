@@ -183,7 +183,7 @@ def graft(fresh: Any, pretrained: Any, vocab_size: int) -> Any:
   fine-tuning run, initialised as in pretraining.
   """
   params = {**fresh, **{k: v for k, v in pretrained.items() if k != "wte"}}
-  params["wte"] = fresh["wte"].at[:vocab_size].set(pretrained["wte"][:vocab_size])
+  params["wte"] = jnp.concatenate([pretrained["wte"][:vocab_size], fresh["wte"][vocab_size:]])
   return params
 
 
