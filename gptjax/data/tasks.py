@@ -231,7 +231,8 @@ class TaskData:
 
   def __init__(self, train: dict[str, np.ndarray], eval_: dict[str, np.ndarray], seed: int,
                identity: str, seq_len: int):
-    self.train, self.eval, self.seed, self.identity, self.seq_len = train, eval_, seed, identity, seq_len
+    self.train, self.eval, self.seed = train, eval_, seed
+    self.identity, self.seq_len = identity, seq_len
     self.rows = len(next(iter(train.values())))
     self._order = grain.MapDataset.range(self.rows).shuffle(seed=seed).repeat()
     digest = hashlib.sha256(json.dumps([identity, seq_len, ORDER_VERSION]).encode())
