@@ -596,6 +596,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, program: Program,
         _check_finite(values, mngr, config)
 
   try:
+    if not lm and step == 0:
+      run_eval(0)  # a fine-tuning curve starts at its source model
     if step < total_steps:
       compile_start = time.perf_counter()
       step_fn = program.train_step.lower(state, zero_window, global_batch(step)).compile()
