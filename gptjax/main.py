@@ -119,8 +119,17 @@ def _main() -> None:
 def _closing_line(summary: dict, workdir: str) -> str:
   """One line that says how the run ended and where to look."""
   rows = [r for r in metrics.read_rows(workdir) if "eval_loss" in r]
-  last_eval = (f"eval loss {rows[-1]['eval_loss']:.4f} ± {rows[-1]['eval_loss_sem']:.4f} "
-               f"nats/token at step {rows[-1]['step']}" if rows else "no eval")
+  if not rows:
+    last_eval = "no eval"
+  elif "eval_accuracy" in rows[-1]:  # classify, choice
+    last_eval = (f"eval accuracy {rows[-1]['eval_accuracy']:.4f} ± "
+                 f"{rows[-1]['eval_accuracy_se']:.4f} at step {rows[-1]['step']}")
+  elif "eval_loss_sem" not in rows[-1]:  # sft
+    last_eval = (f"eval loss {rows[-1]['eval_loss']:.4f} nats/token on responses at step "
+                 f"{rows[-1]['step']}")
+  else:
+    last_eval = (f"eval loss {rows[-1]['eval_loss']:.4f} ± {rows[-1]['eval_loss_sem']:.4f} "
+                 f"nats/token at step {rows[-1]['step']}")
   return (f"{summary['status']}: {summary['step']} steps, "
           f"{last_eval}, {metrics.format_duration(summary['wall_s'])} of training, "
           f"run directory {workdir}")
