@@ -167,3 +167,33 @@ def test_fine_tuning_a_pretrained_run_learns_a_context_dependent_task(tmp_path):
   summary = train.run(c, tuned_dir)
   assert summary["final_eval_examples"] == 400
   assert summary["final_eval_accuracy"] >= 0.95, summary
+
+
+@pytest.mark.slow
+def test_an_epoch_run_resumed_at_an_epoch_boundary_matches_an_uninterrupted_one(tmp_path):
+  """3 epochs straight vs 1 epoch then a resume to 3 (train.extend; constant lr, so the
+  schedule is the same): same losses and bitwise the same parameters."""
+  lines = [json.dumps({"text": f"{'ab' * (i % 5)}c{i}", "label": i % 2}) for i in range(16)]
+  path = write(tmp_path / "t.jsonl", lines)
+
+  def config(epochs):
+    c = task_config(train_file=path, eval_file=path)
+    c.data.tokenizer = "bytes"
+    c.model.dropout = 0.1
+    c.train.update(dict(objective="classify", epochs=epochs, batch_size=8, log_every=1,
+                        eval_every=0, checkpoint_every=100, num_samples=0, extend=True))
+    c.optim.update(dict(warmup_steps=0, min_lr_ratio=1.0, schedule="linear"))
+    return c
+
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  train.run(config(3), straight)
+  assert train.run(config(1), resumed)["step"] == 2
+  assert train.run(config(3), resumed)["step"] == 6
+  losses = [[r["train_loss"] for r in rows] for rows in
+            ([json.loads(x) for x in open(f"{d}/metrics.jsonl") if "train_loss" in x]
+             for d in (straight, resumed))]
+  assert losses[0] == losses[1] and len(losses[0]) == 6
+  import gptjax
+  final = [jax.device_get(gptjax.load(d).params) for d in (straight, resumed)]
+  for a, b in zip(jax.tree.leaves(final[0]), jax.tree.leaves(final[1])):
+    np.testing.assert_array_equal(a, b)
