@@ -44,6 +44,11 @@ TASK_AXES = {"tokens": ("batch", None, "length"), "weights": ("batch", None, "le
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
+  """A loss the train step can take, and what the step needs to shard and normalise it.
+
+  `loss` may return metric-only sums (classify's 'correct'): only the terms named in
+  `weights` enter the training loss.
+  """
   name: str
   batch_axes: dict[str, tuple[str | None, ...]]  # logical axes of each batch field
   loss: Callable[[Any, Batch, jax.Array | None], tuple[Terms, Terms]]  # (sums, counts)
