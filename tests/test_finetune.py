@@ -8,9 +8,11 @@ import jax
 import numpy as np
 import pytest
 
+import gptjax
 from gptjax import config as config_lib
-from gptjax import objectives, train
+from gptjax import objectives, sharding, train
 from gptjax.data import ByteTokenizer, tasks
+from gptjax.load import run_config
 from gptjax.model import GPT, model_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -144,7 +146,7 @@ def test_graft_keeps_only_the_head_and_new_token_rows_fresh():
 def test_fine_tuning_a_pretrained_run_learns_a_context_dependent_task(tmp_path):
   """Pretrain a tiny byte-level model, then fine-tune it with the GPT-1 objective on 'is blue
   more frequent than red' (experiments/tasks): >= 95% held-out accuracy; the run's step-0
-  parameters are the source's except the head and the special-token rows."""
+  model is the source's with a fresh head and fresh special-token rows."""
   def tiny(c):
     c.model.update(dict(n_layer=2, d_model=64, n_head=4, d_ff=256, seq_len=64, vocab_size=260))
     c.data.tokenizer = "bytes"
@@ -167,6 +169,21 @@ def test_fine_tuning_a_pretrained_run_learns_a_context_dependent_task(tmp_path):
   summary = train.run(c, tuned_dir)
   assert summary["final_eval_examples"] == 400
   assert summary["final_eval_accuracy"] >= 0.95, summary
+
+  # Step 0 (evaluated before the first update) is the source's GPT with a fresh head and
+  # fresh special-token rows: its eval LM loss is that model's, computed here from the source.
+  source = gptjax.load(source_dir)
+  c = run_config(tuned_dir)  # as the run resolved it: its steps and its exact source
+  program = train.build(c, sharding.make_mesh(c.mesh), source.tokenizer.eos_id)
+  with sharding.active(program.mesh, program.axis_rules):
+    fresh = program.init(jax.random.PRNGKey(c.train.seed)).params
+    params = objectives.graft(jax.device_get(fresh), jax.device_get(source.params), 260)
+    data = tasks.load(c, source.tokenizer)
+    expected = train._evaluate_task(program, params, data.eval_batches(32), "classify")
+  first = json.loads(open(f"{tuned_dir}/metrics.jsonl").readline())
+  assert first["step"] == 0 and first["eval_accuracy"] == expected["eval_accuracy"]
+  np.testing.assert_allclose(first["eval_lm_loss"], expected["eval_lm_loss"], rtol=1e-6)
+  np.testing.assert_allclose(first["eval_loss"], np.log(2), rtol=1e-6)  # the head starts at 0
 
 
 @pytest.mark.slow
@@ -193,7 +210,6 @@ def test_an_epoch_run_resumed_at_an_epoch_boundary_matches_an_uninterrupted_one(
             ([json.loads(x) for x in open(f"{d}/metrics.jsonl") if "train_loss" in x]
              for d in (straight, resumed))]
   assert losses[0] == losses[1] and len(losses[0]) == 6
-  import gptjax
   final = [jax.device_get(gptjax.load(d).params) for d in (straight, resumed)]
   for a, b in zip(jax.tree.leaves(final[0]), jax.tree.leaves(final[1])):
     np.testing.assert_array_equal(a, b)
