@@ -213,3 +213,16 @@ def test_an_epoch_run_resumed_at_an_epoch_boundary_matches_an_uninterrupted_one(
   final = [jax.device_get(gptjax.load(d).params) for d in (straight, resumed)]
   for a, b in zip(jax.tree.leaves(final[0]), jax.tree.leaves(final[1])):
     np.testing.assert_array_equal(a, b)
+
+
+def test_a_checkpoint_resumes_only_under_its_objective_and_special_tokens():
+  from gptjax import checkpoint
+  c = config_lib.base_config()
+  old = {k: v for k, v in checkpoint.resume_settings(c).items()
+         if k not in ("model.special_tokens", "train.objective")}  # written before they existed
+  checkpoint.check_resumable({"settings": old, "step": 0}, c, "old")
+  c.train.objective, c.model.special_tokens = "classify", 3
+  with pytest.raises(ValueError, match=r"model.special_tokens: checkpoint has 0, config has 3; "
+                                       r"train.objective: checkpoint has 'lm', config has "
+                                       r"'classify'"):
+    checkpoint.check_resumable({"settings": old, "step": 0}, c, "old")
