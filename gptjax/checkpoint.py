@@ -32,7 +32,10 @@ from gptjax.config import train_steps
 # the difference spelled out. (Data identity and seed are checked by the data package.)
 RESUME_FIELDS = tuple(f"model.{name}" for name in (
     "architecture", "n_layer", "d_model", "n_head", "d_ff", "vocab_size", "pad_vocab_multiple",
-    "seq_len", "scan_layers", "param_dtype")) + ("train.batch_size",)
+    "seq_len", "scan_layers", "param_dtype", "special_tokens")) + (
+        "train.batch_size", "train.objective")
+# What checkpoints written before a resume field existed were trained with.
+RESUME_DEFAULTS = {"model.special_tokens": 0, "train.objective": "lm"}
 # Settings that define the learning-rate schedule and the update rule: changing them on
 # resume silently bends the run (a longer train.steps restarts the cosine), so it needs
 # train.extend=True.
@@ -126,8 +129,8 @@ def _save_failed(mngr: ocp.CheckpointManager, error: Exception) -> SaveFailed:
 
 
 def _settings_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-  return [f"{k}: checkpoint has {saved.get(k)!r}, config has {v!r}"
-          for k, v in current.items() if saved.get(k) != v]
+  return [f"{k}: checkpoint has {saved.get(k, RESUME_DEFAULTS.get(k))!r}, config has {v!r}"
+          for k, v in current.items() if saved.get(k, RESUME_DEFAULTS.get(k)) != v]
 
 
 def check_resumable(meta: dict[str, Any], config: ml_collections.ConfigDict, where: str) -> None:

@@ -31,6 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.n_head = 4  # attention heads; d_model / n_head is the head size
   c.model.d_ff = 1024  # MLP hidden width (GPT uses 4 * d_model)
   c.model.vocab_size = 8192  # embedding rows; must be >= the tokenizer's vocabulary
+  c.model.special_tokens = 0  # embedding rows after vocab_size for fine-tuning's start/delimiter/extract tokens (classify/choice: 3)
   c.model.pad_vocab_multiple = 1  # round the embedding table up to a multiple of this (128 helps accelerators); 1 = off
   c.model.seq_len = 256  # context length in tokens (also the length of every training row)
   c.model.dropout = 0.0  # dropout on embeddings and on each residual branch
@@ -62,7 +63,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-3  # peak learning rate, reached at the end of warmup
   c.optim.warmup_steps = 50  # linear warmup from 0 to lr
-  c.optim.min_lr_ratio = 0.1  # cosine decay ends at lr * min_lr_ratio on the last step
+  c.optim.schedule = "cosine"  # decay after warmup: 'cosine' or 'linear' (GPT-1's fine-tuning)
+  c.optim.min_lr_ratio = 0.1  # the decay ends at lr * min_lr_ratio on the last step
   c.optim.b1 = 0.9  # AdamW beta1
   c.optim.b2 = 0.95  # AdamW beta2
   c.optim.eps = 1e-8  # AdamW epsilon
@@ -89,8 +91,24 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.sample_num_beams = 4  # beam: live hypotheses; must be >= num_samples
   c.train.peak_tflops = 0.0  # per-device peak for MFU; 0 = look up the device, or measure a matmul on CPU
   c.train.dry_run = False  # compile the train step for the mesh, print per-device memory, and exit
+  c.train.epochs = 0  # sft/classify/choice: if > 0, steps = ceil(epochs * training examples (sft: packed rows) / batch_size)
+  c.train.objective = "lm"  # the loss of the one train step: 'lm', 'sft', 'classify' or 'choice' (gptjax/objectives.py)
   c.train.init_from = ""  # '' (fresh), 'run:DIR', 'run:DIR@STEP' or 'hf:DIR': start from those parameters (fresh optimizer, step 0)
   c.train.extend = False  # on resume, accept changed train.steps/tokens or optim.* (the schedule is recomputed, and the log says how the lr moves)
+
+  c.finetune = ml_collections.ConfigDict()
+  c.finetune.lm_weight = 0.5  # classify/choice: GPT-1's lambda on the auxiliary LM loss over the inputs; 0 = task loss only
+  c.finetune.num_classes = 2  # classify: outputs of the linear head on the extract token
+  c.finetune.train_file = ""  # sft/classify/choice: a .jsonl, .csv or .tsv file of training examples
+  c.finetune.eval_file = ""  # the held-out examples every eval scores (accuracy ± SE, or sft's masked loss)
+  c.finetune.text_field = "text"  # classify: the text (entailment: the premise); choice: the context
+  c.finetune.pair_field = ""  # classify: a second text ('' = none), joined as [start] text [delim] pair [extract]
+  c.finetune.similarity = False  # classify with pair_field: both orders, their final representations added (GPT-1's similarity)
+  c.finetune.choices_field = "choices"  # choice: a jsonl list field, or comma-separated csv/tsv column names
+  c.finetune.label_field = "label"  # classify/choice: the integer label (class, or index of the right answer)
+  c.finetune.prompt_field = "prompt"  # sft: the prompt (no loss on it)
+  c.finetune.response_field = "response"  # sft: the response (loss on it and the closing end-of-text)
+  c.finetune.too_long = "truncate"  # an example over model.seq_len: 'truncate' its first text from the left, or 'refuse'
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.ici = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # devices per axis within a slice; one -1 takes the rest
@@ -109,9 +127,10 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def padded_vocab_size(model: ml_collections.ConfigDict) -> int:
-  """Embedding rows actually allocated: vocab_size rounded up to pad_vocab_multiple."""
+  """Embedding rows actually allocated: vocab_size + special_tokens rounded up to
+  pad_vocab_multiple."""
   m = model.pad_vocab_multiple
-  return -(-model.vocab_size // m) * m
+  return -(-(model.vocab_size + model.special_tokens) // m) * m
 
 
 def train_steps(c: ml_collections.ConfigDict) -> int:
@@ -209,9 +228,26 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if t.peak_tflops < 0:
     errors.append(f"train.peak_tflops={t.peak_tflops!r}: must be >= 0 (0 = automatic)")
 
+  from gptjax.objectives import OBJECTIVES  # deferred: objectives imports the model (jax)
+  _choice(errors, "train.objective", t.objective, OBJECTIVES)
+  f = c.finetune
+  if not isinstance(f.lm_weight, (int, float)) or f.lm_weight < 0:
+    errors.append(f"finetune.lm_weight={f.lm_weight!r}: must be a number >= 0 (GPT-1 uses 0.5)")
+  if not isinstance(f.num_classes, int) or isinstance(f.num_classes, bool) or f.num_classes < 2:
+    errors.append(f"finetune.num_classes={f.num_classes!r}: must be an integer >= 2")
+  _positive(errors, "model.special_tokens", m.special_tokens, allow_zero=True)
+  _positive(errors, "train.epochs", t.epochs, allow_zero=True)
+  if t.epochs and t.objective == "lm":
+    errors.append(f"train.epochs={t.epochs!r}: only for task objectives; pretraining counts "
+                  "train.steps or train.tokens")
+  if t.objective in ("classify", "choice") and m.special_tokens != 3:
+    errors.append(f"model.special_tokens={m.special_tokens!r}: train.objective={t.objective!r} "
+                  "needs 3 (start, delimiter, extract); set model.special_tokens=3")
+
   if o.lr <= 0:
     errors.append(f"optim.lr={o.lr!r}: must be > 0")
   _positive(errors, "optim.warmup_steps", o.warmup_steps, allow_zero=True)
+  _choice(errors, "optim.schedule", o.schedule, ("cosine", "linear"))
   if not 0.0 <= o.min_lr_ratio <= 1.0:
     errors.append(f"optim.min_lr_ratio={o.min_lr_ratio!r}: must be in [0, 1]")
   for name in ("b1", "b2"):

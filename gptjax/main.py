@@ -99,7 +99,7 @@ def _experiment() -> ml_collections.ConfigDict:
 def _main() -> None:
   config = _experiment()
   config_lib.validate(config)
-  data.check(config.data)
+  data.check(config)
   if not config.train.dry_run:  # a dry run writes nothing
     rundir.check(_WORKDIR.value)
   if _DISTRIBUTED.value:
@@ -120,9 +120,16 @@ def _main() -> None:
 def _closing_line(summary: dict, workdir: str) -> str:
   """One line that says how the run ended and where to look."""
   rows = [r for r in metrics.read_rows(workdir) if "eval_loss" in r]
-  last_eval = "no eval"
-  if rows:
-    loss, sem = rows[-1]["eval_loss"], rows[-1].get("eval_loss_sem")
+  if not rows:
+    last_eval = "no eval"
+  elif "eval_accuracy" in rows[-1]:  # classify, choice
+    last_eval = (f"eval accuracy {rows[-1]['eval_accuracy']:.4f} ± "
+                 f"{rows[-1]['eval_accuracy_se']:.4f} at step {rows[-1]['step']}")
+  elif "eval_loss_sem" not in rows[-1]:  # sft
+    last_eval = (f"eval loss {rows[-1]['eval_loss']:.4f} nats/token on responses at step "
+                 f"{rows[-1]['step']}")
+  else:
+    loss, sem = rows[-1]["eval_loss"], rows[-1]["eval_loss_sem"]
     # No SEM when the eval rows come from a single document (no clusters to vary over).
     spread = f" ± {sem:.4f}" if sem is not None else " (SEM n/a: one document)"
     last_eval = f"eval loss {loss:.4f}{spread} nats/token at step {rows[-1]['step']}"

@@ -28,6 +28,10 @@ def per_device_bytes(abstract_tree: Any) -> int:
 
 def dry_run(config: ml_collections.ConfigDict) -> str:
   """A report of per-device memory for the configured model, batch and mesh."""
+  if config.train.objective != "lm":
+    raise ValueError(f"train.dry_run=True with train.objective={config.train.objective!r}: the "
+                     "dry run plans pretraining batches only; plan with train.objective='lm' "
+                     "(a task batch of seq_len rows costs about the same)")
   try:
     mesh = sharding.make_mesh(config.mesh)
   except ValueError as e:

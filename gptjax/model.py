@@ -186,7 +186,7 @@ class GPT(nn.Module):
                cache: Cache | None = None, index: jax.Array | int = 0,
                segment_ids: jax.Array | None = None,
                logits_at: jax.Array | None = None) -> tuple[jax.Array, Cache | None]:
-    """Returns float32 logits [batch, length, vocab_size] and the updated cache.
+    """Returns float32 logits [batch, length, vocab_size + special_tokens] and the updated cache.
 
     `index` is the position of the first token, a scalar or one per row [batch].
     `segment_ids` [batch, length] (training and eval only) numbers the documents
@@ -238,9 +238,33 @@ class GPT(nn.Module):
       x = jnp.take_along_axis(x, logits_at[:, None, None], axis=1)
     if cfg.architecture == "gpt2":
       x = _layer_norm(cfg, "ln_f")(x)
+    # Task heads read the final hidden state; sown only when applied with mutable=["intermediates"].
+    self.sow("intermediates", "hidden", x)
     logits = jnp.einsum("btd,vd->btv", x, wte.astype(cfg.dtype), preferred_element_type=jnp.float32)
-    logits = nn.with_logical_constraint(logits[..., :cfg.vocab_size], ("batch", "length", "vocab"))
+    logits = logits[..., :cfg.vocab_size + cfg.special_tokens]
+    logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
     return logits, cache
+
+
+class TaskHead(nn.Module):
+  """GPT-1's classifier: dropout, then a linear map of the extract token's final hidden state.
+
+  Zero-initialised, so fine-tuning starts from uniform task predictions and the
+  pretrained features rather than a random projection of them.
+  """
+  config: ml_collections.ConfigDict
+  outputs: int
+
+  @nn.compact
+  def __call__(self, features: jax.Array, *, deterministic: bool = True) -> jax.Array:
+    """float32 scores [..., outputs] of features [..., d_model]."""
+    cfg = self.config
+    features = nn.Dropout(cfg.dropout, deterministic=deterministic)(features)
+    kernel = _param(self, "kernel", (cfg.d_model, self.outputs), ("embed", None),
+                    nn.initializers.zeros, cfg.param_dtype)
+    bias = _param(self, "bias", (self.outputs,), (None,), nn.initializers.zeros, cfg.param_dtype)
+    return (jnp.einsum("...d,dc->...c", features.astype(jnp.float32), kernel.astype(jnp.float32))
+            + bias.astype(jnp.float32))
 
 
 def model_config(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -23,12 +23,15 @@ def learning_rate(optim: ml_collections.ConfigDict, total_steps: int) -> optax.S
   """The learning rate of update s (0-based).
 
   Warmup gives update s lr * (s + 1) / warmup_steps, so no update is spent at
-  lr 0; cosine decay then reaches exactly lr * min_lr_ratio on the last update
+  lr 0; cosine (or, with optim.schedule='linear', linear) decay then reaches exactly lr * min_lr_ratio on the last update
   (for runs longer than warmup_steps + 1; shorter ones end at or before the peak).
   """
   warmup = min(optim.warmup_steps, total_steps)
-  decay = optax.cosine_decay_schedule(optim.lr, max(total_steps - 1 - warmup, 1),
-                                      alpha=optim.min_lr_ratio)
+  decay_steps = max(total_steps - 1 - warmup, 1)
+  if optim.schedule == "linear":  # GPT-1's fine-tuning decay
+    decay = optax.linear_schedule(optim.lr, optim.lr * optim.min_lr_ratio, decay_steps)
+  else:
+    decay = optax.cosine_decay_schedule(optim.lr, decay_steps, alpha=optim.min_lr_ratio)
   if warmup == 0:
     return decay
   ramp = optax.linear_schedule(optim.lr / warmup, optim.lr, max(warmup - 1, 1))

@@ -89,9 +89,16 @@ class RunRecord:
     self.summary["final_eval_loss"] = values["eval_loss"]
     self.last_eval_step = step
     self._last_row = (self._last_row[0], self._last_row[1] + seconds)
-    logging.info("eval at step %d: loss %.4f ± %.4f | ppl %.2f | %.4f bits/byte", step,
-                 values["eval_loss"], values["eval_loss_sem"], values["eval_ppl"],
-                 values["eval_bits_per_byte"])
+    if "eval_ppl" in values:
+      logging.info("eval at step %d: loss %.4f ± %.4f | ppl %.2f | %.4f bits/byte", step,
+                   values["eval_loss"], values["eval_loss_sem"], values["eval_ppl"],
+                   values["eval_bits_per_byte"])
+      return
+    # A task objective's eval (train._evaluate_task): its final metrics go to summary.json.
+    self.summary.update({f"final_{k}": v for k, v in values.items() if k != "eval_loss"})
+    logging.info("eval at step %d: %s", step, " | ".join(
+        f"{k.removeprefix('eval_')} {v:.4f}" if isinstance(v, float) else
+        f"{k.removeprefix('eval_')} {v}" for k, v in values.items()))
 
   def close(self, step: int, status: str) -> dict[str, Any]:
     """Writes the final summary.json (status completed, running, diverged or failed)."""

@@ -66,6 +66,13 @@ def batch_sharding(mesh: Mesh, axis_rules: Rules) -> NamedSharding:
   return logical_to_sharding(PartitionSpec("batch", None), mesh, axis_rules)
 
 
+def batch_shardings(axes: dict[str, tuple[str | None, ...]], mesh: Mesh,
+                    axis_rules: Rules) -> dict[str, NamedSharding]:
+  """NamedShardings of a dict batch from each field's logical axis names."""
+  return {name: logical_to_sharding(PartitionSpec(*names), mesh, axis_rules)
+          for name, names in axes.items()}
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 

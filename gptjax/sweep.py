@@ -87,7 +87,7 @@ def planned_flops(path: str, sweep: dict[str, dict[str, object]]) -> dict[str, f
     try:
       c = config_lib.override(module.get_config(), overrides)
       config_lib.validate(c)
-      data.check(c.data)
+      data.check(c)
     except (KeyError, AttributeError, TypeError, ValueError) as e:
       raise LaunchError(f"member {name!r}: {e}") from None
     tokens = config_lib.train_steps(c) * c.train.batch_size * c.model.seq_len

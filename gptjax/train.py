@@ -32,10 +32,12 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
-from gptjax import (checkpoint, data, eval_stats, flops, generate, init_from, metrics, optim,
-                    run_record, rundir, sharding)
+from gptjax import (checkpoint, data, eval_stats, flops, generate, init_from, metrics,
+                    objectives, optim, run_record, rundir, sharding)
 from gptjax.config import override, padded_vocab_size, train_steps, validate
-from gptjax.model import GPT, document_segments, model_config
+from gptjax.data import tasks
+from gptjax.model import GPT, model_config
+from gptjax.objectives import token_losses
 
 
 @flax.struct.dataclass
@@ -46,61 +48,41 @@ class TrainState:
   rng: jax.Array  # base key; step and micro-batch are folded in, so it never changes
 
 
-def token_losses(model: GPT, params: Any, tokens: jax.Array, rng: jax.Array | None,
-                 document_eos_id: int | None) -> jax.Array:
-  """Next-token cross-entropy [batch, seq_len] of rows [batch, seq_len + 1].
-
-  With `document_eos_id`, attention and positions restart after each end-of-text
-  token, so packed documents do not see each other.
-  """
-  inputs = tokens[:, :-1]
-  segment_ids = None if document_eos_id is None else document_segments(inputs, document_eos_id)
-  logits, _ = model.apply({"params": params}, inputs, deterministic=rng is None,
-                          rngs=None if rng is None else {"dropout": rng}, segment_ids=segment_ids)
-  return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
-
-
-def loss_sums(model: GPT, params: Any, tokens: jax.Array, rng: jax.Array | None,
-              document_eos_id: int | None) -> jax.Array:
-  """Per-sequence summed `token_losses` [batch]."""
-  return token_losses(model, params, tokens, rng, document_eos_id).sum(axis=-1)
-
-
-def train_step(state: TrainState, batch: jax.Array, *, model: GPT,
+def train_step(state: TrainState, batch: objectives.Batch, *, objective: objectives.Objective,
                tx: optax.GradientTransformation, schedule: optax.Schedule,
-               grad_accum_steps: int, use_dropout: bool, document_eos_id: int | None = None,
+               grad_accum_steps: int, use_dropout: bool,
                grad_shardings: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer update on the global batch [batch_size, seq_len + 1].
+  """One optimizer update on the global batch (a dict of arrays; gptjax.objectives).
 
-  Micro-batch gradients of sum(loss) / (all target tokens) are summed, which is
-  exactly the gradient of the mean loss over the whole global batch. The running
-  sum is pinned to the parameters' shardings (`grad_shardings`); left to itself,
-  XLA may keep a replicated float32 copy of every gradient on each device.
+  Each micro-batch's summed loss terms are divided by the terms' counts over the
+  whole global batch (the unmasked targets, the real examples), so the summed
+  micro-batch gradients are exactly the gradient of the global masked mean,
+  however unevenly the masks fall across micro-batches. The running sum is pinned
+  to the parameters' shardings (`grad_shardings`); left to itself, XLA may keep a
+  replicated float32 copy of every gradient on each device.
   """
   def constrain(grads):
     return grads if grad_shardings is None else jax.lax.with_sharding_constraint(
         grads, grad_shardings)
 
-  # Micro-batch m takes rows m, m + accum, m + 2 * accum, ...: every device's block of
-  # the batch then holds an equal share of every micro-batch, so each one stays spread
-  # over all data-parallel devices (a plain reshape would put whole micro-batches on
-  # single devices and make the others wait or duplicate the work).
-  micro_batches = batch.reshape(-1, grad_accum_steps, batch.shape[-1]).swapaxes(0, 1)
-  micro_batches = nn.with_logical_constraint(micro_batches, (None, "batch", "length"))
-  n_targets = batch.shape[0] * (batch.shape[1] - 1)
+  totals = objective.counts(batch)
   step_rng = jax.random.fold_in(state.rng, state.step)
 
+  def micro_loss(params, micro_batch, rng):
+    sums, _ = objective.loss(params, micro_batch, rng)
+    return sum(weight * sums[term] / jnp.maximum(totals[term], 1)
+               for term, weight in objective.weights.items())
+
   def accumulate(carry, xs):
-    tokens, index = xs
+    micro_batch, index = xs
     rng = jax.random.fold_in(step_rng, index) if use_dropout else None
-    loss, grads = jax.value_and_grad(
-        lambda p: loss_sums(model, p, tokens, rng, document_eos_id).sum() / n_targets
-    )(state.params)
+    loss, grads = jax.value_and_grad(micro_loss)(state.params, micro_batch, rng)
     return jax.tree.map(jnp.add, carry, (loss, constrain(grads))), None
 
   zeros = (jnp.zeros((), jnp.float32), constrain(jax.tree.map(jnp.zeros_like, state.params)))
-  (loss, grads), _ = jax.lax.scan(accumulate, zeros,
-                                  (micro_batches, jnp.arange(grad_accum_steps)))
+  (loss, grads), _ = jax.lax.scan(
+      accumulate, zeros, (objectives.micro_batches(batch, objective, grad_accum_steps),
+                          jnp.arange(grad_accum_steps)))
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
@@ -150,7 +132,7 @@ def accumulate(window: Window, metrics: dict[str, jax.Array], step: jax.Array) -
       nonfinite_grad_norm=window.nonfinite_grad_norm | bad_norm, lr=metrics["lr"])
 
 
-def windowed_train_step(state: TrainState, window: Window, batch: jax.Array, **kwargs: Any
+def windowed_train_step(state: TrainState, window: Window, batch: objectives.Batch, **kwargs: Any
                         ) -> tuple[TrainState, Window]:
   """train_step plus the window sums: what the loop runs, one dispatch per update."""
   new_state, metrics = train_step(state, batch, **kwargs)
@@ -174,9 +156,9 @@ def eval_step(params: Any, tokens: jax.Array, weights: jax.Array, token_bytes: j
           "bytes": (token_bytes[tokens[:, 1:]] * weights).sum()}
 
 
-def _init_state(rng: jax.Array, *, model: GPT, tx: optax.GradientTransformation,
-                seq_len: int) -> TrainState:
-  params = model.init({"params": rng}, jnp.zeros((1, seq_len), jnp.int32))["params"]
+def _init_state(rng: jax.Array, *, model: GPT, objective: objectives.Objective,
+                tx: optax.GradientTransformation, num_outputs: int = 0) -> TrainState:
+  params = objectives.init_params(model, objective, rng, num_outputs)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     rng=jax.random.fold_in(rng, 1))
 
@@ -191,17 +173,21 @@ class Program:
   model: GPT
   mesh: Mesh
   axis_rules: sharding.Rules
+  objective: objectives.Objective
   state_shardings: TrainState
-  batch_sharding: NamedSharding
+  batch_sharding: NamedSharding  # token rows [batch, length] (the LM eval's)
+  batch_shardings: dict[str, NamedSharding]  # each field of the objective's batches
   abstract_state: TrainState  # ShapeDtypeStructs carrying their shardings
   init: Callable[[jax.Array], TrainState]
-  train_step: Callable[[TrainState, Window, jax.Array], tuple[TrainState, Window]]
+  train_step: Callable[[TrainState, Window, objectives.Batch], tuple[TrainState, Window]]
   eval_step: Callable[..., dict[str, jax.Array]]
+  objective_eval: Callable[[Any, objectives.Batch], tuple[objectives.Terms, objectives.Terms]]
   all_finite: Callable[[Any], jax.Array]
 
-  def abstract_batch(self, batch_size: int) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct((batch_size, self.model.config.seq_len + 1), jnp.int32,
-                                sharding=self.batch_sharding)
+  def abstract_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """The LM objective's batch (the shape the pretraining loop feeds)."""
+    return {"tokens": jax.ShapeDtypeStruct((batch_size, self.model.config.seq_len + 1),
+                                           jnp.int32, sharding=self.batch_shardings["tokens"])}
 
 
 def build(config: ml_collections.ConfigDict, mesh: Mesh, eos_id: int) -> Program:
@@ -213,11 +199,15 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, eos_id: int) -> Program
   document_eos_id = eos_id if config.data.document_mask else None
   total_steps = train_steps(config)
   axis_rules = sharding.rules(config.mesh)
-  tokens = jax.ShapeDtypeStruct((1, config.model.seq_len), jnp.int32)
-  param_axes = nn.get_partition_spec(
-      jax.eval_shape(model.init, jax.random.PRNGKey(0), tokens)["params"])
+  objective = objectives.make(config.train.objective, model, lm_weight=config.finetune.lm_weight,
+                              num_outputs=config.finetune.num_classes,
+                              document_eos_id=document_eos_id)
+  param_axes = nn.get_partition_spec(jax.eval_shape(functools.partial(
+      objectives.init_params, model, objective, num_outputs=config.finetune.num_classes),
+      jax.random.PRNGKey(0)))
   tx = optim.make(config.optim, total_steps, param_axes)
-  init_fn = functools.partial(_init_state, model=model, tx=tx, seq_len=config.model.seq_len)
+  init_fn = functools.partial(_init_state, model=model, objective=objective, tx=tx,
+                              num_outputs=config.finetune.num_classes)
   with sharding.active(mesh, axis_rules):
     abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
   state_shardings = sharding.logical_to_sharding(nn.get_partition_spec(abstract), mesh,
@@ -227,24 +217,30 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, eos_id: int) -> Program
       state_shardings)
   sharding.check_divisible(config, abstract_state, mesh)
   batch_sharding = sharding.batch_sharding(mesh, axis_rules)
+  batch_shardings = sharding.batch_shardings(objective.batch_axes, mesh, axis_rules)
   replicated = sharding.replicated(mesh)
   step = functools.partial(
-      windowed_train_step, model=model, tx=tx, schedule=optim.learning_rate(config.optim, total_steps),
+      windowed_train_step, objective=objective, tx=tx,
+      schedule=optim.learning_rate(config.optim, total_steps),
       grad_accum_steps=config.train.grad_accum_steps,
       use_dropout=config.model.dropout > 0 or config.model.attn_dropout > 0,
-      document_eos_id=document_eos_id, grad_shardings=state_shardings.params)
+      grad_shardings=state_shardings.params)
   return Program(
-      model=model, mesh=mesh, axis_rules=axis_rules, state_shardings=state_shardings,
-      batch_sharding=batch_sharding, abstract_state=abstract_state,
+      model=model, mesh=mesh, axis_rules=axis_rules, objective=objective,
+      state_shardings=state_shardings, batch_sharding=batch_sharding,
+      batch_shardings=batch_shardings, abstract_state=abstract_state,
       init=jax.jit(lambda rng: nn.unbox(init_fn(rng)), out_shardings=state_shardings),
-      train_step=jax.jit(step, in_shardings=(state_shardings, replicated, batch_sharding),
+      train_step=jax.jit(step, in_shardings=(state_shardings, replicated, batch_shardings),
                          out_shardings=(state_shardings, replicated), donate_argnums=0),
       all_finite=jax.jit(all_finite, out_shardings=replicated),
       eval_step=jax.jit(functools.partial(eval_step, model=model,
                                           document_eos_id=document_eos_id),
                         in_shardings=(state_shardings.params, batch_sharding, batch_sharding,
                                       replicated),
-                        out_shardings=replicated))
+                        out_shardings=replicated),
+      objective_eval=jax.jit(lambda params, batch: objective.loss(params, batch, None),
+                             in_shardings=(state_shardings.params, batch_shardings),
+                             out_shardings=replicated))
 
 
 class _Interrupts:
@@ -317,9 +313,45 @@ def _evaluate(program: Program, params: Any, eval_set: data.EvalSet, token_bytes
                                 / sum(float(o["bytes"]) for o in outputs)}
 
 
+def _evaluate_task(program: Program, params: Any, batches: list[objectives.Batch],
+                   objective: str) -> dict[str, float]:
+  """A task objective's eval over every held-out example: accuracy with its binomial
+  standard error and the mean task loss (classify, choice), or the masked loss (sft)."""
+  sums, counts = {}, {}
+  for batch in batches:
+    s, c = jax.device_get(program.objective_eval(params, {
+        k: jax.make_array_from_process_local_data(program.batch_shardings[k], v)
+        for k, v in batch.items()}))
+    sums = {k: sums.get(k, 0.0) + float(v) for k, v in s.items()}
+    counts = {k: counts.get(k, 0.0) + float(v) for k, v in c.items()}
+  if objective == "sft":
+    return {"eval_loss": sums["lm"] / counts["lm"], "eval_targets": int(counts["lm"])}
+  n = counts["task"]
+  accuracy = sums["correct"] / n
+  return {"eval_loss": sums["task"] / n, "eval_accuracy": accuracy,
+          "eval_accuracy_se": math.sqrt(accuracy * (1 - accuracy) / n),
+          "eval_lm_loss": sums["lm"] / max(counts["lm"], 1), "eval_examples": int(n)}
+
+
+def _task_tokenizer(config: ml_collections.ConfigDict) -> Any:
+  """A fine-tuning run's tokenizer: its source run's, else one that needs no corpus."""
+  spec = config.train.init_from
+  if spec.startswith("run:"):
+    _, directory, _ = init_from.parse(spec)
+    return data.load_saved(str(epath.Path(directory) / "tokenizer"))
+  if config.data.tokenizer in ("sentencepiece", "bpe"):
+    raise ValueError(f"data.tokenizer={config.data.tokenizer!r}: a fine-tuning run without "
+                     "train.init_from=run:DIR cannot train a tokenizer; use 'bytes', 'hf:PATH' "
+                     "or a .model file")
+  return data._make_tokenizer(config.data, "", ())  # pylint: disable=protected-access
+
+
 def _load_data(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, Any]:
   """Tokenizer and batches; process 0 prepares the caches while the others wait."""
-  load = functools.partial(data.load, config.data, config.model.seq_len, config.train.seed)
+  if config.train.objective != "lm":
+    load = lambda: (lambda tok: (tok, tasks.load(config, tok)))(_task_tokenizer(config))
+  else:
+    load = functools.partial(data.load, config.data, config.model.seq_len, config.train.seed)
   if jax.process_index() == 0:
     tokenizer, lm_data = load()
   if jax.process_count() > 1:
@@ -339,8 +371,9 @@ def _load_data(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, An
     raise ValueError(
         f"model.vocab_size={config.model.vocab_size}: smaller than the tokenizer's vocabulary "
         f"({tokenizer.vocab_size}); set model.vocab_size >= {tokenizer.vocab_size}")
-  logging.info("baseline: a unigram model of the train split scores %.4f nats/token on "
-               "validation", lm_data.unigram_cross_entropy())
+  if config.train.objective == "lm":
+    logging.info("baseline: a unigram model of the train split scores %.4f nats/token on "
+                 "validation", lm_data.unigram_cross_entropy())
   return tokenizer, lm_data
 
 
@@ -399,6 +432,12 @@ def _writer_lock(workdir: str) -> Iterator[rundir.RunLock | None]:
 def _run_locked(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh,
                 interrupts: _Interrupts, lock: rundir.RunLock | None) -> dict[str, Any]:
   tokenizer, lm_data = _load_data(config, workdir)
+  if config.train.epochs:
+    config = config.copy_and_resolve_references()
+    config.train.steps, config.train.tokens = lm_data.steps_for(config.train.epochs,
+                                                                config.train.batch_size), 0
+    logging.info("train.epochs=%d: %d steps of %d over %d training rows", config.train.epochs,
+                 config.train.steps, config.train.batch_size, lm_data.rows)
   _log_model(config)
   program = build(config, mesh, tokenizer.eos_id)
   with sharding.active(mesh, program.axis_rules):
@@ -419,8 +458,12 @@ def _run_locked(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh,
         if found is None and config.train.init_from:
           # A fresh optimizer state does not depend on parameter values (zero moments), so
           # swapping the parameters in after init is the same as initialising from them.
-          state = state.replace(
-              params=init_from.load_params(config, program.state_shardings.params))
+          # Fine-tuning's task head and special-token rows keep their fresh initialisation.
+          pretrained = init_from.load_params(
+              config, objectives.gpt_params(program.state_shardings.params))
+          state = state.replace(params=jax.jit(
+              functools.partial(objectives.graft, vocab_size=config.model.vocab_size),
+              out_shardings=program.state_shardings.params)(state.params, pretrained))
         summary = _train(config, workdir, program, mngr, state, start_step, tokenizer,
                          lm_data, interrupts, lock)
     except BaseException:
@@ -439,7 +482,8 @@ def _finished(workdir: str, config: ml_collections.ConfigDict) -> bool:
   if not path.exists() or json.loads(path.read_text()).get("status") != "completed":
     return False
   return any(r.get("step") == train_steps(config) and "eval_loss" in r
-             and r.get("eval_sequences") == config.data.eval_sequences
+             and (config.train.objective != "lm"
+                  or r.get("eval_sequences") == config.data.eval_sequences)
              for r in metrics.read_rows(workdir))
 
 
@@ -498,21 +542,34 @@ def _train(config: ml_collections.ConfigDict, workdir: str, program: Program,
   """The host loop: dispatch steps, read rows one step late, eval, checkpoint, stop."""
   tc, total_steps = config.train, train_steps(config)
 
-  def global_batch(step: int) -> jax.Array:
-    local = lm_data.train_batch(step, tc.batch_size, jax.process_index(), jax.process_count())
-    return jax.make_array_from_process_local_data(program.batch_sharding, local)
+  lm = tc.objective == "lm"
+  eval_batch_size = tc.batch_size // tc.grad_accum_steps
 
-  token_bytes = jnp.asarray(tokenizer.token_byte_lengths())
-  eval_set = lm_data.eval_batches(tc.batch_size // tc.grad_accum_steps, config.data.eval_sequences,
-                                  jax.process_index(), jax.process_count())
+  def global_batch(step: int) -> objectives.Batch:
+    local = lm_data.train_batch(step, tc.batch_size, jax.process_index(), jax.process_count())
+    if lm:
+      local = {"tokens": local}
+    return {k: jax.make_array_from_process_local_data(program.batch_shardings[k], v)
+            for k, v in local.items()}
+
+  if lm:
+    token_bytes = jnp.asarray(tokenizer.token_byte_lengths())
+    eval_set = lm_data.eval_batches(eval_batch_size, config.data.eval_sequences,
+                                    jax.process_index(), jax.process_count())
+  else:
+    task_batches = lm_data.eval_batches(eval_batch_size, jax.process_index(),
+                                        jax.process_count())
 
   def run_eval(step: int) -> None:
     start = time.perf_counter()
-    values = _evaluate(program, state.params, eval_set, token_bytes,
-                       epath.Path(workdir) / "eval" / str(step)
-                       / f"lm_losses_{config.data.eval_sequences}.jsonl")
-    record.eval_row(step, {**values, "eval_sequences": config.data.eval_sequences},
-                    time.perf_counter() - start)
+    if lm:
+      values = _evaluate(program, state.params, eval_set, token_bytes,
+                         epath.Path(workdir) / "eval" / str(step)
+                         / f"lm_losses_{config.data.eval_sequences}.jsonl")
+      values["eval_sequences"] = config.data.eval_sequences
+    else:
+      values = _evaluate_task(program, state.params, task_batches, tc.objective)
+    record.eval_row(step, values, time.perf_counter() - start)
 
   peak_tflops, peak_note = flops.device_peak(tc.peak_tflops, config.model.dtype)
   logging.info("MFU divides by %s, %d of them", peak_note, flops.peak_units())
@@ -538,10 +595,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, program: Program,
         _check_finite(values, mngr, config)
 
   try:
+    if not lm and step == 0:
+      run_eval(0)  # a fine-tuning curve starts at its source model
     if step < total_steps:
       compile_start = time.perf_counter()
-      step_fn = program.train_step.lower(state, zero_window,
-                                         program.abstract_batch(tc.batch_size)).compile()
+      step_fn = program.train_step.lower(state, zero_window, global_batch(step)).compile()
       logging.info("compiled the train step in %.1f s", time.perf_counter() - compile_start)
       record.restart_clock()
     while step < total_steps:

@@ -48,7 +48,7 @@ def _error(mutate) -> str:
   mutate(c)
   with pytest.raises(ValueError) as e:
     config_lib.validate(c)  # the config's own fields, then the data's, as main checks them
-    data.check(c.data)
+    data.check(c)
   return str(e.value)
 
 

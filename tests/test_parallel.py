@@ -58,7 +58,7 @@ def train_three_steps(shape, batch_size=8, grad_accum_steps=1):
     for batch in batches:
       state, window = program.train_step(
           state, train.Window.zeros(),
-          jax.make_array_from_process_local_data(program.batch_sharding, batch))
+          {"tokens": jax.make_array_from_process_local_data(program.batch_sharding, batch)})
       losses.append(float(window.loss_sum))
   return losses, jax.device_get(state.params), state
 

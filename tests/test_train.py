@@ -18,7 +18,7 @@ from google.cloud import storage
 
 import gptjax
 from gptjax import config as config_lib
-from gptjax import optim, train
+from gptjax import objectives, optim, train
 from gptjax.model import GPT, model_config
 from run_rows import assert_same_curve, rows
 
@@ -62,16 +62,18 @@ def test_grad_accumulation_matches_one_big_batch():
   tx = optim.make(c.optim, 3, nn.get_partition_spec(jax.eval_shape(
       model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, 32), np.int32))["params"]))
   schedule = optim.learning_rate(c.optim, 3)
-  state = jax.jit(lambda r: nn.unbox(train._init_state(r, model=model, tx=tx, seq_len=32)))(
-      jax.random.PRNGKey(0))
+  objective = objectives.make("lm", model)
+  state = jax.jit(lambda r: nn.unbox(train._init_state(r, model=model, objective=objective,
+                                                        tx=tx)))(jax.random.PRNGKey(0))
   batches = jax.random.randint(jax.random.PRNGKey(1), (3, 16, 33), 0, 512)
 
   def run(accum):
-    step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, schedule=schedule,
-                                     grad_accum_steps=accum, use_dropout=False))
+    step = jax.jit(functools.partial(train.train_step, objective=objective, tx=tx,
+                                     schedule=schedule, grad_accum_steps=accum,
+                                     use_dropout=False))
     s, losses = state, []
     for batch in batches:
-      s, m = step(s, batch)
+      s, m = step(s, {"tokens": batch})
       losses.append(m["train_loss"])
     return s, np.array(losses)
 
@@ -277,6 +279,6 @@ def test_document_mask_only_matters_when_a_row_holds_several_documents():
   single = np.arange(2, 35, dtype=np.int32)[None]  # no end-of-text inside the row
   packed = single.copy()
   packed[0, 10] = eos
-  loss = functools.partial(train.loss_sums, model, params, rng=None)
+  loss = functools.partial(objectives.loss_sums, model, params, rng=None)
   np.testing.assert_allclose(loss(single, document_eos_id=eos), loss(single, document_eos_id=None))
   assert not np.allclose(loss(packed, document_eos_id=eos), loss(packed, document_eos_id=None))

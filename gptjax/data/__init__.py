@@ -14,7 +14,7 @@ from absl import logging
 import ml_collections
 
 from gptjax.data import (bpe_training, documents, paths, source_dataset, sources, spm_training,
-                         token_cache)
+                         tasks, token_cache)
 from gptjax.data.pipeline import EvalSet, LMData, SplitStats
 from gptjax.data.tokenizer import (ByteTokenizer, HFTokenizer, SentencePieceTokenizer,
                                    Tokenizer, load_saved, save_to_workdir)
@@ -87,9 +87,13 @@ def validate(data_config: ml_collections.ConfigDict) -> list[str]:
   return problems
 
 
-def check(data_config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError listing every problem of `validate`, before anything is prepared."""
-  problems = validate(data_config)
+def check(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError listing every problem of the data and task settings of a whole
+  config, before anything is prepared (config.validate checks the rest)."""
+  _raise_problems(validate(config.data) + tasks.problems(config))
+
+
+def _raise_problems(problems: list[str]) -> None:
   if problems:
     raise ValueError('invalid data config:\n  ' + '\n  '.join(problems))
 
@@ -101,7 +105,7 @@ def load(data_config: ml_collections.ConfigDict, seq_len: int,
   Writes only to the caches, never to a run directory: training saves the
   tokenizer there (save_tokenizer) once its start is accepted.
   """
-  check(data_config)
+  _raise_problems(validate(data_config))
   identity, splits, text_field = sources.open_sources(data_config)
   return _load(identity, splits, text_field, data_config, seq_len, seed)
 
