@@ -89,6 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.sample_top_k = 40  # sample only from the k most likely tokens; 0 = all
   c.train.sample_top_p = 1.0  # then only from the smallest set of tokens with probability >= top_p; 1 = all
   c.train.sample_num_beams = 4  # beam: live hypotheses; must be >= num_samples
+  c.train.profile_steps = ""  # 'A:B' writes a jax.profiler trace of steps A..B-1 to WORKDIR/profile; '' = none
   c.train.peak_tflops = 0.0  # per-device peak for MFU; 0 = look up the device, or measure a matmul on CPU
   c.train.dry_run = False  # compile the train step for the mesh, print per-device memory, and exit
   c.train.epochs = 0  # sft/classify/choice: if > 0, steps = ceil(epochs * training examples (sft: packed rows) / batch_size)
@@ -174,6 +175,17 @@ def override(c: ml_collections.ConfigDict, overrides: Mapping[str, Any]
   return out
 
 
+def profile_steps(spec: str) -> tuple[int, int] | None:
+  """(A, B) of train.profile_steps "A:B" with 0 <= A < B; None for "" (no trace)."""
+  if not spec:
+    return None
+  start, sep, stop = spec.partition(":")
+  if not (sep and start.isdigit() and stop.isdigit() and int(start) < int(stop)):
+    raise ValueError(f"train.profile_steps={spec!r}: use 'A:B' with 0 <= A < B (steps A to "
+                     "B-1 are traced), e.g. '10:15', or '' for no trace")
+  return int(start), int(stop)
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ValueError listing every bad field, each with its value and the fix."""
   errors: list[str] = []
@@ -237,6 +249,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
     errors.append(f"finetune.num_classes={f.num_classes!r}: must be an integer >= 2")
   _positive(errors, "model.special_tokens", m.special_tokens, allow_zero=True)
   _positive(errors, "train.epochs", t.epochs, allow_zero=True)
+  try:
+    profile_steps(t.profile_steps)
+  except ValueError as e:
+    errors.append(str(e))
   if t.epochs and t.objective == "lm":
     errors.append(f"train.epochs={t.epochs!r}: only for task objectives; pretraining counts "
                   "train.steps or train.tokens")

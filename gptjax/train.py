@@ -33,7 +33,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from gptjax import (checkpoint, data, eval_stats, flops, generate, init_from, metrics,
-                    objectives, optim, run_record, rundir, sharding)
+                    objectives, optim, profiling, run_record, rundir, sharding)
 from gptjax.config import override, padded_vocab_size, train_steps, validate
 from gptjax.data import tasks
 from gptjax.model import GPT, model_config
@@ -578,6 +578,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, program: Program,
   zero_window = jax.device_put(Window.zeros(), sharding.replicated(program.mesh))
   window, pending = zero_window, None  # pending: (step, window) read after the next dispatch
   step, status = start_step, "failed"
+  profiler = profiling.StepProfiler(tc.profile_steps, workdir)
 
   def read_rows(current: Window | None = None) -> None:
     """Writes the pending row; with `current`, checks the steps since it too."""
@@ -604,8 +605,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, program: Program,
       record.restart_clock()
     while step < total_steps:
       checkpoint.check_saves(mngr)
+      profiler.before(step)
       state, window = step_fn(state, window, global_batch(step))
       step += 1
+      profiler.after(step, state)
       read_rows()
       if step % tc.log_every == 0 or step == total_steps:
         pending, window = (step, window), zero_window
@@ -631,6 +634,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, program: Program,
         logging.warning("interrupted: checkpointed step %d; rerun the same command to resume",
                         step)
         break
+    profiler.stop(state)  # a run that ends inside the traced steps
     read_rows()
     checkpoint.wait(mngr)
     completed = step == total_steps

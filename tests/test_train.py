@@ -282,3 +282,23 @@ def test_document_mask_only_matters_when_a_row_holds_several_documents():
   loss = functools.partial(objectives.loss_sums, model, params, rng=None)
   np.testing.assert_allclose(loss(single, document_eos_id=eos), loss(single, document_eos_id=None))
   assert not np.allclose(loss(packed, document_eos_id=eos), loss(packed, document_eos_id=None))
+
+
+@pytest.mark.slow
+def test_profile_steps_writes_a_trace_of_those_steps(tmp_path):
+  """train.profile_steps='1:3' leaves a jax.profiler trace in WORKDIR/profile, and the
+  run trains exactly as it does without one."""
+  workdir = str(tmp_path / "run")
+  summary = train.run(tiny_config(**{"train.steps": 4, "train.profile_steps": "1:3",
+                                     "train.num_samples": 0}), workdir)
+  traces = list((tmp_path / "run" / "profile").rglob("*.xplane.pb"))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0
+  plain = train.run(tiny_config(**{"train.steps": 4, "train.num_samples": 0}),
+                    str(tmp_path / "plain"))
+  assert summary["final_train_loss"] == plain["final_train_loss"]
+
+
+@pytest.mark.parametrize("spec", ["3", "3:3", "a:b", "-1:2", "5:2"])
+def test_profile_steps_refuses_what_is_not_a_range(spec):
+  with pytest.raises(ValueError, match="train.profile_steps"):
+    config_lib.validate(tiny_config(**{"train.profile_steps": spec}))

@@ -1,0 +1,45 @@
+"""`train.profile_steps = "A:B"`: a jax.profiler trace of training steps A..B-1.
+
+nanodo-style: a few steps of a real run, not a separate benchmark, so the trace shows
+the step as the run executes it (input pipeline, dispatch, device time). The trace
+goes to WORKDIR/profile; open it with TensorBoard's profile plugin or Perfetto.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+from absl import logging
+
+from gptjax.config import profile_steps
+
+
+class StepProfiler:
+  """Starts the trace before step A is dispatched and stops it once step B-1 finished.
+
+  Waiting for the state at the stop is the only host sync it adds, and only then.
+  """
+
+  def __init__(self, spec: str, workdir: str):
+    self._steps = profile_steps(spec)
+    self._dir = os.path.join(workdir, "profile")
+    self._active = False
+
+  def before(self, step: int) -> None:
+    if self._steps and step == self._steps[0]:
+      jax.profiler.start_trace(self._dir)
+      self._active = True
+
+  def after(self, step: int, state: object) -> None:
+    """`step` is the number of steps done, so the trace stops after step B-1."""
+    if self._active and step >= self._steps[1]:
+      self.stop(state)
+
+  def stop(self, state: object) -> None:
+    if self._active:
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
+      self._active = False
+      logging.info("profile of steps %d to %d written to %s", self._steps[0],
+                   self._steps[1] - 1, self._dir)
