@@ -1,0 +1,251 @@
+"""gptjax.evaluate: scores against full forward passes, batch invariance, sliding windows,
+task formats, metrics from hand-set scores, few-shot prompts, and the command line."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gptjax.data.tokenizer import ByteTokenizer
+from gptjax.evaluate import choice, perplexity, scoring, tasks
+from gptjax.evaluate.choice import Shots
+from gptjax.evaluate.scoring import Request, Score, Scorer
+from gptjax.evaluate.tasks import Item
+from gptjax.generate import bucket
+from test_generate import log_softmax
+from test_model import forward, random_params, tiny_model
+
+VOCAB = 100
+
+
+class Ids:
+  """A stand-in tokenizer over ids: the scorer needs only the vocabulary size and end-of-text;
+  the model has 100 embedding rows, the tokenizer 90, as a padded vocabulary would."""
+  vocab_size, eos_id = 90, 0
+
+
+def full_forward(model, params, ids: list[int]) -> np.ndarray:
+  """Logits [len(ids), vocab] of one forward pass over a row of model.seq_len (zeros after
+  `ids`, which causal attention keeps from reaching them): one compile for every length."""
+  row = np.zeros((1, model.config.seq_len), np.int32)
+  row[0, :len(ids)] = ids
+  return np.array(forward(model, params, jnp.asarray(row))[0, :len(ids)])
+
+
+def reference(model, params, request: Request, vocab_limit: int) -> tuple[float, bool]:
+  """Sum of log-softmax over the continuation from one unpadded forward pass, float64."""
+  seq_len = model.config.seq_len
+  ids = (list(request.context) + list(request.continuation))[-(seq_len + 1):]
+  logits = np.array(full_forward(model, params, ids[:-1]), np.float64)
+  logits[:, vocab_limit:] = -np.inf
+  logprobs = log_softmax(logits)
+  n = len(request.continuation)
+  positions = range(len(ids) - 1 - n, len(ids) - 1)
+  return (sum(logprobs[p, ids[p + 1]] for p in positions),
+          all(np.argmax(logits[p]) == ids[p + 1] for p in positions))
+
+
+def greedy_continuation(model, params, context: list[int], n: int) -> list[int]:
+  """n tokens of greedy decoding by full forward passes."""
+  ids = list(context)
+  for _ in range(n):
+    logits = full_forward(model, params, ids)[-1]
+    logits[Ids.vocab_size:] = -np.inf
+    ids.append(int(np.argmax(logits)))
+  return ids[len(context):]
+
+
+def random_ids(rng, n: int) -> list[int]:
+  return [int(i) for i in rng.integers(1, Ids.vocab_size, n)]
+
+
+def test_scores_equal_a_full_forward_pass_also_under_truncation():
+  model = tiny_model(vocab_size=VOCAB)  # seq_len 16
+  params = random_params(model)
+  rng = np.random.default_rng(0)
+  long_context = random_ids(rng, 30)  # 30 + 5 tokens: the first 18 are cut off
+  requests = [Request(random_ids(rng, 4), random_ids(rng, 3)),
+              Request(long_context, random_ids(rng, 5)),
+              Request(random_ids(rng, 1), random_ids(rng, 16))]  # continuation fills the context
+  for context, seen in ((random_ids(rng, 6), 6), (long_context, 13)):
+    greedy = greedy_continuation(model, params, context[-seen:], 4)  # 13 + 4 = 17 tokens fit
+    requests += [Request(context, greedy), Request(context, greedy[:3] + [greedy[3] % 89 + 1])]
+  scorer = Scorer(model, params, Ids(), batch_size=4)
+  scores = scorer.score(requests)
+  for i, (request, score) in enumerate(zip(requests, scores)):
+    logprob, is_greedy = reference(model, params, request, Ids.vocab_size)
+    assert score.logprob == pytest.approx(logprob, abs=1e-5), i
+    assert score.is_greedy == is_greedy and score.tokens == len(request.continuation), i
+  assert [s.is_greedy for s in scores[3:]] == [True, False, True, False]
+  with pytest.raises(ValueError, match=r"request 0: its continuation has 17 tokens, more than "
+                                       r"the model's context \(model.seq_len=16\)"):
+    scorer.score([Request([1], random_ids(rng, 17))])
+  assert scorer.compiles == 1
+
+
+@pytest.mark.slow
+def test_thirteen_requests_score_the_same_at_batch_1_4_and_8_with_one_compile_per_bucket():
+  model = tiny_model(vocab_size=VOCAB, seq_len=64)
+  params = random_params(model)
+  rng = np.random.default_rng(1)
+  requests = [Request(random_ids(rng, c), random_ids(rng, n)) for c, n in
+              [(1, 1), (3, 2), (10, 5), (20, 1), (30, 3), (2, 40), (50, 14), (70, 6), (5, 5),
+               (15, 2), (33, 1), (1, 9), (60, 4)]]
+  buckets = {bucket(min(len(r.context) + len(r.continuation), 65) - 1, 64) for r in requests}
+  assert buckets == {16, 32, 64}
+  results = {}
+  for batch_size in (1, 4, 8):
+    scorer = Scorer(model, params, Ids(), batch_size=batch_size)
+    results[batch_size] = np.array([s.logprob for s in scorer.score(requests)])
+    assert scorer.compiles == len(buckets)
+  np.testing.assert_allclose(results[4], results[1], atol=1e-5, rtol=0)
+  np.testing.assert_allclose(results[8], results[1], atol=1e-5, rtol=0)
+
+
+def test_text_pairs_are_encoded_together_and_the_trailing_space_moves():
+  tok = ByteTokenizer()
+  assert scoring.split_whitespace("The capital is  ", "Paris") == ("The capital is", "  Paris")
+  request = scoring.encode_pair(tok, "ab ", "cd")
+  assert request == Request([256, 97, 98], [32, 99, 100])
+  assert scoring.encode_pair(tok, "", "x") == Request([256], [120])
+
+
+def test_windows_score_every_token_once_and_rolling_equals_the_perplexity_sum():
+  """A 50-token document at context 8: disjoint windows (stride 8) and overlapping ones
+  (stride 3) each score the 49 targets once; the rolling log-likelihood equals the
+  perplexity module's summed loss and a per-token reference."""
+  model = tiny_model(vocab_size=260, seq_len=8)
+  params = random_params(model)
+  tok = ByteTokenizer()
+  text = "".join(chr(97 + i % 26) for i in range(49))
+  ids = [tok.eos_id] + tok.encode(text)
+  assert len(ids) == 50
+  scorer = Scorer(model, params, tok, batch_size=4)
+  for stride in (8, 3):
+    requests = perplexity.windows(ids, 8, stride)
+    assert [t for r in requests for t in r.continuation] == ids[1:]
+    first, *later = requests
+    assert list(first.context) == [tok.eos_id] and len(first.continuation) == 8
+    assert all(len(r.context) + len(r.continuation) == 9 for r in later)
+    assert all(len(r.continuation) == stride for r in later[:-1])
+    [rolling] = perplexity.rolling_loglikelihood(scorer, [text], stride)
+    expected, logprobs = 0.0, {}
+    for t in range(1, 50):  # target t's window, from the convention's formula
+      end = min(50, 9 if t <= 8 else 9 + stride * math.ceil((t - 8) / stride))
+      if end not in logprobs:
+        logits = np.array(full_forward(model, params, ids[max(0, end - 9):end - 1]), np.float64)
+        logits[:, tok.vocab_size:] = -np.inf
+        logprobs[end] = log_softmax(logits)
+      expected += logprobs[end][t - max(0, end - 9) - 1, ids[t]]
+    assert rolling == pytest.approx(expected, abs=1e-4)
+    result = perplexity.perplexity(scorer, [ids], stride)
+    assert result["tokens"] == 49 and result["bytes"] == 49
+    assert -result["loss"] * 49 == pytest.approx(rolling, abs=1e-5)
+    assert result["bits_per_byte"] == pytest.approx(result["loss"] / math.log(2))
+  with pytest.raises(ValueError, match=r"--stride=9: must be in \[1, model.seq_len=8\]"):
+    perplexity.windows(ids, 8, 9)
+
+
+# ------------------------------------------------------------------ formats and metrics
+
+HELLASWAG = {  # a record of hellaswag_val.jsonl, as released (fields it has that we ignore too)
+    "ind": 24, "activity_label": "Roof shingle removal",
+    "ctx_a": "A man is sitting on a roof.", "ctx_b": "he",
+    "ctx": "A man is sitting on a roof. he", "split": "val", "split_type": "indomain",
+    "label": 3, "endings": ["is using wrap to wrap a pair of skis.",
+                            "is ripping level tiles off.",
+                            "is holding a rubik's cube.",
+                            "starts pulling up roofing on a roof."],
+    "source_id": "activitynet~v_-JhWjGDPHMY"}
+WIKIHOW = {"ind": 4, "activity_label": "Home and Garden", "ctx_a": "[header] How to clean a "
+           "grill [title] Heat it up.", "ctx_b": "then", "label": 0, "split": "val",
+           "endings": ["scrub the [step] grates.", "sing."], "source_id": "wikihow~1"}
+
+
+def test_format_parsers_read_the_real_schemas(tmp_path):
+  path = tmp_path / "hellaswag_val.jsonl"
+  path.write_text(json.dumps(HELLASWAG) + "\n\n" + json.dumps(WIKIHOW) + "\n")
+  roof, grill = tasks.read_items("hellaswag", str(path))
+  assert roof == Item("Roof shingle removal: A man is sitting on a roof. He",
+                      tuple(HELLASWAG["endings"]), 3)
+  assert grill == Item("Home and Garden: How to clean a grill. Heat it up. Then",
+                       ("scrub the grates.", "sing."), 0)
+  lambada = tmp_path / "lambada_test.jsonl"
+  lambada.write_text(json.dumps({"text": "In my palm is a clear stone, and inside it is a "
+                                         "small ivory statuette. A guardian angel.\n\n"
+                                         "\"Figured if you're going to be out at night"}) + "\n")
+  [item] = tasks.read_items("lambada", str(lambada))
+  assert item.choices == ("night",) and item.label == 0
+  assert item.context.endswith("going to be out at")
+  generic = tmp_path / "mc.jsonl"
+  generic.write_text('{"context": "2 + 2 =", "choices": ["3", "4"], "label": 1}\n'
+                     '{"context": "Sky:", "choices": ["blue", "red", "green"], "label": 0}\n')
+  assert tasks.read_items("choice", str(generic), limit=1) == [Item("2 + 2 =", ("3", "4"), 1)]
+  generic.write_text('{"context": "x", "choices": ["a", "b"], "label": 2}\n')
+  with pytest.raises(ValueError, match=r"mc.jsonl: line 1: 'label' must be an index"):
+    tasks.read_items("choice", str(generic))
+  generic.write_text('{"context": "x", "answers": ["a", "b"], "label": 0}\n')
+  with pytest.raises(ValueError, match=r"line 1 lacks choices; a choice record has context, "
+                                       r"choices, label"):
+    tasks.read_items("choice", str(generic))
+
+
+class Stub:
+  """A scorer with hand-set log-likelihoods: continuation text -> (logprob, greedy, tokens)."""
+
+  def __init__(self, table):
+    self.table, self.pairs = table, []
+
+  def loglikelihood(self, pairs):
+    self.pairs += pairs
+    return [Score(*self.table[continuation]) for _, continuation in pairs]
+
+
+def test_metrics_from_hand_set_log_likelihoods():
+  # Item 1: raw ll picks "ab" (wrong); per char (-2/2 vs -3/6) picks "abcdef" (right);
+  # per token (-2/1 vs -3/2) picks "abcdef" too. Item 2: raw picks "x" (right), per char
+  # (-1/1 vs -1.5/3) picks "yyy" (wrong), per token (-1/1 vs -1.5/3) picks "yyy" (wrong).
+  # Item 3: per token alone differs: -4/4 beats -2/1 and -3/2, per char -4/2 loses to -2/1.
+  table = {" ab": (-2.0, True, 1), " abcdef": (-3.0, False, 2), " x": (-1.0, True, 1),
+           " yyy": (-1.5, False, 3), " p": (-2.0, True, 1), " qq": (-4.0, False, 4),
+           " r": (-3.0, False, 2)}
+  items = [Item("c1", ("ab", "abcdef"), 1), Item("c2", ("x", "yyy"), 0),
+           Item("c3", ("p", "qq", "r"), 1)]
+  m = choice.evaluate(Stub(table), items, Shots(), cloze=False)
+  assert (m["acc"], m["acc_norm_char"], m["acc_norm_token"]) == (1 / 3, 1 / 3, 2 / 3)
+  assert m["acc_stderr"] == pytest.approx(np.std([0, 1, 0], ddof=1) / math.sqrt(3))
+  assert m["items"] == 3 and m["chance"] == pytest.approx((1 / 2 + 1 / 2 + 1 / 3) / 3)
+
+  cloze = [Item("a b", ("c",), 0), Item("d", ("e",), 0)]
+  stub = Stub({" c": (-1.0, True, 1), " e": (-3.0, False, 2)})
+  m = choice.evaluate(stub, cloze, Shots(), cloze=True)
+  assert stub.pairs == [("a b", " c"), ("d", " e")]
+  assert m["acc"] == 0.5 and m["ppl"] == pytest.approx(math.exp(2.0))
+  assert m["ppl_stderr"] == pytest.approx(math.exp(2.0) * np.std([-1, -3], ddof=1) / math.sqrt(2))
+
+
+def test_fewshot_prompts_are_seeded_never_self_and_use_the_delimiters():
+  items = [Item(f"q{i}", ("no", "yes"), i % 2) for i in range(12)]
+  shots = Shots(k=3, seed=7, delimiter="\n###\n", target_delimiter=" =>")
+  first = choice.prompts(items, shots)
+  assert first == choice.prompts(items, shots)  # deterministic
+  assert first != choice.prompts(items, Shots(k=3, seed=8, delimiter="\n###\n",
+                                              target_delimiter=" =>"))
+  for i, text in enumerate(first):
+    *demos, question = text.split("\n###\n")
+    assert question == f"q{i}" and len(demos) == 3
+    assert all(d.split(" =>")[0] != f"q{i}" for d in demos)
+    assert all(d == f"{d.split(' =>')[0]} =>{('no', 'yes')[int(d[1:].split(' ')[0]) % 2]}"
+               for d in demos)
+  # An item's prompt does not depend on the others: the first 5 alone give the same prompts.
+  assert choice.prompts(items[:5], shots, pool=items) == first[:5]
+  pool = items[:5]  # a separate pool holding items 0-4 verbatim: never their own demonstration
+  for text, item in zip(choice.prompts(items, shots, pool=pool), items):
+    assert f"{item.context} =>" not in text
+  assert choice.prompts(items, Shots(), pool=None) == [i.context for i in items]
+  with pytest.raises(ValueError, match="--num_fewshot=12: the demonstration pool has only 11"):
+    choice.prompts(items, Shots(k=12))
