@@ -5,19 +5,25 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import gptjax
+from gptjax import metrics, rundir
 from gptjax.data.tokenizer import ByteTokenizer
 from gptjax.evaluate import choice, perplexity, scoring, tasks
 from gptjax.evaluate.choice import Shots
 from gptjax.evaluate.scoring import Request, Score, Scorer
 from gptjax.evaluate.tasks import Item
 from gptjax.generate import bucket
-from test_generate import log_softmax
+from test_generate import log_softmax, saved_run  # noqa: F401  (saved_run: a fixture)
 from test_model import forward, random_params, tiny_model
+from test_train import ROOT
 
 VOCAB = 100
 
@@ -249,3 +255,84 @@ def test_fewshot_prompts_are_seeded_never_self_and_use_the_delimiters():
   assert choice.prompts(items, Shots(), pool=None) == [i.context for i in items]
   with pytest.raises(ValueError, match="--num_fewshot=12: the demonstration pool has only 11"):
     choice.prompts(items, Shots(k=12))
+
+
+# ------------------------------------------------------------------ the command line
+
+
+def write_corpus(directory) -> str:
+  """20 small text files of blank-line paragraphs; returns their glob."""
+  rng = np.random.default_rng(0)
+  words = ["alpha", "beta", "gamma", "delta", "def", "return", "x", "=", "(", ")"]
+  directory.mkdir()
+  for f in range(20):
+    paragraphs = [" ".join(rng.choice(words, rng.integers(3, 30))) for _ in range(3)]
+    (directory / f"doc{f}.txt").write_text("\n\n".join(paragraphs) + "\n")
+  return str(directory / "*.txt")
+
+
+def write_choice_file(path, count: int = 20) -> list[Item]:
+  rng = np.random.default_rng(1)
+  items = [Item(f"item {i}: the answer is", tuple(f"c{i}{j}" * int(rng.integers(1, 4))
+                                                  for j in range(3)), int(rng.integers(3)))
+           for i in range(count)]
+  path.write_text("".join(json.dumps({"context": it.context, "choices": list(it.choices),
+                                      "label": it.label}) + "\n" for it in items))
+  return items
+
+
+@pytest.mark.slow
+def test_cli_writes_the_result_and_an_eval_row_and_refuses_bad_starts(saved_run, tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(saved_run[0], workdir)
+  corpus = write_corpus(tmp_path / "corpus")
+  items = write_choice_file(tmp_path / "mc.jsonl")
+  evaluate = [sys.executable, "-m", "gptjax.evaluate", f"--workdir={workdir}", "--batch_size=4"]
+  done = subprocess.run(evaluate + ["--task=perplexity", f"--source={corpus}", "--stride=16",
+                                    "--split=train", "--max_documents=6", "--step=2"],
+                        capture_output=True, text=True, cwd=ROOT)
+  assert done.returncode == 0, done.stderr
+  done = subprocess.run(evaluate + ["--task=choice", f"--data_file={tmp_path}/mc.jsonl",
+                                    "--num_fewshot=2", "--fewshot_delimiter=\n"],
+                        capture_output=True, text=True, cwd=ROOT)
+  assert done.returncode == 0, done.stderr
+  assert "mc_2shot acc_norm_char:" in done.stdout
+
+  ppl = json.loads((tmp_path / "run/eval/2/perplexity.json").read_text())
+  assert ppl["settings"] == {"source": corpus, "split": "train", "stride": 16,
+                             "max_documents": 6}
+  mc = json.loads((tmp_path / "run/eval/4/mc_2shot.json").read_text())
+  assert mc["settings"]["fewshot_delimiter"] == "\n" and mc["metrics"]["items"] == 20
+  # The same numbers in process: the run's tokenizer over the same documents and items.
+  run = gptjax.load(workdir, step=2)
+  data_config = run.config.data.copy_and_resolve_references()
+  data_config.source = corpus
+  documents = list(perplexity.document_ids(data_config, run.tokenizer, "train", 6))
+  assert ppl["metrics"]["documents"] == len(documents) == 6
+  with run.active():
+    expected = perplexity.perplexity(Scorer(run.model, run.params, run.tokenizer), documents, 16)
+  assert ppl["metrics"]["loss"] == pytest.approx(expected["loss"], abs=1e-6)
+  assert ppl["metrics"]["tokens"] == sum(len(d) - 1 for d in documents)
+  run = gptjax.load(workdir)
+  with run.active():
+    expected = choice.evaluate(Scorer(run.model, run.params, run.tokenizer), items,
+                               Shots(k=2, delimiter="\n"), cloze=False)
+  assert mc["metrics"] == pytest.approx(expected, nan_ok=True)
+
+  rows = metrics.read_rows(workdir)
+  assert [r["task"] for r in rows] == ["perplexity", "mc_2shot"]
+  assert rows[0]["step"] == 2 and rows[0]["perplexity/ppl"] == ppl["metrics"]["ppl"]
+  assert rows[1]["mc_2shot/acc"] == mc["metrics"]["acc"] and rows[1]["tokens"] == 4 * 8 * 32
+  assert not any("eval_loss" in r for r in rows)
+
+  refused = subprocess.run(evaluate + ["--task=hellaswag"], capture_output=True, text=True,
+                           cwd=ROOT)
+  assert refused.stderr.strip().endswith("error: --task=hellaswag: needs --data_file=FILE.jsonl "
+                                         "(datasets are not downloaded)")
+  before = sorted(p.name for p in (tmp_path / "run").iterdir())
+  with rundir.RunLock(workdir, command="trainer"):
+    refused = subprocess.run(evaluate + ["--task=choice", f"--data_file={tmp_path}/mc.jsonl"],
+                             capture_output=True, text=True, cwd=ROOT)
+  assert refused.returncode != 0 and "is in use by pid" in refused.stderr.splitlines()[-1]
+  assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before
+  assert len(metrics.read_rows(workdir)) == 2
