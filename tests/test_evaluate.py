@@ -20,12 +20,14 @@ from gptjax.evaluate import choice, perplexity, scoring, tasks
 from gptjax.evaluate.choice import Shots
 from gptjax.evaluate.scoring import Request, Score, Scorer
 from gptjax.evaluate.tasks import Item
-from gptjax.generate import bucket
-from test_generate import log_softmax, saved_run  # noqa: F401  (saved_run: a fixture)
+from gptjax.generate import Decoder, Settings, bucket
+import test_generate
+from test_generate import log_softmax
 from test_model import forward, random_params, tiny_model
 from test_train import ROOT
 
 VOCAB = 100
+saved_run = test_generate.saved_run  # the fixture: a run directory with checkpoints at 2 and 4
 
 
 class Ids:
@@ -336,3 +338,68 @@ def test_cli_writes_the_result_and_an_eval_row_and_refuses_bad_starts(saved_run,
   assert refused.returncode != 0 and "is in use by pid" in refused.stderr.splitlines()[-1]
   assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before
   assert len(metrics.read_rows(workdir)) == 2
+
+
+# ------------------------------------------------------------------ lm-evaluation-harness
+
+LOCAL_TASK = """\
+task: gptjax_local_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data_file}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{context}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: label
+target_delimiter: " "
+metric_list:
+  - metric: acc
+  - metric: acc_norm
+"""
+
+
+@pytest.mark.slow
+def test_lm_eval_model_matches_the_native_evaluator_and_generates_until(saved_run, tmp_path,
+                                                                        monkeypatch):
+  """A local 20-item multiple-choice task run by lm_eval offline gives the accuracy of
+  choice.evaluate on the same items; generate_until stops at `until` and `max_gen_toks`."""
+  monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_datasets"))
+  import lm_eval
+  from lm_eval.api.instance import Instance
+  from lm_eval.tasks import TaskManager
+  from gptjax.evaluate import harness
+
+  items = write_choice_file(tmp_path / "mc.jsonl")
+  (tmp_path / "tasks").mkdir()
+  (tmp_path / "tasks/gptjax_local_mc.yaml").write_text(
+      LOCAL_TASK.format(data_file=tmp_path / "mc.jsonl"))
+  results = lm_eval.simple_evaluate(
+      model="gptjax", model_args=f"workdir={saved_run[0]},batch_size=4",
+      tasks=["gptjax_local_mc"], task_manager=TaskManager(include_path=str(tmp_path / "tasks")),
+      num_fewshot=0, bootstrap_iters=0)["results"]["gptjax_local_mc"]
+  run = gptjax.load(saved_run[0])
+  with run.active():
+    native = choice.evaluate(Scorer(run.model, run.params, run.tokenizer), items, Shots(),
+                             cloze=False)
+  assert results["acc,none"] == native["acc"]
+  assert results["acc_norm,none"] == native["acc_norm_char"]
+  assert 0 < native["acc"] < 1  # a random model: neither all right nor all wrong
+
+  lm = harness.GptjaxLM(workdir=saved_run[0])
+  request = lambda text, kwargs: Instance("generate_until", {}, (text, kwargs), 0)  # noqa: E731
+  with run.active():
+    [free] = Decoder(run.model, run.params, run.tokenizer).generate(
+        [[256] + run.tokenizer.encode("def f(")], Settings(max_new_tokens=6))[0]
+  assert len(free.tokens) == 6 and free.finish_reason == "length"
+  stop = free.text[2]
+  assert lm.generate_until([request("def f(", {"until": [stop], "max_gen_toks": 6}),
+                            request("def f(", {"max_gen_toks": 3, "do_sample": False})]) == [
+      free.text[:free.text.index(stop)], run.tokenizer.decode(free.tokens[:3])]
+  [rolling] = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, ("abc " * 20,), 0)])
+  with run.active():
+    assert rolling == pytest.approx(perplexity.rolling_loglikelihood(
+        Scorer(run.model, run.params, run.tokenizer), ["abc " * 20])[0], abs=1e-5)
