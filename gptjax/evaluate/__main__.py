@@ -21,10 +21,10 @@ import sys
 import time
 from typing import Any
 
-from absl import app, flags, logging
+from absl import app, flags
 from etils import epath
 
-from gptjax import metrics, rundir, run_record
+from gptjax import console, metrics, rundir, run_record
 from gptjax.evaluate import choice, perplexity, tasks
 from gptjax.evaluate.scoring import Scorer
 from gptjax.load import load, run_config
@@ -125,8 +125,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   args = flags.FLAGS
-  if not args["verbosity"].present:  # orbax logs every restore at INFO
-    logging.set_verbosity(logging.WARNING)
+  console.setup(args.verbosity)  # gptjax's own lines only; --verbosity=1 for the libraries'
   try:
     check_flags(args)
     run_config(args.workdir)  # a directory that is no run is refused before the lock makes it
