@@ -4,6 +4,7 @@ task formats, metrics from hand-set scores, few-shot prompts, and the command li
 from __future__ import annotations
 
 import json
+import os
 import math
 import shutil
 import subprocess
@@ -340,6 +341,26 @@ def test_cli_writes_the_result_and_an_eval_row_and_refuses_bad_starts(saved_run,
   assert len(metrics.read_rows(workdir)) == 2
 
 
+@pytest.mark.slow
+def test_cli_over_a_sweep_evaluates_every_completed_member(saved_run, tmp_path):
+  sweep = tmp_path / "sweep"
+  for name, status in (("a", "completed"), ("b", "running"), ("c", "completed")):
+    shutil.copytree(saved_run[0], sweep / name)
+    (sweep / name / "summary.json").write_text(json.dumps({"status": status}))
+  (sweep / "sweep.json").write_text(json.dumps({"a": {}, "b": {}, "c": {}, "d": {}}))
+  write_choice_file(tmp_path / "mc.jsonl", count=6)
+  command = [sys.executable, "-m", "gptjax.evaluate", f"--workdir={sweep}", "--task=choice",
+             f"--data_file={tmp_path}/mc.jsonl"]
+  refused = subprocess.run(command + ["--step=2"], capture_output=True, text=True, cwd=ROOT)
+  assert refused.stderr.strip().splitlines()[-1].startswith("error: --step=2: ")
+  done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+  assert done.returncode == 0, done.stderr
+  assert done.stdout.count("== ") == 2
+  for name, rows in (("a", 1), ("b", 0), ("c", 1)):
+    assert [r["task"] for r in metrics.read_rows(str(sweep / name))] == ["mc"] * rows
+    assert (sweep / name / "eval/4/mc.json").exists() == bool(rows)
+
+
 # ------------------------------------------------------------------ lm-evaluation-harness
 
 LOCAL_TASK = """\
@@ -403,3 +424,43 @@ def test_lm_eval_model_matches_the_native_evaluator_and_generates_until(saved_ru
   with run.active():
     assert rolling == pytest.approx(perplexity.rolling_loglikelihood(
         Scorer(run.model, run.params, run.tokenizer), ["abc " * 20])[0], abs=1e-5)
+
+
+# ------------------------------------------------------------------ scaling reports
+
+
+@pytest.mark.slow
+def test_report_plots_downstream_accuracy_with_chance_and_a_fit_against_loss(tmp_path):
+  """A synthetic 4-member sweep whose runs carry task rows as python -m gptjax.evaluate writes
+  them (one evaluated twice: the later step counts; one with perplexity only)."""
+  from test_report import _render, _sweep
+  ns = [5e4, 1.5e5, 4e5, 1.2e6]
+  root = _sweep(tmp_path / "ladder", {f"m{i}": (n, 3e6) for i, n in enumerate(ns)})
+  accs = [0.28, 0.31, 0.35, 0.40]
+  losses = []
+  for i, acc in enumerate(accs):
+    summary = json.load(open(f"{root}/m{i}/summary.json"))
+    losses.append(summary["final_eval_loss"])
+    rows = [{"step": 2000, "tokens": 2, "flops": 1.0, "task": "hellaswag",
+             "hellaswag/acc_norm_char": 0.9, "hellaswag/acc_norm_char_stderr": 0.01,
+             "hellaswag/chance": 0.25},
+            {"step": 3000, "tokens": 3, "flops": summary["flops"], "task": "hellaswag",
+             "settings": {"num_fewshot": 0}, "hellaswag/acc": acc - 0.02,
+             "hellaswag/acc_norm_char": acc, "hellaswag/acc_norm_char_stderr": 0.01 * (i + 1),
+             "hellaswag/chance": 0.25},
+            {"step": 3000, "tokens": 3, "flops": 1.0, "task": "perplexity",
+             "perplexity/loss": 3.0}]
+    with open(f"{root}/m{i}/metrics.jsonl", "a") as f:
+      f.writelines(json.dumps(r) + "\n" for r in rows)
+  paths = _render(root)
+  assert os.path.getsize(paths["downstream"]) > 0
+  fits = json.load(open(paths["fits"]))["downstream"]
+  assert set(fits) == {"hellaswag"}
+  task = fits["hellaswag"]
+  assert task["metric"] == "acc_norm_char" and task["chance"] == 0.25
+  assert [p["value"] for p in task["points"]] == accs
+  b, a = np.polyfit(losses, accs, 1, w=[1 / (0.01 * (i + 1)) for i in range(4)])
+  assert task["fit_vs_loss"] == pytest.approx({"a": a, "b": b, "points": 4})
+  assert task["fit_vs_loss"]["b"] < 0  # lower loss, higher accuracy
+  md = open(paths["md"]).read()
+  assert "## Downstream tasks" in md and "downstream.png" in md and "| hellaswag | m3 |" in md

@@ -12,11 +12,15 @@ file's stem for `choice`, with `_Kshot` for K > 0 demonstrations, unless --name 
 Evaluate writes into the run directory, so it holds the run's lock (gptjax.rundir)
 from before loading until the row is written: it never runs beside a trainer of the
 same directory, and a refused start changes nothing.
+
+--workdir may also be a sweep directory: every completed member is evaluated in turn
+(at its newest checkpoint), which is what a scaling report's downstream plots read.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -121,30 +125,36 @@ def write(workdir: str, config: Any, step: int, name: str, task: str, settings: 
   return path
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  args = flags.FLAGS
-  console.setup(args.verbosity)  # gptjax's own lines only; --verbosity=1 for the libraries'
-  try:
-    check_flags(args)
-    run_config(args.workdir)  # a directory that is no run is refused before the lock makes it
-    lock = rundir.RunLock(args.workdir)
-    lock.acquire()
-  except ValueError as e:
-    sys.exit(f"error: {e}")
+def run_dirs(workdir: str, step: int | None) -> list[str]:
+  """The run directories --workdir names: itself, or each completed member of a sweep
+  directory (its sweep.json; summary.json status completed), in sweep.json's order."""
+  root = epath.Path(workdir)
+  if not (root / "config.json").exists() and (root / "sweep.json").exists():
+    if step is not None:
+      raise ValueError(f"--step={step}: {workdir} is a sweep, whose members end at different "
+                       "steps; leave --step out to evaluate each member's newest checkpoint")
+    members = [root / name for name in json.loads((root / "sweep.json").read_text())]
+    done = [os.fspath(m) for m in members if (m / "summary.json").exists()
+            and json.loads((m / "summary.json").read_text()).get("status") == "completed"]
+    if not done:
+      raise ValueError(f"--workdir={workdir}: no member of this sweep has completed yet")
+    return done
+  run_config(workdir)  # a directory that is no run is refused before the lock makes it
+  return [workdir]
+
+
+def evaluate_run(args: Any, workdir: str) -> None:
+  """Loads, scores and writes one run directory, holding its lock throughout."""
+  lock = rundir.RunLock(workdir)
+  lock.acquire()
   try:
     start = time.perf_counter()
-    try:
-      loaded = load(args.workdir, args.step)
-      scorer = Scorer(loaded.model, loaded.params, loaded.tokenizer, args.batch_size,
-                      progress=True)
-      with loaded.active():
-        settings, values = evaluate(args, scorer, loaded.config)
-    except ValueError as e:
-      sys.exit(f"error: {e}")
+    loaded = load(workdir, args.step)
+    scorer = Scorer(loaded.model, loaded.params, loaded.tokenizer, args.batch_size, progress=True)
+    with loaded.active():
+      settings, values = evaluate(args, scorer, loaded.config)
     name = result_name(args)
-    path = write(args.workdir, loaded.config, loaded.step, name, args.task, settings, values,
+    path = write(workdir, loaded.config, loaded.step, name, args.task, settings, values,
                  time.perf_counter() - start)
   finally:
     lock.release()
@@ -152,6 +162,24 @@ def main(argv: list[str]) -> None:
     print(f"{name} {key}: {value:.6g}" if isinstance(value, float) else f"{name} {key}: {value}")
   print(f"step {loaded.step}: {scorer.compiles} programs compiled; written to {path}",
         file=sys.stderr)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  args = flags.FLAGS
+  console.setup(args.verbosity)  # gptjax's own lines only; --verbosity=1 for the libraries'
+  try:
+    check_flags(args)
+    workdirs = run_dirs(args.workdir, args.step)
+    for workdir in workdirs:
+      if len(workdirs) > 1:
+        print(f"== {workdir}", flush=True)
+      evaluate_run(args, workdir)
+  except ValueError as e:
+    if args.verbosity > 0:
+      raise
+    sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
