@@ -121,6 +121,10 @@ def test_text_pairs_are_encoded_together_and_the_trailing_space_moves():
   request = scoring.encode_pair(tok, "ab ", "cd")
   assert request == Request([256, 97, 98], [32, 99, 100])
   assert scoring.encode_pair(tok, "", "x") == Request([256], [120])
+  # lm-eval's GPT-2 convention: end-of-text only where the context is empty.
+  assert scoring.encode_pair(tok, "ab ", "cd", start_with_eos=False) == Request([97, 98],
+                                                                               [32, 99, 100])
+  assert scoring.encode_pair(tok, "", "x", start_with_eos=False) == Request([256], [120])
 
 
 def test_windows_score_every_token_once_and_rolling_equals_the_perplexity_sum():

@@ -42,6 +42,9 @@ flags.DEFINE_enum("task", None, TASKS, "What to score.")
 flags.DEFINE_string("name", None, "Name of the result (file and metric prefix); default: the "
                     "task, the data file's stem for choice, with _Kshot for K demonstrations.")
 flags.DEFINE_integer("batch_size", 16, "Rows per forward pass (results do not depend on it).")
+flags.DEFINE_bool("start_with_eos", True, "Tasks: begin every context with end-of-text, as "
+                  "training documents do; --nostart_with_eos only empty ones, as lm-eval and "
+                  "build-nanogpt do for GPT-2 (their published figures).")
 flags.DEFINE_integer("limit", 0, "Score only the first N items (tasks); 0: all.")
 # perplexity
 flags.DEFINE_string("source", None, "perplexity: a data source as data.source takes it (TFDS "
@@ -105,7 +108,7 @@ def evaluate(args: Any, scorer: Scorer, config: Any) -> tuple[dict[str, Any], di
   items = tasks.read_items(args.task, args.data_file, args.limit)
   pool = tasks.read_items(args.task, args.fewshot_file) if args.fewshot_file else None
   settings = {"data_file": args.data_file, "fewshot_file": args.fewshot_file, "limit": args.limit,
-              **shots.describe()}
+              "start_with_eos": scorer.start_with_eos, **shots.describe()}
   return settings, choice.evaluate(scorer, items, shots, args.task in tasks.CLOZE, pool)
 
 
@@ -150,7 +153,8 @@ def evaluate_run(args: Any, workdir: str) -> None:
   try:
     start = time.perf_counter()
     loaded = load(workdir, args.step)
-    scorer = Scorer(loaded.model, loaded.params, loaded.tokenizer, args.batch_size, progress=True)
+    scorer = Scorer(loaded.model, loaded.params, loaded.tokenizer, args.batch_size, progress=True,
+                    start_with_eos=args.start_with_eos)
     with loaded.active():
       settings, values = evaluate(args, scorer, loaded.config)
     name = result_name(args)

@@ -18,6 +18,9 @@ what `python -m gptjax.evaluate` scores:
   temperature; top_k and top_p if given), ending at end-of-text, at any `until` string
   (cut before it) or after `max_gen_toks` tokens; the prompt keeps its last
   model.seq_len - max_gen_toks tokens.
+Model arg `start_with_eos` (default true) begins every context and prompt with
+end-of-text, as gptjax's training documents do; `start_with_eos=false` gives it only to
+an empty one, as lm-eval's HF models do for GPT-2: its published figures need that.
 """
 
 from __future__ import annotations
@@ -45,15 +48,18 @@ importlib.import_module("lm_eval.models")
 @register_model("gptjax")
 class GptjaxLM(LM):
   """A gptjax run directory as an lm_eval model (model_args: workdir, step, stride,
-  batch_size)."""
+  start_with_eos, batch_size)."""
 
   def __init__(self, workdir: str, step: int | str | None = None, batch_size: int | str = 16,
-               stride: int | str | None = None, max_batch_size: Any = None, device: Any = None):
+               stride: int | str | None = None, start_with_eos: bool | str = True,
+               max_batch_size: Any = None, device: Any = None):
     del max_batch_size, device  # lm_eval passes them to every model; jax places the arrays
     super().__init__()
     self.run = load(workdir, None if step in (None, "") else int(step))
     batch = 16 if str(batch_size).startswith("auto") else int(batch_size)
-    self.scorer = Scorer(self.run.model, self.run.params, self.run.tokenizer, batch)
+    self.start_with_eos = str(start_with_eos).lower() not in ("false", "0", "no")
+    self.scorer = Scorer(self.run.model, self.run.params, self.run.tokenizer, batch,
+                         start_with_eos=self.start_with_eos)
     self.stride = int(stride) if stride else self.run.config.model.seq_len
     perplexity.check_stride(self.stride, self.run.config.model.seq_len)
     self.decoder = Decoder(self.run.model, self.run.params, self.run.tokenizer)
@@ -74,21 +80,24 @@ class GptjaxLM(LM):
     groups: dict[tuple[Settings, tuple[str, ...]], list[int]] = {}
     for i, request in enumerate(requests):
       groups.setdefault(self._settings(request.args[1]), []).append(i)
-    tokenizer, seq_len = self.run.tokenizer, self.run.config.model.seq_len
+    seq_len = self.run.config.model.seq_len
     out: list[str] = [""] * len(requests)
     for (settings, until), indices in groups.items():
       room = seq_len - settings.max_new_tokens
       if room < 1:
         raise ValueError(f"max_gen_toks={settings.max_new_tokens}: must be below the model's "
                          f"context (model.seq_len={seq_len})")
-      prompts = [([tokenizer.eos_id] + tokenizer.encode(requests[i].args[0]))[-room:]
-                 for i in indices]
+      prompts = [self._prompt(requests[i].args[0])[-room:] for i in indices]
       with self.run.active():
         completions = self.decoder.generate(prompts, settings, stop=until,
                                             batch_size=self.batch_size)
       for i, [completion] in zip(indices, completions):
         out[i] = completion.text
     return out
+
+  def _prompt(self, context: str) -> list[int]:
+    ids = self.run.tokenizer.encode(context)
+    return [self.run.tokenizer.eos_id] + ids if self.start_with_eos or not ids else ids
 
   @staticmethod
   def _settings(gen_kwargs: dict[str, Any]) -> tuple[Settings, tuple[str, ...]]:

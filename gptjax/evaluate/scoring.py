@@ -9,6 +9,8 @@ Conventions (those of GPT-3 and lm-evaluation-harness):
   a space is not).
 - Every context starts with the end-of-text token, as every training document does,
   so an empty context is fine: the continuation is then scored as a document's start.
+  With `start_with_eos=False` only an empty context gets it: lm-evaluation-harness's
+  convention for GPT-2 (and build-nanogpt's), which published figures use.
 - A request longer than the model's context (model.seq_len + 1 tokens, inputs plus
   the last target) loses tokens from the left of its context; the whole continuation
   is always scored, and one longer than model.seq_len is refused.
@@ -63,12 +65,14 @@ def split_whitespace(context: str, continuation: str) -> tuple[str, str]:
   return stripped, context[len(stripped):] + continuation
 
 
-def encode_pair(tokenizer: Any, context: str, continuation: str) -> Request:
+def encode_pair(tokenizer: Any, context: str, continuation: str,
+                start_with_eos: bool = True) -> Request:
   """The token request of a text pair (module docstring: joint encoding, end-of-text first)."""
   context, continuation = split_whitespace(context, continuation)
   whole = tokenizer.encode(context + continuation)
   context_ids = tokenizer.encode(context) if context else []
-  return Request([tokenizer.eos_id] + whole[:len(context_ids)], whole[len(context_ids):])
+  start = [tokenizer.eos_id] if start_with_eos or not context_ids else []
+  return Request(start + whole[:len(context_ids)], whole[len(context_ids):])
 
 
 def _score_rows(model: Any, params: Any, inputs: jax.Array, targets: jax.Array, *,
@@ -88,13 +92,14 @@ class Scorer:
   """
 
   def __init__(self, model: Any, params: Any, tokenizer: Any, batch_size: int = 16,
-               progress: bool = False):
+               progress: bool = False, start_with_eos: bool = True):
     if batch_size < 1:
       raise ValueError(f"--batch_size={batch_size}: must be >= 1")
     self.seq_len = model.config.seq_len
     self.tokenizer = tokenizer
     self.batch_size = batch_size
     self.progress = progress
+    self.start_with_eos = start_with_eos  # text contexts (module docstring)
     self.params = params
     self._score = jax.jit(functools.partial(_score_rows, model, vocab_limit=tokenizer.vocab_size))
 
@@ -108,7 +113,8 @@ class Scorer:
     return self.score(self.encode(pairs))
 
   def encode(self, pairs: Sequence[tuple[str, str]]) -> list[Request]:
-    return [encode_pair(self.tokenizer, context, continuation) for context, continuation in pairs]
+    return [encode_pair(self.tokenizer, context, continuation, self.start_with_eos)
+            for context, continuation in pairs]
 
   def check(self, requests: Sequence[Request]) -> None:
     """Raises ValueError for a request that cannot be scored, before any compile."""
