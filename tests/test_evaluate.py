@@ -365,6 +365,49 @@ def test_cli_over_a_sweep_evaluates_every_completed_member(saved_run, tmp_path):
     assert (sweep / name / "eval/4/mc.json").exists() == bool(rows)
 
 
+def test_eval_tasks_are_validated_with_the_config(tmp_path):
+  from gptjax.config import base_config, validate
+  from gptjax.evaluate.tasks import check_tasks
+  (tmp_path / "mc.jsonl").write_text('{"context": "x", "choices": ["a", "b"], "label": 0}\n')
+  assert tasks.parse_tasks(f" perplexity, choice={tmp_path}/mc.jsonl,") == [
+      ("perplexity", None), ("choice", f"{tmp_path}/mc.jsonl")]
+  c = base_config()
+  c.eval.num_fewshot = -1
+  with pytest.raises(ValueError, match="eval.num_fewshot=-1: must be an integer >= 0"):
+    validate(c)
+  with pytest.raises(ValueError) as refused:
+    check_tasks(f"hellaswag,choice={tmp_path}/missing.jsonl,squad=x.jsonl")
+  assert str(refused.value).splitlines() == [
+      "invalid eval config:",
+      "  eval.tasks entry 'hellaswag': hellaswag needs an existing file, as hellaswag=FILE.jsonl",
+      f"  eval.tasks entry 'choice={tmp_path}/missing.jsonl': choice needs an existing file, as "
+      "choice=FILE.jsonl",
+      "  eval.tasks entry 'squad=x.jsonl': unknown task 'squad'; use perplexity or "
+      "TASK=FILE.jsonl with TASK one of hellaswag, lambada, choice"]
+
+
+@pytest.mark.slow
+def test_training_with_eval_tasks_scores_the_final_checkpoint_once(tmp_path):
+  """python -m gptjax.main with eval.tasks: the finished run holds the task results of its
+  last step; rerunning the finished run trains and evaluates nothing again."""
+  from test_train import cli
+  corpus = write_corpus(tmp_path / "corpus")
+  write_choice_file(tmp_path / "mc.jsonl", count=5)
+  workdir = str(tmp_path / "run")
+  command = cli(workdir, **{"train.steps": 3, "train.eval_every": 0, "data.source": corpus,
+                            "data.tokenizer": "bytes", "data.validation_percent": 20,
+                            "eval.tasks": f"perplexity,choice={tmp_path}/mc.jsonl",
+                            "eval.num_fewshot": 1})
+  for _ in range(2):
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+  rows = [r for r in metrics.read_rows(workdir) if "task" in r]
+  assert [(r["task"], r["step"]) for r in rows] == [("perplexity", 3), ("mc_1shot", 3)]
+  assert rows[1]["settings"]["num_fewshot"] == 1 and rows[1]["mc_1shot/items"] == 5
+  assert json.loads((tmp_path / "run/eval/3/perplexity.json").read_text())["metrics"]["ppl"] > 1
+  assert not (tmp_path / "run/lock").exists()
+
+
 # ------------------------------------------------------------------ lm-evaluation-harness
 
 LOCAL_TASK = """\

@@ -8,5 +8,6 @@ and a model for EleutherAI's lm-evaluation-harness.
 - tasks.py: the task file formats (HellaSwag, LAMBADA, generic multiple choice);
 - choice.py: few-shot prompts and the multiple-choice and cloze metrics;
 - harness.py: the `gptjax` model of lm-evaluation-harness (needs the `eval` extra);
-- __main__.py: the command line, which writes DIR/eval/STEP/TASK.json and an eval row.
+- run.py: one evaluation of a run directory, writing DIR/eval/STEP/NAME.json and an eval row;
+- __main__.py: the command line over run.py.
 """

@@ -66,7 +66,8 @@ def demonstrations(pool: Sequence[Item], k: int, seed: int, index: int, item: It
     picked = [int(j) for j in rng.permutation(len(pool)) if not skip(j)][:k]
   if len(picked) < k:
     raise ValueError(f"--num_fewshot={k}: the demonstration pool has only {len(picked)} items "
-                     f"other than item {index}; lower --num_fewshot or give a larger --fewshot_file")
+                     f"other than item {index}; lower --num_fewshot or give a larger "
+                     "--fewshot_file")
   return [pool[j] for j in picked]
 
 

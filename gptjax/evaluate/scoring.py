@@ -120,8 +120,9 @@ class Scorer:
     """Raises ValueError for a request that cannot be scored, before any compile."""
     for i, r in enumerate(requests):
       if not r.context or not r.continuation:
-        raise ValueError(f"request {i} has an empty {'context' if not r.context else 'continuation'}"
-                         "; give every request at least one token of each")
+        empty = "context" if not r.context else "continuation"
+        raise ValueError(f"request {i} has an empty {empty}; give every request at least one "
+                         "token of each")
       if len(r.continuation) > self.seq_len:
         raise ValueError(f"request {i}: its continuation has {len(r.continuation)} tokens, more "
                          f"than the model's context (model.seq_len={self.seq_len}); shorten it")

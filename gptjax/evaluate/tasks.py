@@ -97,3 +97,33 @@ def read_items(task: str, path: str, limit: int = 0) -> list[Item]:
   if not items:
     raise ValueError(f"--data_file={path}: holds no records")
   return items
+
+
+def parse_tasks(spec: str) -> list[tuple[str, str | None]]:
+  """eval.tasks: comma-separated entries, `perplexity` or `TASK=FILE.jsonl` (TASK one of
+  FORMATS), as (task, file) pairs; raises ValueError naming every bad entry and the fix."""
+  entries, errors = [], []
+  for entry in filter(None, (e.strip() for e in spec.split(","))):
+    task, _, path = entry.partition("=")
+    if task == "perplexity" and not path:
+      entries.append((task, None))
+    elif task not in FORMATS:
+      errors.append(f"eval.tasks entry {entry!r}: unknown task {task!r}; use perplexity or "
+                    f"TASK=FILE.jsonl with TASK one of {', '.join(FORMATS)}")
+    elif not path or not epath.Path(path).is_file():
+      errors.append(f"eval.tasks entry {entry!r}: {task} needs an existing file, as "
+                    f"{task}=FILE.jsonl")
+    else:
+      entries.append((task, path))
+  if errors:
+    raise ValueError("\n".join(errors))
+  return entries
+
+
+def check_tasks(spec: str) -> None:
+  """Raises ValueError listing every bad eval.tasks entry (`parse_tasks`). The config module
+  checks fields alone; main and the sweep runner call this, as they call data.check."""
+  try:
+    parse_tasks(spec)
+  except ValueError as e:
+    raise ValueError("invalid eval config:\n  " + "\n  ".join(str(e).splitlines())) from None
