@@ -32,7 +32,7 @@ import dataclasses
 import functools
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -128,42 +128,53 @@ class Scorer:
                          f"than the model's context (model.seq_len={self.seq_len}); shorten it")
 
   def score(self, requests: Sequence[Request]) -> list[Score]:
-    """Scores of token requests, in order (left-truncated to the model's context)."""
+    """Scores of token requests, in order (left-truncated to the model's context).
+
+    Each batch is dispatched before the previous one's results are read back, so the
+    host's padding and summing overlap the device's forward pass.
+    """
     self.check(requests)
     rows = [(list(r.context) + list(r.continuation))[-(self.seq_len + 1):] for r in requests]
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
     scores: list[Score | None] = [None] * len(rows)
     report = _Progress(len(rows)) if self.progress else None
-    done = 0
-    while done < len(order):
-      width = bucket(len(rows[order[done]]) - 1, self.seq_len)
-      chunk = order[done:done + self.batch_size]
-      chunk = [i for i in chunk if bucket(len(rows[i]) - 1, self.seq_len) == width]
-      inputs = np.full((self.batch_size, width), self.tokenizer.eos_id, np.int32)
-      targets = np.zeros((self.batch_size, width), np.int32)
-      for b, i in enumerate(chunk):
-        inputs[b, :len(rows[i]) - 1] = rows[i][:-1]
-        targets[b, :len(rows[i]) - 1] = rows[i][1:]
-      logprobs, greedy = jax.device_get(self._score(self.params, inputs, targets))
-      for b, i in enumerate(chunk):
-        end, n = len(rows[i]) - 1, len(requests[i].continuation)
-        scores[i] = Score(logprob=float(np.sum(logprobs[b, end - n:end], dtype=np.float64)),
-                          is_greedy=bool(np.all(greedy[b, end - n:end])), tokens=n)
-      done += len(chunk)
-      if report:
-        report(done)
+    pending, done, read = None, 0, 0  # done: requests dispatched; read: requests scored
+    while pending is not None or done < len(order):
+      dispatched = None
+      if done < len(order):
+        width = bucket(len(rows[order[done]]) - 1, self.seq_len)
+        chunk = [i for i in order[done:done + self.batch_size]
+                 if bucket(len(rows[i]) - 1, self.seq_len) == width]
+        inputs = np.full((self.batch_size, width), self.tokenizer.eos_id, np.int32)
+        targets = np.zeros((self.batch_size, width), np.int32)
+        for b, i in enumerate(chunk):
+          inputs[b, :len(rows[i]) - 1] = rows[i][:-1]
+          targets[b, :len(rows[i]) - 1] = rows[i][1:]
+        dispatched = (chunk, self._score(self.params, inputs, targets))
+        done += len(chunk)
+      if pending is not None:
+        chunk, outputs = pending
+        logprobs, greedy = jax.device_get(outputs)
+        for b, i in enumerate(chunk):
+          end, n = len(rows[i]) - 1, len(requests[i].continuation)
+          scores[i] = Score(logprob=float(np.sum(logprobs[b, end - n:end], dtype=np.float64)),
+                            is_greedy=bool(np.all(greedy[b, end - n:end])), tokens=n)
+        read += len(chunk)
+        if report:
+          report(read)
+      pending = dispatched
     return scores
 
 
 class _Progress:
   """Prints 'scored N/M requests | ETA' to stderr every PROGRESS_EVERY_S seconds."""
 
-  def __init__(self, total: int, clock: Callable[[], float] = time.perf_counter):
-    self.total, self.clock = total, clock
-    self.start = self.last = clock()
+  def __init__(self, total: int):
+    self.total = total
+    self.start = self.last = time.perf_counter()
 
   def __call__(self, done: int) -> None:
-    now = self.clock()
+    now = time.perf_counter()
     if now - self.last < PROGRESS_EVERY_S and done < self.total:
       return
     self.last = now
