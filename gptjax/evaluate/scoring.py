@@ -47,7 +47,8 @@ PROGRESS_EVERY_S = 10.0  # seconds between progress lines on stderr
 
 @dataclasses.dataclass(frozen=True)
 class Request:
-  """Token ids: the context (at least one id) and the continuation to score after it."""
+  """Token ids (lists or int arrays): the context (at least one id) and the continuation to
+  score after it."""
   context: Sequence[int]
   continuation: Sequence[int]
 
@@ -119,8 +120,8 @@ class Scorer:
   def check(self, requests: Sequence[Request]) -> None:
     """Raises ValueError for a request that cannot be scored, before any compile."""
     for i, r in enumerate(requests):
-      if not r.context or not r.continuation:
-        empty = "context" if not r.context else "continuation"
+      if len(r.context) == 0 or len(r.continuation) == 0:
+        empty = "context" if len(r.context) == 0 else "continuation"
         raise ValueError(f"request {i} has an empty {empty}; give every request at least one "
                          "token of each")
       if len(r.continuation) > self.seq_len:
@@ -134,7 +135,8 @@ class Scorer:
     host's padding and summing overlap the device's forward pass.
     """
     self.check(requests)
-    rows = [(list(r.context) + list(r.continuation))[-(self.seq_len + 1):] for r in requests]
+    rows = [np.concatenate([r.context, r.continuation]).astype(np.int32)[-(self.seq_len + 1):]
+            for r in requests]
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
     scores: list[Score | None] = [None] * len(rows)
     report = _Progress(len(rows)) if self.progress else None
