@@ -111,9 +111,8 @@ def write(workdir: str, config: Any, step: int, name: str, task: str, settings: 
   """DIR/eval/STEP/NAME.json and the metrics.jsonl row (module docstring)."""
   path = epath.Path(workdir) / "eval" / str(step) / f"{name}.json"
   path.parent.mkdir(parents=True, exist_ok=True)
-  rundir.write_atomic(path, json.dumps(
-      {"task": task, "name": name, "step": step, "settings": settings,
-       "metrics": metrics.strict_row(values), "wall_s": seconds}, indent=2, allow_nan=False))
+  rundir.write_json(path, {"task": task, "name": name, "step": step, "settings": settings,
+                           "metrics": metrics.strict_row(values), "wall_s": seconds})
   last = max([r.get("step", 0) for r in metrics.read_rows(workdir)] + [step])
   writer = metrics.MetricsWriter(workdir, resume_step=last)  # keeps every row there is
   writer.write({**run_record.position(config, step), "task": name, "settings": settings,
