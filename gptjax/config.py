@@ -111,6 +111,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.finetune.response_field = "response"  # sft: the response (loss on it and the closing end-of-text)
   c.finetune.too_long = "truncate"  # an example over model.seq_len: 'truncate' its first text from the left, or 'refuse'
 
+  c.eval = ml_collections.ConfigDict()
+  c.eval.tasks = ""  # after training: comma-separated 'perplexity' or TASK=FILE.jsonl (hellaswag, lambada, choice), each scored like python -m gptjax.evaluate
+  c.eval.num_fewshot = 0  # demonstrations per prompt for eval.tasks
+
   c.mesh = ml_collections.ConfigDict()
   c.mesh.ici = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # devices per axis within a slice; one -1 takes the rest
   c.mesh.dcn = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))  # slices per axis across the data-center network
@@ -287,5 +291,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if missing:
     errors.append(f"mesh.rules: no rule for logical axes {sorted(missing)}; add (name, None) to replicate")
 
+  _positive(errors, "eval.num_fewshot", c.eval.num_fewshot, allow_zero=True)
+  if not isinstance(c.eval.tasks, str):
+    errors.append(f"eval.tasks={c.eval.tasks!r}: use a string, e.g. 'perplexity,hellaswag=FILE'")
   if errors:
     raise ValueError("invalid config:\n  " + "\n  ".join(errors))

@@ -16,6 +16,7 @@ from ml_collections import config_flags
 
 from gptjax import checkpoint, console, data, memory_plan, metrics, rundir, train
 from gptjax import config as config_lib
+from gptjax.evaluate import tasks as eval_tasks
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment file (experiments/*.py), optionally with ':arg'.",
@@ -100,6 +101,7 @@ def _main() -> None:
   config = _experiment()
   config_lib.validate(config)
   data.check(config)
+  eval_tasks.check_tasks(config.eval.tasks)
   if not config.train.dry_run:  # a dry run writes nothing
     rundir.check(_WORKDIR.value)
   if _DISTRIBUTED.value:
@@ -115,6 +117,18 @@ def _main() -> None:
                jax.local_device_count())
   summary = train.run(config, _WORKDIR.value)
   logging.info(_closing_line(summary, _WORKDIR.value))
+  if config.eval.tasks and summary["status"] == "completed":
+    _evaluate(config, _WORKDIR.value, summary["step"])
+
+
+def _evaluate(config: ml_collections.ConfigDict, workdir: str, step: int) -> None:
+  """eval.tasks on the final checkpoint, once training has released the run directory."""
+  if jax.process_count() > 1:
+    logging.warning("eval.tasks: not scored in a multi-process run; run python -m "
+                    "gptjax.evaluate --workdir=%s once it has finished", workdir)
+    return
+  from gptjax.evaluate import run as evaluate  # deferred: training alone never needs it
+  evaluate.after_training(config, workdir, step)
 
 
 def _closing_line(summary: dict, workdir: str) -> str:

@@ -24,12 +24,19 @@ def write_json(path: epath.Path, obj: dict[str, Any]) -> None:
     rundir.write_json(path, obj)
 
 
+def position(config: ml_collections.ConfigDict, step: int) -> dict[str, int]:
+  """Where a run is after `step` updates: tokens seen and training FLOPs spent."""
+  tokens = step * config.train.batch_size * config.model.seq_len
+  return {"step": step, "tokens": tokens, "flops": tokens * flops.flops_per_token(config.model)}
+
+
 class RunRecord:
   """Turns device metrics into rows; `start_step` is where this process began or resumed."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, start_step: int,
                total_steps: int, peak_tflops: float):
     """`peak_tflops` is the whole job's peak, all devices together (0: MFU not reported)."""
+    self._config = config
     self._total_steps = total_steps
     self._tokens_per_step = config.train.batch_size * config.model.seq_len
     self._flops_per_token = flops.flops_per_token(config.model)
@@ -51,8 +58,7 @@ class RunRecord:
     write_json(self._summary_path, self.summary)
 
   def position(self, step: int) -> dict[str, int]:
-    tokens = step * self._tokens_per_step
-    return {"step": step, "tokens": tokens, "flops": tokens * self._flops_per_token}
+    return position(self._config, step)
 
   def sync(self) -> None:
     """Stores the rows written so far; training calls it before each checkpoint."""

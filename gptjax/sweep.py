@@ -30,6 +30,7 @@ from absl import app, flags
 from gptjax import config as config_lib
 from gptjax import data
 from gptjax import flops, rundir
+from gptjax.evaluate import tasks as eval_tasks
 from gptjax.launch import options, slurm, tpu, tpu_sweep
 from gptjax.launch.job import Job, LaunchError, member, parse_env
 
@@ -88,6 +89,7 @@ def planned_flops(path: str, sweep: dict[str, dict[str, object]]) -> dict[str, f
       c = config_lib.override(module.get_config(), overrides)
       config_lib.validate(c)
       data.check(c)
+      eval_tasks.check_tasks(c.eval.tasks)
     except (KeyError, AttributeError, TypeError, ValueError) as e:
       raise LaunchError(f"member {name!r}: {e}") from None
     tokens = config_lib.train_steps(c) * c.train.batch_size * c.model.seq_len

@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from gptjax.scaling import analysis, plots
+from gptjax.scaling import analysis, downstream, plots
 from gptjax.scaling.analysis import Analysis
 from gptjax.scaling.document import Document
 from gptjax.scaling.runs import Sweep
@@ -176,6 +176,10 @@ def write_report(sweep: Sweep, source: str, out_dir: str, resamples: int = 200,
   if "residuals" in figures:
     doc.heading("Residuals")
     doc.figure("residuals.png", figures["residuals"][1])
+  tasks = downstream.points(sweep.runs)
+  if tasks:
+    _downstream(doc, tasks, fits)
+    downstream.figure(tasks).savefig(os.path.join(out_dir, "downstream.png"), dpi=110)
   if a.skipped:
     doc.heading("Not fitted")
     doc.bullets(a.skipped)
@@ -190,8 +194,33 @@ def write_report(sweep: Sweep, source: str, out_dir: str, resamples: int = 200,
     f.write(doc.markdown())
   with open(paths["html"], "w") as f:
     f.write(doc.html(out_dir))
-  paths.update({name: os.path.join(out_dir, f"{name}.png") for name in figures})
+  paths.update({name: os.path.join(out_dir, f"{name}.png")
+                for name in [*figures, *(["downstream"] if tasks else [])]})
   return paths
+
+
+def _downstream(doc: Document, tasks: dict[str, list[downstream.Point]], fits: dict) -> None:
+  """The section on task accuracy (python -m gptjax.evaluate rows), and its entry in fits."""
+  doc.heading("Downstream tasks")
+  doc.table(["task", "run", "N", "C", "metric", "value ± s.e.", "chance"],
+            [[name, p.run, f"{p.n:,}", f"{p.flops:.3g}", p.metric,
+              f"{p.value:.4f} ± {_num(p.stderr)}", f"{p.chance:.3f}"]
+             for name, task_points in tasks.items() for p in task_points])
+  fits["downstream"] = {name: {"metric": task_points[0].metric,
+                               "chance": task_points[0].chance,
+                               "fit_vs_loss": downstream.fit_vs_loss(task_points),
+                               "points": [vars(p) for p in task_points]}
+                        for name, task_points in tasks.items()}
+  fitted = [f"{name}: {task_points[0].metric} = {fit['a']:.3f} {fit['b']:+.3f} x loss "
+            f"({fit['points']} runs)" for name, task_points in tasks.items()
+            if (fit := fits["downstream"][name]["fit_vs_loss"])]
+  if fitted:
+    doc.bullets(fitted)
+  doc.figure("downstream.png", (
+      "Task accuracy (acc_norm_char for multiple choice, acc for cloze) against training FLOPs, "
+      "N and final eval loss, with standard errors; dashed: chance. Straight-line fits of "
+      f"accuracy on loss (weighted by 1/s.e.^2) where a task has {downstream.FIT_MIN_POINTS} "
+      "runs or more."))
 
 
 def _finite(value: object) -> object:
