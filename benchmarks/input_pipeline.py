@@ -13,14 +13,14 @@ from ml_collections import config_flags
 from gptjax import config as config_lib
 from gptjax import data
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment file (experiments/*.py).')
-_STEPS = flags.DEFINE_integer('steps', 20, 'Batches to time after one warm-up batch.')
-flags.mark_flags_as_required(['config'])
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment file (experiments/*.py).")
+_STEPS = flags.DEFINE_integer("steps", 20, "Batches to time after one warm-up batch.")
+flags.mark_flags_as_required(["config"])
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
   config_lib.validate(config)
   batch_size, seq_len = config.train.batch_size, config.model.seq_len
@@ -31,10 +31,12 @@ def main(argv: list[str]) -> None:
     lm.train_batch(step, batch_size)
   elapsed = time.perf_counter() - start
   tokens = _STEPS.value * batch_size * seq_len
-  print(f'input pipeline: {_STEPS.value} batches of {batch_size} x {seq_len} tokens in '
-        f'{elapsed:.3f} s: {tokens / elapsed:,.0f} tokens/s '
-        f'({elapsed / _STEPS.value * 1e3:.1f} ms/batch)')
+  print(
+    f"input pipeline: {_STEPS.value} batches of {batch_size} x {seq_len} tokens in "
+    f"{elapsed:.3f} s: {tokens / elapsed:,.0f} tokens/s "
+    f"({elapsed / _STEPS.value * 1e3:.1f} ms/batch)"
+  )
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
   app.run(main)

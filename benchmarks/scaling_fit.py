@@ -34,13 +34,17 @@ def main(argv: list[str]) -> None:
   for label in ("cold (with compilation)", "warm"):
     start = time.perf_counter()
     result = fit.fit_parametric(n, d, loss)
-    print(f"fit, {len(fit.hoffmann_grid())} starts, {points} points, {label}: "
-          f"{time.perf_counter() - start:.1f} s")
+    print(
+      f"fit, {len(fit.hoffmann_grid())} starts, {points} points, {label}: "
+      f"{time.perf_counter() - start:.1f} s"
+    )
   start = time.perf_counter()
   fit.bootstrap_parametric(n, d, loss, result, resamples, seed=0)
   print(f"bootstrap, {resamples} resamples: {time.perf_counter() - start:.1f} s")
   for name in ("E", "A", "B", "alpha", "beta"):
-    print(f"  {name:5s} true {getattr(CHINCHILLA, name):8.3f}  fit {getattr(result.law, name):8.3f}")
+    print(
+      f"  {name:5s} true {getattr(CHINCHILLA, name):8.3f}  fit {getattr(result.law, name):8.3f}"
+    )
   print(f"  objective (summed Huber) {result.objective:.6g}")
 
 

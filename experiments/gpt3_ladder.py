@@ -39,10 +39,16 @@ def get_config():
 def _member(size: str) -> dict[str, object]:
   c = families.gpt3(size)
   tokens = TOKENS_PER_PARAM * flops.param_counts(c.model)["n_params_non_embedding"]
-  return {"model.n_layer": c.model.n_layer, "model.d_model": c.model.d_model,
-          "model.n_head": c.model.n_head, "model.d_ff": c.model.d_ff,
-          "train.batch_size": c.train.batch_size, "optim.lr": c.optim.lr,
-          "optim.warmup_steps": c.optim.warmup_steps, "train.tokens": round(tokens)}
+  return {
+    "model.n_layer": c.model.n_layer,
+    "model.d_model": c.model.d_model,
+    "model.n_head": c.model.n_head,
+    "model.d_ff": c.model.d_ff,
+    "train.batch_size": c.train.batch_size,
+    "optim.lr": c.optim.lr,
+    "optim.warmup_steps": c.optim.warmup_steps,
+    "train.tokens": round(tokens),
+  }
 
 
 def get_sweep():

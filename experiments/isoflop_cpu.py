@@ -29,7 +29,9 @@ def get_config():
   c.model.vocab_size = 257  # 256 bytes + EOS
   c.data.tokenizer = "bytes"  # no tokenizer training; embedding FLOPs stay small
   c.data.eval_sequences = 256  # 65,536 validation tokens per eval: standard errors ~0.02 nats
-  c.train.batch_size = 8  # 2,048 tokens per update: >= 128 updates even for the largest size per budget
+  c.train.batch_size = (
+    8  # 2,048 tokens per update: >= 128 updates even for the largest size per budget
+  )
   c.train.log_every = 25  # steps between metrics rows
   c.train.eval_every = 250  # steps between evals (plus one at the end)
   c.train.checkpoint_every = 500  # steps between checkpoints (plus one at the end)

@@ -36,5 +36,4 @@ def get_config():
 
 
 def get_sweep():
-  return sizes.ladder(SHAPES, get_config(), lr_rule="kaplan", tokens_rule="fixed",
-                      tokens_value=3e6)
+  return sizes.ladder(SHAPES, get_config(), lr_rule="kaplan", tokens_rule="fixed", tokens_value=3e6)

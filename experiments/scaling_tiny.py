@@ -23,5 +23,6 @@ def get_config():
 
 
 def get_sweep():
-  return sizes.family([1, 2, 3], get_config(), lr_rule="kaplan", tokens_rule="fixed",
-                      tokens_value=3 * 8 * 32)
+  return sizes.family(
+    [1, 2, 3], get_config(), lr_rule="kaplan", tokens_rule="fixed", tokens_value=3 * 8 * 32
+  )

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import ml_collections
 import orbax.checkpoint as ocp
@@ -30,18 +31,41 @@ from gptjax.config import train_steps
 # Settings that change the shape or layout of the saved state, or the data order
 # a resumed run continues: resuming across a change in any of them is refused with
 # the difference spelled out. (Data identity and seed are checked by the data package.)
-RESUME_FIELDS = tuple(f"model.{name}" for name in (
-    "architecture", "n_layer", "d_model", "n_head", "d_ff", "vocab_size", "pad_vocab_multiple",
-    "seq_len", "scan_layers", "param_dtype", "special_tokens")) + (
-        "train.batch_size", "train.objective")
+RESUME_FIELDS = tuple(
+  f"model.{name}"
+  for name in (
+    "architecture",
+    "n_layer",
+    "d_model",
+    "n_head",
+    "d_ff",
+    "vocab_size",
+    "pad_vocab_multiple",
+    "seq_len",
+    "scan_layers",
+    "param_dtype",
+    "special_tokens",
+  )
+) + ("train.batch_size", "train.objective")
 # What checkpoints written before a resume field existed were trained with.
 RESUME_DEFAULTS = {"model.special_tokens": 0, "train.objective": "lm"}
 # Settings that define the learning-rate schedule and the update rule: changing them on
 # resume silently bends the run (a longer train.steps restarts the cosine), so it needs
 # train.extend=True.
-SCHEDULE_FIELDS = ("train.steps", "train.tokens") + tuple(f"optim.{name}" for name in (
-    "lr", "warmup_steps", "min_lr_ratio", "b1", "b2", "eps", "weight_decay",
-    "decay_embeddings", "clip_norm"))
+SCHEDULE_FIELDS = ("train.steps", "train.tokens") + tuple(
+  f"optim.{name}"
+  for name in (
+    "lr",
+    "warmup_steps",
+    "min_lr_ratio",
+    "b1",
+    "b2",
+    "eps",
+    "weight_decay",
+    "decay_embeddings",
+    "clip_norm",
+  )
+)
 UNREADABLE_DIR = "checkpoints_unreadable"  # damaged checkpoints are moved here, never deleted
 
 
@@ -70,25 +94,38 @@ def checkpoint_dir(workdir: str) -> str:
 def manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
   """Orbax's manager of WORKDIR/checkpoints; a gs:// URL goes to orbax as it is."""
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=config.train.keep_checkpoints, create=True,
-      enable_async_checkpointing=True)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
-                               item_names=("state", "meta"))
+    max_to_keep=config.train.keep_checkpoints, create=True, enable_async_checkpointing=True
+  )
+  return ocp.CheckpointManager(
+    checkpoint_dir(workdir), options=options, item_names=("state", "meta")
+  )
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state: Any,
-         config: ml_collections.ConfigDict, data_state: dict[str, Any]) -> None:
+def save(
+  mngr: ocp.CheckpointManager,
+  step: int,
+  state: Any,
+  config: ml_collections.ConfigDict,
+  data_state: dict[str, Any],
+) -> None:
   """Starts an async save of the state with its settings, schedule and data position.
 
   The caller has checked that `state` is finite: no non-finite state is ever saved,
   so rotation can never push the last good checkpoint out.
   """
   check_saves(mngr)
-  meta = {"step": step, "settings": resume_settings(config),
-          "schedule": schedule_settings(config), "data": data_state}
+  meta = {
+    "step": step,
+    "settings": resume_settings(config),
+    "schedule": schedule_settings(config),
+    "data": data_state,
+  }
   try:
-    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                            meta=ocp.args.JsonSave(meta)), force=True)
+    mngr.save(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+      force=True,
+    )
   except Exception as e:  # save() first waits for the previous save, and raises what it hit
     raise _save_failed(mngr, e) from e
 
@@ -123,14 +160,18 @@ def _save_failed(mngr: ocp.CheckpointManager, error: Exception) -> SaveFailed:
   while not isinstance(cause, OSError) and (cause.__cause__ or cause.__context__):
     cause = cause.__cause__ or cause.__context__
   return SaveFailed(
-      f"a checkpoint save in {mngr.directory} failed: {type(cause).__name__}: {cause}; the "
-      f"checkpoints already written are intact (steps {sorted(mngr.all_steps())}); free "
-      "space or fix permissions, then rerun the same command to resume")
+    f"a checkpoint save in {mngr.directory} failed: {type(cause).__name__}: {cause}; the "
+    f"checkpoints already written are intact (steps {sorted(mngr.all_steps())}); free "
+    "space or fix permissions, then rerun the same command to resume"
+  )
 
 
 def _settings_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-  return [f"{k}: checkpoint has {saved.get(k, RESUME_DEFAULTS.get(k))!r}, config has {v!r}"
-          for k, v in current.items() if saved.get(k, RESUME_DEFAULTS.get(k)) != v]
+  return [
+    f"{k}: checkpoint has {saved.get(k, RESUME_DEFAULTS.get(k))!r}, config has {v!r}"
+    for k, v in current.items()
+    if saved.get(k, RESUME_DEFAULTS.get(k)) != v
+  ]
 
 
 def check_resumable(meta: dict[str, Any], config: ml_collections.ConfigDict, where: str) -> None:
@@ -139,30 +180,40 @@ def check_resumable(meta: dict[str, Any], config: ml_collections.ConfigDict, whe
   diffs = _settings_differences(meta["settings"], resume_settings(config))
   if diffs:
     raise ValueError(
-        f"checkpoint {where} was written with other settings: " + "; ".join(diffs)
-        + "; use the original settings to resume, or a fresh --workdir to start over")
+      f"checkpoint {where} was written with other settings: "
+      + "; ".join(diffs)
+      + "; use the original settings to resume, or a fresh --workdir to start over"
+    )
   if meta["step"] > train_steps(config):
     raise ValueError(
-        f"train.steps: the run already has a checkpoint at step {meta['step']} ({where}), past "
-        f"the {train_steps(config)} steps asked for; a run cannot be shortened: ask for at "
-        "least that many steps, or use a fresh --workdir")
+      f"train.steps: the run already has a checkpoint at step {meta['step']} ({where}), past "
+      f"the {train_steps(config)} steps asked for; a run cannot be shortened: ask for at "
+      "least that many steps, or use a fresh --workdir"
+    )
 
 
 def check_schedule(meta: dict[str, Any], config: ml_collections.ConfigDict, where: str) -> None:
   """Raises ValueError if `config` changes the schedule without train.extend."""
-  diffs = _settings_differences(meta.get("schedule", schedule_settings(config)),
-                                schedule_settings(config))
+  diffs = _settings_differences(
+    meta.get("schedule", schedule_settings(config)), schedule_settings(config)
+  )
   if diffs and not config.train.extend:
     raise ValueError(
-        f"checkpoint {where} was trained with another schedule: " + "; ".join(diffs)
-        + "; resuming with these would change the learning rate of every later step: restore "
-        "the original values, or pass --config.train.extend=True to continue on the new "
-        "schedule (the log then states the learning rate before and after)")
+      f"checkpoint {where} was trained with another schedule: "
+      + "; ".join(diffs)
+      + "; resuming with these would change the learning rate of every later step: restore "
+      "the original values, or pass --config.train.extend=True to continue on the new "
+      "schedule (the log then states the learning rate before and after)"
+    )
 
 
-def restore_latest(mngr: ocp.CheckpointManager, workdir: str, config: ml_collections.ConfigDict,
-                   abstract_state: Any, check: Callable[[dict[str, Any]], None]
-                   ) -> tuple[int, dict[str, Any], Any] | None:
+def restore_latest(
+  mngr: ocp.CheckpointManager,
+  workdir: str,
+  config: ml_collections.ConfigDict,
+  abstract_state: Any,
+  check: Callable[[dict[str, Any]], None],
+) -> tuple[int, dict[str, Any], Any] | None:
   """(step, meta, state) of the newest readable checkpoint, or None if there is none.
 
   `check(meta)` refuses (raises ValueError) a checkpoint the run cannot continue;
@@ -183,8 +234,9 @@ def restore_latest(mngr: ocp.CheckpointManager, workdir: str, config: ml_collect
     check(meta)
     check_schedule(meta, config, where)
     try:
-      state = mngr.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state)))["state"]
+      state = mngr.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+      )["state"]
     except Exception as e:
       _move_aside(mngr, workdir, step, e)
       continue
@@ -198,7 +250,13 @@ def _move_aside(mngr: ocp.CheckpointManager, workdir: str, step: int, error: Exc
   target.parent.mkdir(parents=True, exist_ok=True)
   (epath.Path(str(mngr.directory)) / str(step)).rename(target)
   mngr.reload()
-  logging.warning("checkpoint step %d at %s/%d is unreadable (%s: %s); moved it to %s and "
-                  "falling back to the previous checkpoint", step, mngr.directory, step,
-                  type(error).__name__, str(error).splitlines()[0][:200] if str(error) else "",
-                  target)
+  logging.warning(
+    "checkpoint step %d at %s/%d is unreadable (%s: %s); moved it to %s and "
+    "falling back to the previous checkpoint",
+    step,
+    mngr.directory,
+    step,
+    type(error).__name__,
+    str(error).splitlines()[0][:200] if str(error) else "",
+    target,
+  )

@@ -8,16 +8,20 @@ starts, so a typo costs a second, not a compile or a dataset build.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
+from etils import epath
 
 REMAT_POLICIES = ("none", "dots_with_no_batch_dims_saveable", "nothing_saveable")
 ARCHITECTURES = ("gpt2", "gpt1")
 ATTENTION_IMPLS = ("xla", "cudnn")
 DTYPES = ("float32", "bfloat16")
 MESH_AXES = ("data", "fsdp", "tensor")
+OBJECTIVES = ("lm", "sft", "classify", "choice")  # the losses of gptjax/objectives.py
+INIT_FROM_KINDS = ("run", "hf")  # train.init_from sources: a gptjax run, a Hugging Face directory
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -25,39 +29,65 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
 
   c.model = ml_collections.ConfigDict()
-  c.model.architecture = "gpt2"  # 'gpt2' (pre-LayerNorm + final LayerNorm; GPT-2/GPT-3) or 'gpt1' (post-LayerNorm)
+  c.model.architecture = (
+    "gpt2"  # 'gpt2' (pre-LayerNorm + final LayerNorm; GPT-2/GPT-3) or 'gpt1' (post-LayerNorm)
+  )
   c.model.n_layer = 4  # transformer blocks
   c.model.d_model = 256  # residual stream width
   c.model.n_head = 4  # attention heads; d_model / n_head is the head size
   c.model.d_ff = 1024  # MLP hidden width (GPT uses 4 * d_model)
   c.model.vocab_size = 8192  # embedding rows; must be >= the tokenizer's vocabulary
   c.model.special_tokens = 0  # embedding rows after vocab_size for fine-tuning's start/delimiter/extract tokens (classify/choice: 3)
-  c.model.pad_vocab_multiple = 1  # round the embedding table up to a multiple of this (128 helps accelerators); 1 = off
+  c.model.pad_vocab_multiple = (
+    1  # round the embedding table up to a multiple of this (128 helps accelerators); 1 = off
+  )
   c.model.seq_len = 256  # context length in tokens (also the length of every training row)
   c.model.dropout = 0.0  # dropout on embeddings and on each residual branch
   c.model.attn_dropout = 0.0  # dropout on attention probabilities (needs attention_impl='xla')
-  c.model.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16'; logits and loss are always float32
+  c.model.dtype = (
+    "float32"  # compute dtype: 'float32' or 'bfloat16'; logits and loss are always float32
+  )
   c.model.param_dtype = "float32"  # dtype parameters and optimizer state are stored in
-  c.model.scan_layers = True  # nn.scan over blocks: one compiled block, parameters stacked on a 'layers' axis
+  c.model.scan_layers = (
+    True  # nn.scan over blocks: one compiled block, parameters stacked on a 'layers' axis
+  )
   c.model.remat_policy = "none"  # 'none', 'dots_with_no_batch_dims_saveable' or 'nothing_saveable'
-  c.model.attention_impl = "xla"  # jax.nn.dot_product_attention implementation: 'xla' (anywhere) or 'cudnn' (GPU)
-  c.model.init_std = 0.02  # N(0, init_std) for weights; residual output projections get / sqrt(2 * n_layer)
+  c.model.attention_impl = (
+    "xla"  # jax.nn.dot_product_attention implementation: 'xla' (anywhere) or 'cudnn' (GPU)
+  )
+  c.model.init_std = (
+    0.02  # N(0, init_std) for weights; residual output projections get / sqrt(2 * n_layer)
+  )
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "embedded"  # 'embedded' (stdlib source, offline), a TFDS name ('c4/en:3.1.0', 'lm1b') or a glob of .txt/.jsonl files
   c.data.data_dir = ""  # where TFDS datasets are prepared and read (local or gs://); '' -> $GPTJAX_CACHE/tensorflow_datasets
   c.data.download = False  # TFDS names only: download and prepare the dataset if data_dir lacks it (else fail with the command)
-  c.data.train_split = "train"  # TFDS names only: split to train on; slices work, e.g. 'train[:99%]'
+  c.data.train_split = (
+    "train"  # TFDS names only: split to train on; slices work, e.g. 'train[:99%]'
+  )
   c.data.eval_split = "validation"  # TFDS names only: split for the fixed eval set, e.g. 'train[99%:]' if there is none
   c.data.text_field = "text"  # TFDS names only: the feature holding each document's text
-  c.data.txt_documents = "file"  # .txt globs: 'file' (one document per file) or 'blank_lines' (split on blank lines)
-  c.data.jsonl_field = "text"  # .jsonl globs: the field of each line's JSON object holding the document
-  c.data.validation_percent = 5  # embedded and globs: percent of documents held out, chosen by a hash of their id
-  c.data.document_mask = False  # let attention see only the current document (segment ids and positions per row)
+  c.data.txt_documents = (
+    "file"  # .txt globs: 'file' (one document per file) or 'blank_lines' (split on blank lines)
+  )
+  c.data.jsonl_field = (
+    "text"  # .jsonl globs: the field of each line's JSON object holding the document
+  )
+  c.data.validation_percent = (
+    5  # embedded and globs: percent of documents held out, chosen by a hash of their id
+  )
+  c.data.document_mask = (
+    False  # let attention see only the current document (segment ids and positions per row)
+  )
   c.data.tokenizer = "sentencepiece"  # 'sentencepiece' or 'bpe' (GPT-2-style byte-level BPE; both trained on the corpus), 'bytes', 'hf:PATH' (a Hugging Face tokenizer.json, e.g. GPT-2's) or a path to a .model file
-  c.data.vocab_size = 8192  # sentencepiece/bpe vocabulary to train (ignored for 'bytes', 'hf:' and .model paths)
+  c.data.vocab_size = (
+    8192  # sentencepiece/bpe vocabulary to train (ignored for 'bytes', 'hf:' and .model paths)
+  )
   c.data.spm_model_type = "bpe"  # sentencepiece algorithm: 'bpe' or 'unigram'
-  c.data.tokenizer_sample_chars = 20_000_000  # characters of training text sampled to train the tokenizer
+  c.data.tokenizer_sample_chars = (
+    20_000_000  # characters of training text sampled to train the tokenizer
+  )
   c.data.eval_sequences = 256  # fixed validation rows of seq_len tokens scored at every eval
 
   c.optim = ml_collections.ConfigDict()
@@ -68,8 +98,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.b1 = 0.9  # AdamW beta1
   c.optim.b2 = 0.95  # AdamW beta2
   c.optim.eps = 1e-8  # AdamW epsilon
-  c.optim.weight_decay = 0.1  # decoupled weight decay on weight matrices (an embed axis and another dim; optim.decays)
-  c.optim.decay_embeddings = False  # also decay token/position embeddings (biases and LayerNorm never are)
+  c.optim.weight_decay = (
+    0.1  # decoupled weight decay on weight matrices (an embed axis and another dim; optim.decays)
+  )
+  c.optim.decay_embeddings = (
+    False  # also decay token/position embeddings (biases and LayerNorm never are)
+  )
   c.optim.clip_norm = 1.0  # global gradient-norm clip; 0 disables
 
   c.train = ml_collections.ConfigDict()
@@ -84,13 +118,21 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 3  # most recent checkpoints kept on disk
   c.train.num_samples = 2  # samples generated at the end (written to samples.txt)
   c.train.sample_tokens = 128  # new tokens per sample
-  c.train.sample_strategy = "sample"  # 'sample', 'greedy' (one sample) or 'beam' (the num_samples best beams)
+  c.train.sample_strategy = (
+    "sample"  # 'sample', 'greedy' (one sample) or 'beam' (the num_samples best beams)
+  )
   c.train.sample_temperature = 0.8  # softmax temperature for samples
   c.train.sample_top_k = 40  # sample only from the k most likely tokens; 0 = all
-  c.train.sample_top_p = 1.0  # then only from the smallest set of tokens with probability >= top_p; 1 = all
+  c.train.sample_top_p = (
+    1.0  # then only from the smallest set of tokens with probability >= top_p; 1 = all
+  )
   c.train.sample_num_beams = 4  # beam: live hypotheses; must be >= num_samples
-  c.train.profile_steps = ""  # 'A:B' writes a jax.profiler trace of steps A..B-1 to WORKDIR/profile; '' = none
-  c.train.peak_tflops = 0.0  # per-device peak for MFU; 0 = look up the device, or measure a matmul on CPU
+  c.train.profile_steps = (
+    ""  # 'A:B' writes a jax.profiler trace of steps A..B-1 to WORKDIR/profile; '' = none
+  )
+  c.train.peak_tflops = (
+    0.0  # per-device peak for MFU; 0 = look up the device, or measure a matmul on CPU
+  )
   c.train.dry_run = False  # compile the train step for the mesh, print per-device memory, and exit
   c.train.epochs = 0  # sft/classify/choice: if > 0, steps = ceil(epochs * training examples (sft: packed rows) / batch_size)
   c.train.objective = "lm"  # the loss of the one train step: 'lm', 'sft', 'classify' or 'choice' (gptjax/objectives.py)
@@ -100,15 +142,29 @@ def base_config() -> ml_collections.ConfigDict:
   c.finetune = ml_collections.ConfigDict()
   c.finetune.lm_weight = 0.5  # classify/choice: GPT-1's lambda on the auxiliary LM loss over the inputs; 0 = task loss only
   c.finetune.num_classes = 2  # classify: outputs of the linear head on the extract token
-  c.finetune.train_file = ""  # sft/classify/choice: a .jsonl, .csv or .tsv file of training examples
-  c.finetune.eval_file = ""  # the held-out examples every eval scores (accuracy ± SE, or sft's masked loss)
-  c.finetune.text_field = "text"  # classify: the text (entailment: the premise); choice: the context
-  c.finetune.pair_field = ""  # classify: a second text ('' = none), joined as [start] text [delim] pair [extract]
+  c.finetune.train_file = (
+    ""  # sft/classify/choice: a .jsonl, .csv or .tsv file of training examples
+  )
+  c.finetune.eval_file = (
+    ""  # the held-out examples every eval scores (accuracy ± SE, or sft's masked loss)
+  )
+  c.finetune.text_field = (
+    "text"  # classify: the text (entailment: the premise); choice: the context
+  )
+  c.finetune.pair_field = (
+    ""  # classify: a second text ('' = none), joined as [start] text [delim] pair [extract]
+  )
   c.finetune.similarity = False  # classify with pair_field: both orders, their final representations added (GPT-1's similarity)
-  c.finetune.choices_field = "choices"  # choice: a jsonl list field, or comma-separated csv/tsv column names
-  c.finetune.label_field = "label"  # classify/choice: the integer label (class, or index of the right answer)
+  c.finetune.choices_field = (
+    "choices"  # choice: a jsonl list field, or comma-separated csv/tsv column names
+  )
+  c.finetune.label_field = (
+    "label"  # classify/choice: the integer label (class, or index of the right answer)
+  )
   c.finetune.prompt_field = "prompt"  # sft: the prompt (no loss on it)
-  c.finetune.response_field = "response"  # sft: the response (loss on it and the closing end-of-text)
+  c.finetune.response_field = (
+    "response"  # sft: the response (loss on it and the closing end-of-text)
+  )
   c.finetune.too_long = "truncate"  # an example over model.seq_len: 'truncate' its first text from the left, or 'refuse'
 
   c.eval = ml_collections.ConfigDict()
@@ -116,17 +172,21 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.num_fewshot = 0  # demonstrations per prompt for eval.tasks
 
   c.mesh = ml_collections.ConfigDict()
-  c.mesh.ici = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # devices per axis within a slice; one -1 takes the rest
-  c.mesh.dcn = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))  # slices per axis across the data-center network
+  c.mesh.ici = ml_collections.ConfigDict(
+    dict(data=-1, fsdp=1, tensor=1)
+  )  # devices per axis within a slice; one -1 takes the rest
+  c.mesh.dcn = ml_collections.ConfigDict(
+    dict(data=1, fsdp=1, tensor=1)
+  )  # slices per axis across the data-center network
   c.mesh.rules = (  # logical axis -> mesh axes; see README "Parallelism"
-      ("batch", ("data", "fsdp")),
-      ("length", None),
-      ("embed", "fsdp"),
-      ("heads", "tensor"),
-      ("kv", None),
-      ("mlp", "tensor"),
-      ("vocab", "tensor"),
-      ("layers", None),
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+    ("layers", None),
   )
   return c
 
@@ -157,9 +217,9 @@ def _positive(errors: list[str], field: str, value, *, allow_zero: bool = False)
     errors.append(f"{field}={value!r}: must be an integer {bound}")
 
 
-
-def override(c: ml_collections.ConfigDict, overrides: Mapping[str, Any]
-             ) -> ml_collections.ConfigDict:
+def override(
+  c: ml_collections.ConfigDict, overrides: Mapping[str, Any]
+) -> ml_collections.ConfigDict:
   """A copy of `c` with `{"group.field": value}` applied (any depth: "mesh.ici.data").
 
   The one way sweeps, resumes and tests address fields by name, so a misspelt field
@@ -179,14 +239,48 @@ def override(c: ml_collections.ConfigDict, overrides: Mapping[str, Any]
   return out
 
 
+def parse_init_from(spec: str) -> tuple[str, str, int | None]:
+  """(kind, directory, step or None) of a non-empty train.init_from; ValueError if malformed."""
+  kind, _, rest = spec.partition(":")
+  step = None
+  if kind == "run" and "@" in rest:
+    rest, _, step_text = rest.rpartition("@")
+    if not step_text.isdigit():
+      raise ValueError(
+        f"train.init_from={spec!r}: the step after '@' must be an integer, "
+        "e.g. run:runs/quickstart@600"
+      )
+    step = int(step_text)
+  if kind not in INIT_FROM_KINDS or not rest:
+    raise ValueError(
+      f"train.init_from={spec!r}: use '' (fresh), 'run:DIR', 'run:DIR@STEP' or 'hf:DIR'"
+    )
+  return kind, os.path.expanduser(rest), step
+
+
+def _init_from_problems(spec: str) -> list[str]:
+  """Problems with the form of train.init_from and the existence of its directory."""
+  if not spec:
+    return []
+  try:
+    _, directory, _ = parse_init_from(spec)
+  except ValueError as e:
+    return [str(e)]
+  if not epath.Path(directory).is_dir():
+    return [f"train.init_from={spec!r}: no directory {directory}"]
+  return []
+
+
 def profile_steps(spec: str) -> tuple[int, int] | None:
   """(A, B) of train.profile_steps "A:B" with 0 <= A < B; None for "" (no trace)."""
   if not spec:
     return None
   start, sep, stop = spec.partition(":")
   if not (sep and start.isdigit() and stop.isdigit() and int(start) < int(stop)):
-    raise ValueError(f"train.profile_steps={spec!r}: use 'A:B' with 0 <= A < B (steps A to "
-                     "B-1 are traced), e.g. '10:15', or '' for no trace")
+    raise ValueError(
+      f"train.profile_steps={spec!r}: use 'A:B' with 0 <= A < B (steps A to "
+      "B-1 are traced), e.g. '10:15', or '' for no trace"
+    )
   return int(start), int(stop)
 
 
@@ -194,12 +288,21 @@ def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ValueError listing every bad field, each with its value and the fix."""
   errors: list[str] = []
   m, t, o = c.model, c.train, c.optim
-  for name in ("n_layer", "d_model", "n_head", "d_ff", "vocab_size", "seq_len", "pad_vocab_multiple"):
+  for name in (
+    "n_layer",
+    "d_model",
+    "n_head",
+    "d_ff",
+    "vocab_size",
+    "seq_len",
+    "pad_vocab_multiple",
+  ):
     _positive(errors, f"model.{name}", m[name])
   if not errors and m.d_model % m.n_head:
     errors.append(
-        f"model.d_model={m.d_model}: not divisible by model.n_head={m.n_head}; "
-        f"pick n_head from the divisors of d_model")
+      f"model.d_model={m.d_model}: not divisible by model.n_head={m.n_head}; "
+      f"pick n_head from the divisors of d_model"
+    )
   _choice(errors, "model.architecture", m.architecture, ARCHITECTURES)
   _choice(errors, "model.remat_policy", m.remat_policy, REMAT_POLICIES)
   _choice(errors, "model.attention_impl", m.attention_impl, ATTENTION_IMPLS)
@@ -210,41 +313,54 @@ def validate(c: ml_collections.ConfigDict) -> None:
       errors.append(f"model.{name}={m[name]!r}: must be in [0, 1)")
   if m.attn_dropout > 0 and m.attention_impl != "xla":
     errors.append(
-        f"model.attn_dropout={m.attn_dropout}: attention-probability dropout needs "
-        f"model.attention_impl='xla' (got {m.attention_impl!r}); set one of them")
+      f"model.attn_dropout={m.attn_dropout}: attention-probability dropout needs "
+      f"model.attention_impl='xla' (got {m.attention_impl!r}); set one of them"
+    )
 
-  for name in ("batch_size", "grad_accum_steps", "log_every", "checkpoint_every",
-               "keep_checkpoints"):
+  for name in (
+    "batch_size",
+    "grad_accum_steps",
+    "log_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+  ):
     _positive(errors, f"train.{name}", t[name])
   for name in ("steps", "tokens", "eval_every", "num_samples", "sample_tokens", "sample_top_k"):
     _positive(errors, f"train.{name}", t[name], allow_zero=True)
   if t.steps == 0 and t.tokens == 0:
     errors.append("train.steps=0 and train.tokens=0: set one of them to the run length")
-  if (isinstance(t.batch_size, int) and isinstance(t.grad_accum_steps, int)
-      and t.grad_accum_steps > 0 and t.batch_size % t.grad_accum_steps):
+  if (
+    isinstance(t.batch_size, int)
+    and isinstance(t.grad_accum_steps, int)
+    and t.grad_accum_steps > 0
+    and t.batch_size % t.grad_accum_steps
+  ):
     errors.append(
-        f"train.batch_size={t.batch_size}: not divisible by train.grad_accum_steps="
-        f"{t.grad_accum_steps}; make the global batch a multiple of the micro-batch count")
+      f"train.batch_size={t.batch_size}: not divisible by train.grad_accum_steps="
+      f"{t.grad_accum_steps}; make the global batch a multiple of the micro-batch count"
+    )
   _choice(errors, "train.sample_strategy", t.sample_strategy, ("sample", "greedy", "beam"))
   if t.sample_temperature <= 0:
     errors.append(f"train.sample_temperature={t.sample_temperature!r}: must be > 0")
   if not 0 < t.sample_top_p <= 1:
     errors.append(f"train.sample_top_p={t.sample_top_p!r}: must be in (0, 1] (1 = all tokens)")
   _positive(errors, "train.sample_num_beams", t.sample_num_beams)
-  if (t.sample_strategy == "beam" and isinstance(t.sample_num_beams, int)
-      and t.num_samples > t.sample_num_beams):
+  if (
+    t.sample_strategy == "beam"
+    and isinstance(t.sample_num_beams, int)
+    and t.num_samples > t.sample_num_beams
+  ):
     errors.append(
-        f"train.num_samples={t.num_samples}: beam search returns at most train.sample_num_beams="
-        f"{t.sample_num_beams} samples; raise sample_num_beams or lower num_samples")
+      f"train.num_samples={t.num_samples}: beam search returns at most train.sample_num_beams="
+      f"{t.sample_num_beams} samples; raise sample_num_beams or lower num_samples"
+    )
   if not isinstance(t.init_from, str):
     errors.append(f"train.init_from={t.init_from!r}: use '' or 'run:DIR', 'run:DIR@STEP', 'hf:DIR'")
   else:
-    from gptjax import init_from  # deferred: it imports the converter and the loader
-    errors.extend(init_from.problems(t.init_from))
+    errors.extend(_init_from_problems(t.init_from))
   if t.peak_tflops < 0:
     errors.append(f"train.peak_tflops={t.peak_tflops!r}: must be >= 0 (0 = automatic)")
 
-  from gptjax.objectives import OBJECTIVES  # deferred: objectives imports the model (jax)
   _choice(errors, "train.objective", t.objective, OBJECTIVES)
   f = c.finetune
   if not isinstance(f.lm_weight, (int, float)) or f.lm_weight < 0:
@@ -258,11 +374,15 @@ def validate(c: ml_collections.ConfigDict) -> None:
   except ValueError as e:
     errors.append(str(e))
   if t.epochs and t.objective == "lm":
-    errors.append(f"train.epochs={t.epochs!r}: only for task objectives; pretraining counts "
-                  "train.steps or train.tokens")
+    errors.append(
+      f"train.epochs={t.epochs!r}: only for task objectives; pretraining counts "
+      "train.steps or train.tokens"
+    )
   if t.objective in ("classify", "choice") and m.special_tokens != 3:
-    errors.append(f"model.special_tokens={m.special_tokens!r}: train.objective={t.objective!r} "
-                  "needs 3 (start, delimiter, extract); set model.special_tokens=3")
+    errors.append(
+      f"model.special_tokens={m.special_tokens!r}: train.objective={t.objective!r} "
+      "needs 3 (start, delimiter, extract); set model.special_tokens=3"
+    )
 
   if o.lr <= 0:
     errors.append(f"optim.lr={o.lr!r}: must be > 0")
@@ -289,7 +409,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   rule_names = {name for name, _ in c.mesh.rules}
   missing = {"batch", "length", "embed", "heads", "kv", "mlp", "vocab", "layers"} - rule_names
   if missing:
-    errors.append(f"mesh.rules: no rule for logical axes {sorted(missing)}; add (name, None) to replicate")
+    errors.append(
+      f"mesh.rules: no rule for logical axes {sorted(missing)}; add (name, None) to replicate"
+    )
 
   _positive(errors, "eval.num_fewshot", c.eval.num_fewshot, allow_zero=True)
   if not isinstance(c.eval.tasks, str):

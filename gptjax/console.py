@@ -23,8 +23,7 @@ class _OwnLines(logging.Filter):
   """Passes gptjax's records, and other records that are CRITICAL."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return (record.pathname.startswith(_PACKAGE_DIR + os.sep)
-            or record.levelno >= logging.CRITICAL)
+    return record.pathname.startswith(_PACKAGE_DIR + os.sep) or record.levelno >= logging.CRITICAL
 
 
 class _Plain(logging.Formatter):
@@ -46,6 +45,7 @@ def setup(verbosity: int) -> None:
   handler.addFilter(_OwnLines())
   try:
     import tensorflow_datasets as tfds  # its progress bars would interleave with log lines
+
     tfds.disable_progress_bar()
   except ImportError:
     pass

@@ -33,8 +33,9 @@ import math
 import numpy as np
 
 
-def cluster_ratio_mean(loss_sums: np.ndarray, token_counts: np.ndarray,
-                       clusters: np.ndarray) -> tuple[float, float]:
+def cluster_ratio_mean(
+  loss_sums: np.ndarray, token_counts: np.ndarray, clusters: np.ndarray
+) -> tuple[float, float]:
   """(sum(loss_sums) / sum(token_counts), its clustered standard error; module docstring).
 
   The three arrays have one entry per part of the eval set (e.g. the tokens one row
@@ -45,8 +46,10 @@ def cluster_ratio_mean(loss_sums: np.ndarray, token_counts: np.ndarray,
   token_counts = np.asarray(token_counts, np.float64)
   clusters = np.asarray(clusters)
   if not loss_sums.shape == token_counts.shape == clusters.shape or loss_sums.ndim != 1:
-    raise ValueError(f"need three 1-D arrays of one shape; got {loss_sums.shape}, "
-                     f"{token_counts.shape}, {clusters.shape}")
+    raise ValueError(
+      f"need three 1-D arrays of one shape; got {loss_sums.shape}, "
+      f"{token_counts.shape}, {clusters.shape}"
+    )
   total = token_counts.sum()
   if total <= 0:
     raise ValueError("no tokens to average over")

@@ -17,18 +17,18 @@ from gptjax.config import padded_vocab_size
 # Dense bf16 peak TFLOP/s per device, matched against jax's device_kind (the longest
 # matching name wins, so "H100 PCIe" beats "H100"). Vendor datasheets, dense (not sparse).
 PEAK_TFLOPS = {
-    "H200": 989.0,
-    "H100": 989.0,  # SXM ("NVIDIA H100 80GB HBM3")
-    "H100 PCIe": 756.0,
-    "H100 NVL": 835.0,
-    "A100": 312.0,
-    "TPU v4": 275.0,
-    "TPU v5 lite": 197.0,  # v5e
-    "TPU v5e": 197.0,
-    "TPU v5p": 459.0,
-    "TPU v5": 459.0,  # v5p reports itself as "TPU v5"
-    "TPU v6 lite": 918.0,  # v6e
-    "TPU v6e": 918.0,
+  "H200": 989.0,
+  "H100": 989.0,  # SXM ("NVIDIA H100 80GB HBM3")
+  "H100 PCIe": 756.0,
+  "H100 NVL": 835.0,
+  "A100": 312.0,
+  "TPU v4": 275.0,
+  "TPU v5 lite": 197.0,  # v5e
+  "TPU v5e": 197.0,
+  "TPU v5p": 459.0,
+  "TPU v5": 459.0,  # v5p reports itself as "TPU v5"
+  "TPU v6 lite": 918.0,  # v6e
+  "TPU v6e": 918.0,
 }
 
 
@@ -92,8 +92,9 @@ def peak_for_kind(kind: str) -> float | None:
   return None
 
 
-def device_peak(configured_tflops: float = 0.0, compute_dtype: str = "bfloat16"
-                ) -> tuple[float, str]:
+def device_peak(
+  configured_tflops: float = 0.0, compute_dtype: str = "bfloat16"
+) -> tuple[float, str]:
   """Peak TFLOP/s per unit of `peak_units()` for MFU (0 when unknown), and a sentence
   saying where it came from.
 
@@ -105,11 +106,15 @@ def device_peak(configured_tflops: float = 0.0, compute_dtype: str = "bfloat16"
     return configured_tflops, f"train.peak_tflops={configured_tflops:g} TFLOP/s ({kind})"
   peak = peak_for_kind(kind)
   if peak is not None:
-    relative = ("" if compute_dtype == "bfloat16"
-                else f"; this run computes in {compute_dtype}, so its MFU is bf16-relative")
+    relative = (
+      ""
+      if compute_dtype == "bfloat16"
+      else f"; this run computes in {compute_dtype}, so its MFU is bf16-relative"
+    )
     return peak, f"{kind} bf16 dense peak {peak:g} TFLOP/s per device{relative}"
   if jax.default_backend() == "cpu":
     peak = measured_cpu_tflops()
-    return peak, (f"CPU float32 1024x1024 matmul measured at startup: {peak * 1e3:.1f} GFLOP/s "
-                  "per host")
+    return peak, (
+      f"CPU float32 1024x1024 matmul measured at startup: {peak * 1e3:.1f} GFLOP/s per host"
+    )
   return 0.0, f"no peak known for {kind!r}: MFU not reported; set train.peak_tflops"

@@ -23,41 +23,12 @@ from absl import logging
 from etils import epath
 
 from gptjax import convert
+from gptjax.config import parse_init_from as parse
 from gptjax.load import checkpoint_steps, load, run_config
 
-KINDS = ("run", "hf")
 # The fields that fix parameter shapes (layout fields like scan_layers and
 # pad_vocab_multiple are converted, so they may differ).
 SHAPE_FIELDS = ("architecture", "n_layer", "d_model", "n_head", "d_ff", "vocab_size", "seq_len")
-
-
-def parse(spec: str) -> tuple[str, str, int | None]:
-  """(kind, directory, step or None) of a non-empty train.init_from; ValueError if malformed."""
-  kind, _, rest = spec.partition(":")
-  step = None
-  if kind == "run" and "@" in rest:
-    rest, _, step_text = rest.rpartition("@")
-    if not step_text.isdigit():
-      raise ValueError(f"train.init_from={spec!r}: the step after '@' must be an integer, "
-                       "e.g. run:runs/quickstart@600")
-    step = int(step_text)
-  if kind not in KINDS or not rest:
-    raise ValueError(f"train.init_from={spec!r}: use '' (fresh), 'run:DIR', 'run:DIR@STEP' or "
-                     "'hf:DIR'")
-  return kind, os.path.expanduser(rest), step
-
-
-def problems(spec: str) -> list[str]:
-  """Problems with the form of train.init_from and the existence of its directory."""
-  if not spec:
-    return []
-  try:
-    _, directory, _ = parse(spec)
-  except ValueError as e:
-    return [str(e)]
-  if not epath.Path(directory).is_dir():
-    return [f"train.init_from={spec!r}: no directory {directory}"]
-  return []
 
 
 def source_model(spec: str) -> dict[str, Any]:
@@ -82,18 +53,26 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return config
   kind, directory, step = parse(spec)
   source = source_model(spec)
-  diffs = [f"model.{f}: source {source[f]!r}, config {config.model[f]!r}"
-           for f in SHAPE_FIELDS if source[f] != config.model[f]]
+  diffs = [
+    f"model.{f}: source {source[f]!r}, config {config.model[f]!r}"
+    for f in SHAPE_FIELDS
+    if source[f] != config.model[f]
+  ]
   if diffs:
-    raise ValueError(f"train.init_from={spec!r}: the source model has another shape: "
-                     + "; ".join(diffs) + "; set these model.* fields to the source's values")
+    raise ValueError(
+      f"train.init_from={spec!r}: the source model has another shape: "
+      + "; ".join(diffs)
+      + "; set these model.* fields to the source's values"
+    )
   directory = directory if "://" in directory else os.path.abspath(directory)
   if kind == "run":
     steps = checkpoint_steps(directory)
     if not steps or (step is not None and step not in steps):
-      raise ValueError(f"train.init_from={spec!r}: no checkpoint "
-                       f"{'' if step is None else f'at step {step} '}in {directory}/checkpoints"
-                       f" (it has {steps or 'none'})")
+      raise ValueError(
+        f"train.init_from={spec!r}: no checkpoint "
+        f"{'' if step is None else f'at step {step} '}in {directory}/checkpoints"
+        f" (it has {steps or 'none'})"
+      )
     directory = f"{directory}@{steps[-1] if step is None else step}"
   resolved = config.copy_and_resolve_references()
   resolved.train.init_from = f"{kind}:{directory}"
@@ -107,6 +86,7 @@ def load_params(config: ml_collections.ConfigDict, shardings: Any) -> Any:
   """
   import jax
   import jax.numpy as jnp
+
   kind, directory, step = parse(config.train.init_from)
   if kind == "run":
     source = load(directory, step, mesh=jax.tree.leaves(shardings)[0].mesh)
@@ -116,6 +96,7 @@ def load_params(config: ml_collections.ConfigDict, shardings: Any) -> Any:
     tensors = convert.read_tensors(directory)
   params = convert.params_from_hf(tensors, config.model)
   dtype = jnp.dtype(config.model.param_dtype)
-  logging.info("train.init_from: parameters from %s (fresh optimizer, step 0)",
-               config.train.init_from)
+  logging.info(
+    "train.init_from: parameters from %s (fresh optimizer, step 0)", config.train.init_from
+  )
   return jax.device_put(jax.tree.map(lambda a: a.astype(dtype), params), shardings)

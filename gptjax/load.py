@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 @dataclasses.dataclass(frozen=True)
 class Loaded:
   """A run directory opened at one checkpoint."""
+
   model: GPT
   params: Any  # laid out on `mesh` as the rules say
   tokenizer: Tokenizer
@@ -47,6 +48,7 @@ class Loaded:
   def active(self):
     """The mesh and rules the model's logical constraints resolve against (a context)."""
     from gptjax import sharding
+
     return sharding.active(self.mesh, self.axis_rules)
 
 
@@ -62,25 +64,30 @@ def run_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a run resolved (WORKDIR/config.json), over today's defaults."""
   path = epath.Path(workdir) / "config.json"
   if not path.is_file():
-    raise ValueError(f"--workdir={workdir}: no config.json there; point at a run directory "
-                     "written by python -m gptjax.main")
+    raise ValueError(
+      f"--workdir={workdir}: no config.json there; point at a run directory "
+      "written by python -m gptjax.main"
+    )
   return ml_collections.ConfigDict(_merge(base_config().to_dict(), json.loads(path.read_text())))
 
 
 def _checkpoint_dir(workdir: str) -> str:
   """WORKDIR/checkpoints as orbax takes it: a gs:// URL as it is, a local path made absolute."""
-  return os.path.join(workdir if rundir.is_remote(workdir) else os.path.abspath(workdir),
-                      "checkpoints")
+  return os.path.join(
+    workdir if rundir.is_remote(workdir) else os.path.abspath(workdir), "checkpoints"
+  )
 
 
 def checkpoint_steps(workdir: str) -> list[int]:
   """The steps with a complete checkpoint in WORKDIR/checkpoints, oldest first."""
   import orbax.checkpoint as ocp
+
   return sorted(ocp.utils.checkpoint_steps(_checkpoint_dir(workdir)))
 
 
-def load(workdir: str, step: int | None = None, *, mesh: Mesh | None = None,
-         rules: Rules | None = None) -> Loaded:
+def load(
+  workdir: str, step: int | None = None, *, mesh: Mesh | None = None, rules: Rules | None = None
+) -> Loaded:
   """Model, parameters (only), tokenizer and resolved config of the run in `workdir`.
 
   `step` picks a checkpoint (default: the newest). The parameters are placed on
@@ -91,6 +98,7 @@ def load(workdir: str, step: int | None = None, *, mesh: Mesh | None = None,
   import flax.linen as nn
   import jax
   import orbax.checkpoint as ocp
+
   from gptjax import sharding
   from gptjax.data.tokenizer import load_saved
   from gptjax.model import GPT, model_config
@@ -99,13 +107,17 @@ def load(workdir: str, step: int | None = None, *, mesh: Mesh | None = None,
   config = run_config(workdir)
   steps = checkpoint_steps(workdir)
   if not steps:
-    raise ValueError(f"--workdir={workdir}: no checkpoint in {workdir}/checkpoints; train the "
-                     "run first (python -m gptjax.main) or point at another run directory")
+    raise ValueError(
+      f"--workdir={workdir}: no checkpoint in {workdir}/checkpoints; train the "
+      "run first (python -m gptjax.main) or point at another run directory"
+    )
   if step is None:
     step = steps[-1]
   elif step not in steps:
-    raise ValueError(f"--step={step}: no checkpoint at that step in {workdir}/checkpoints; "
-                     f"it has steps {', '.join(map(str, steps))}")
+    raise ValueError(
+      f"--step={step}: no checkpoint at that step in {workdir}/checkpoints; "
+      f"it has steps {', '.join(map(str, steps))}"
+    )
   axis_rules = sharding.rules(config.mesh) if rules is None else rules
   mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
   model = GPT(model_config(config.model))
@@ -114,16 +126,34 @@ def load(workdir: str, step: int | None = None, *, mesh: Mesh | None = None,
   with sharding.active(mesh, axis_rules):
     boxed = jax.eval_shape(model.init, jax.random.PRNGKey(0), tokens)["params"]
   shardings = sharding.logical_to_sharding(nn.get_partition_spec(boxed), mesh, axis_rules)
-  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          nn.unbox(boxed), shardings)
+  abstract = jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(boxed), shardings
+  )
   # The state was saved whole (TrainState: step, params, opt_state, rng); a partial
   # restore of a tree holding only `params` reads those arrays and nothing else.
   item = {"params": abstract}
-  with ocp.CheckpointManager(_checkpoint_dir(workdir), item_names=("state", "meta"),
-                             options=ocp.CheckpointManagerOptions(create=False)) as mngr:
-    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-        partial_restore=True)))
+  with ocp.CheckpointManager(
+    _checkpoint_dir(workdir),
+    item_names=("state", "meta"),
+    options=ocp.CheckpointManagerOptions(create=False),
+  ) as mngr:
+    restored = mngr.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+          item=item,
+          restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+          partial_restore=True,
+        )
+      ),
+    )
   tokenizer = load_saved(os.fspath(epath.Path(workdir) / "tokenizer"))
-  return Loaded(model=model, params=restored["state"]["params"], tokenizer=tokenizer,
-                config=config, step=step, mesh=mesh, axis_rules=axis_rules)
+  return Loaded(
+    model=model,
+    params=restored["state"]["params"],
+    tokenizer=tokenizer,
+    config=config,
+    step=step,
+    mesh=mesh,
+    axis_rules=axis_rules,
+  )

@@ -10,8 +10,8 @@ import os
 import sys
 
 import jax
-from absl import app, flags, logging
 import ml_collections
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from gptjax import checkpoint, console, data, memory_plan, metrics, rundir, train
@@ -19,18 +19,23 @@ from gptjax import config as config_lib
 from gptjax.evaluate import tasks as eval_tasks
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment file (experiments/*.py), optionally with ':arg'.",
-    lock_config=True)
+  "config", None, "Experiment file (experiments/*.py), optionally with ':arg'.", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None,
-    "Run directory: config, metrics, checkpoints, tokenizer, samples. A local path or "
-    "gs://BUCKET/PATH (needs the tpu or cuda extra).")
+  "workdir",
+  None,
+  "Run directory: config, metrics, checkpoints, tokenizer, samples. A local path or "
+  "gs://BUCKET/PATH (needs the tpu or cuda extra).",
+)
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False,
-    "Multi-host: call jax.distributed.initialize() first. On TPU VMs and under SLURM it "
-    "finds the coordinator itself; elsewhere pass the three flags below.")
+  "distributed",
+  False,
+  "Multi-host: call jax.distributed.initialize() first. On TPU VMs and under SLURM it "
+  "finds the coordinator itself; elsewhere pass the three flags below.",
+)
 _COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "host:port of process 0 (multi-host outside TPU VMs/SLURM).")
+  "coordinator_address", None, "host:port of process 0 (multi-host outside TPU VMs/SLURM)."
+)
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in the job.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0-based.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -82,8 +87,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
     message = " ".join(text.replace("\\n", " ").replace("\\'", "'").split())
     if isinstance(e, (AttributeError, KeyError)):
       message = f"unknown --config field {message}"
-    sys.exit(f"error: {message}; see --helpfull for the flags, and gptjax/config.py for "
-             "every --config.* field")
+    sys.exit(
+      f"error: {message}; see --helpfull for the flags, and gptjax/config.py for "
+      "every --config.* field"
+    )
 
 
 def _experiment() -> ml_collections.ConfigDict:
@@ -93,8 +100,10 @@ def _experiment() -> ml_collections.ConfigDict:
     return _CONFIG.value
   except OSError as e:
     reason = str(e).strip().splitlines()[-1].strip()
-    raise ValueError(f"--config: cannot load the experiment file ({reason}); pass an existing "
-                     "file, e.g. --config=experiments/quickstart.py") from None
+    raise ValueError(
+      f"--config: cannot load the experiment file ({reason}); pass an existing "
+      "file, e.g. --config=experiments/quickstart.py"
+    ) from None
 
 
 def _main() -> None:
@@ -108,13 +117,20 @@ def _main() -> None:
     # CPU processes need a collectives backend to talk to each other; on GPU/TPU
     # this setting is unused.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+    jax.distributed.initialize(
+      coordinator_address=_COORDINATOR.value,
+      num_processes=_NUM_PROCESSES.value,
+      process_id=_PROCESS_ID.value,
+    )
   if config.train.dry_run:
     print(memory_plan.dry_run(config))
     return
-  logging.info("process %d of %d, %d local devices", jax.process_index(), jax.process_count(),
-               jax.local_device_count())
+  logging.info(
+    "process %d of %d, %d local devices",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+  )
   summary = train.run(config, _WORKDIR.value)
   logging.info(_closing_line(summary, _WORKDIR.value))
   if config.eval.tasks and summary["status"] == "completed":
@@ -124,10 +140,14 @@ def _main() -> None:
 def _evaluate(config: ml_collections.ConfigDict, workdir: str, step: int) -> None:
   """eval.tasks on the final checkpoint, once training has released the run directory."""
   if jax.process_count() > 1:
-    logging.warning("eval.tasks: not scored in a multi-process run; run python -m "
-                    "gptjax.evaluate --workdir=%s once it has finished", workdir)
+    logging.warning(
+      "eval.tasks: not scored in a multi-process run; run python -m "
+      "gptjax.evaluate --workdir=%s once it has finished",
+      workdir,
+    )
     return
   from gptjax.evaluate import run as evaluate  # deferred: training alone never needs it
+
   evaluate.after_training(config, workdir, step)
 
 
@@ -137,19 +157,24 @@ def _closing_line(summary: dict, workdir: str) -> str:
   if not rows:
     last_eval = "no eval"
   elif "eval_accuracy" in rows[-1]:  # classify, choice
-    last_eval = (f"eval accuracy {rows[-1]['eval_accuracy']:.4f} ± "
-                 f"{rows[-1]['eval_accuracy_se']:.4f} at step {rows[-1]['step']}")
+    last_eval = (
+      f"eval accuracy {rows[-1]['eval_accuracy']:.4f} ± "
+      f"{rows[-1]['eval_accuracy_se']:.4f} at step {rows[-1]['step']}"
+    )
   elif "eval_loss_sem" not in rows[-1]:  # sft
-    last_eval = (f"eval loss {rows[-1]['eval_loss']:.4f} nats/token on responses at step "
-                 f"{rows[-1]['step']}")
+    last_eval = (
+      f"eval loss {rows[-1]['eval_loss']:.4f} nats/token on responses at step {rows[-1]['step']}"
+    )
   else:
     loss, sem = rows[-1]["eval_loss"], rows[-1]["eval_loss_sem"]
     # No SEM when the eval rows come from a single document (no clusters to vary over).
     spread = f" ± {sem:.4f}" if sem is not None else " (SEM n/a: one document)"
     last_eval = f"eval loss {loss:.4f}{spread} nats/token at step {rows[-1]['step']}"
-  return (f"{summary['status']}: {summary['step']} steps, "
-          f"{last_eval}, {metrics.format_duration(summary['wall_s'])} of training, "
-          f"run directory {workdir}")
+  return (
+    f"{summary['status']}: {summary['step']} steps, "
+    f"{last_eval}, {metrics.format_duration(summary['wall_s'])} of training, "
+    f"run directory {workdir}"
+  )
 
 
 if __name__ == "__main__":

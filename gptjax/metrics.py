@@ -65,12 +65,16 @@ class MetricsWriter:
     # every flush and again when garbage-collected, which stalls the exit for minutes when
     # GCS cannot be reached.
     self._tb_dir = epath.Path(workdir) / "tensorboard"
-    self._tb_local = (tempfile.mkdtemp(prefix="gptjax-tensorboard-") if self._remote
-                      else os.fspath(self._tb_dir))
+    self._tb_local = (
+      tempfile.mkdtemp(prefix="gptjax-tensorboard-") if self._remote else os.fspath(self._tb_dir)
+    )
     self._tb = SummaryWriter(self._tb_local, purge_step=resume_step + 1 if resume_step else None)
     if self._remote:
-      logging.info("TensorBoard events go to %s and are copied to %s with metrics.jsonl",
-                   self._tb_local, self._tb_dir)
+      logging.info(
+        "TensorBoard events go to %s and are copied to %s with metrics.jsonl",
+        self._tb_local,
+        self._tb_dir,
+      )
 
   def write(self, row: dict[str, Any]) -> None:
     """Appends `row` as strict JSON: a NaN or inf is written as null, and the row's
@@ -126,9 +130,11 @@ def strict_row(row: dict[str, Any]) -> dict[str, Any]:
 def console_line(row: dict[str, Any], total_steps: int, eta_s: float) -> str:
   """The train row as the console shows it; the loss and grad norm are window means."""
   mfu = f"{100 * row['mfu']:.1f}%" if row.get("mfu") is not None else "n/a"
-  return (f"step {row['step']}/{total_steps} | loss {row['train_loss']:.4f} | lr {row['lr']:.2e} | "
-          f"grad_norm {row['grad_norm']:.3f} | {row['tokens_per_s']:,.0f} tok/s | MFU {mfu} | "
-          f"ETA {format_duration(eta_s)}")
+  return (
+    f"step {row['step']}/{total_steps} | loss {row['train_loss']:.4f} | lr {row['lr']:.2e} | "
+    f"grad_norm {row['grad_norm']:.3f} | {row['tokens_per_s']:,.0f} tok/s | MFU {mfu} | "
+    f"ETA {format_duration(eta_s)}"
+  )
 
 
 def format_duration(seconds: float) -> str:

@@ -30,21 +30,31 @@ from gptjax.config import padded_vocab_size
 Cache = dict[str, jax.Array]  # {'k', 'v'}: [n_layer, batch, max_len, n_head, head_dim]
 
 _REMAT_POLICIES = {
-    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
+  "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
 }
 
 
-def _param(module: nn.Module, name: str, shape: tuple[int, ...], axes: tuple[str | None, ...],
-           init: Any, dtype: Any) -> jax.Array:
+def _param(
+  module: nn.Module,
+  name: str,
+  shape: tuple[int, ...],
+  axes: tuple[str | None, ...],
+  init: Any,
+  dtype: Any,
+) -> jax.Array:
   return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
 
 
 def _layer_norm(cfg: ml_collections.ConfigDict, name: str) -> nn.LayerNorm:
   return nn.LayerNorm(
-      epsilon=1e-5, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+    epsilon=1e-5,
+    dtype=cfg.dtype,
+    param_dtype=cfg.param_dtype,
+    name=name,
+    scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+  )
 
 
 def _residual_std(cfg: ml_collections.ConfigDict) -> float:
@@ -58,16 +68,29 @@ class CausalSelfAttention(nn.Module):
   deterministic: bool
 
   @nn.compact
-  def __call__(self, x: jax.Array, cache: Cache | None, index: jax.Array | None,
-               mask: jax.Array | None) -> tuple[jax.Array, Cache | None]:
+  def __call__(
+    self, x: jax.Array, cache: Cache | None, index: jax.Array | None, mask: jax.Array | None
+  ) -> tuple[jax.Array, Cache | None]:
     """`mask` [batch, 1, q, k] replaces the plain causal mask when rows hold several documents."""
     cfg = self.config
     head_dim = cfg.d_model // cfg.n_head
     normal = nn.initializers.normal(cfg.init_std)
-    w_qkv = _param(self, "qkv_kernel", (cfg.d_model, 3, cfg.n_head, head_dim),
-                   ("embed", None, "heads", "kv"), normal, cfg.param_dtype)
-    b_qkv = _param(self, "qkv_bias", (3, cfg.n_head, head_dim), (None, "heads", "kv"),
-                   nn.initializers.zeros, cfg.param_dtype)
+    w_qkv = _param(
+      self,
+      "qkv_kernel",
+      (cfg.d_model, 3, cfg.n_head, head_dim),
+      ("embed", None, "heads", "kv"),
+      normal,
+      cfg.param_dtype,
+    )
+    b_qkv = _param(
+      self,
+      "qkv_bias",
+      (3, cfg.n_head, head_dim),
+      (None, "heads", "kv"),
+      nn.initializers.zeros,
+      cfg.param_dtype,
+    )
     qkv = jnp.einsum("btd,dshk->sbthk", x, w_qkv.astype(cfg.dtype))
     qkv = qkv + b_qkv[:, None, None].astype(cfg.dtype)
     q, k, v = (nn.with_logical_constraint(t, ("batch", "length", "heads", "kv")) for t in qkv)
@@ -83,21 +106,31 @@ class CausalSelfAttention(nn.Module):
       probs = nn.Dropout(cfg.attn_dropout, deterministic=False)(probs)
       out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
     else:  # training, eval, and a prefill into an empty cache (index=0): plain causal
-      out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=mask is None,
-                                         implementation=cfg.attention_impl)
+      out = jax.nn.dot_product_attention(
+        q, k, v, mask=mask, is_causal=mask is None, implementation=cfg.attention_impl
+      )
     if cache is not None:
       cache = {"k": k, "v": v}  # only the new entries: GPT writes all layers' at once
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
 
-    w_o = _param(self, "out_kernel", (cfg.n_head, head_dim, cfg.d_model), ("heads", "kv", "embed"),
-                 nn.initializers.normal(_residual_std(cfg)), cfg.param_dtype)
-    b_o = _param(self, "out_bias", (cfg.d_model,), ("embed",), nn.initializers.zeros, cfg.param_dtype)
+    w_o = _param(
+      self,
+      "out_kernel",
+      (cfg.n_head, head_dim, cfg.d_model),
+      ("heads", "kv", "embed"),
+      nn.initializers.normal(_residual_std(cfg)),
+      cfg.param_dtype,
+    )
+    b_o = _param(
+      self, "out_bias", (cfg.d_model,), ("embed",), nn.initializers.zeros, cfg.param_dtype
+    )
     y = jnp.einsum("bthk,hkd->btd", out, w_o.astype(cfg.dtype)) + b_o.astype(cfg.dtype)
     return y, cache
 
 
-def _attend_with_cache(q: jax.Array, k: jax.Array, v: jax.Array, cache: Cache,
-                       index: jax.Array | int) -> jax.Array:
+def _attend_with_cache(
+  q: jax.Array, k: jax.Array, v: jax.Array, cache: Cache, index: jax.Array | int
+) -> jax.Array:
   """Attention of new queries over each row's cached keys before `index` and, causally, over
   the new keys, under one softmax.
 
@@ -106,17 +139,27 @@ def _attend_with_cache(q: jax.Array, k: jax.Array, v: jax.Array, cache: Cache,
   """
   batch, length, _, head_dim = q.shape
   scale = 1 / jnp.sqrt(head_dim).astype(jnp.float32)
-  scores = lambda keys: jnp.einsum("bqhd,bkhd->bhqk", q, keys.astype(q.dtype),
-                                   preferred_element_type=jnp.float32) * scale
+  scores = lambda keys: (
+    jnp.einsum("bqhd,bkhd->bhqk", q, keys.astype(q.dtype), preferred_element_type=jnp.float32)
+    * scale
+  )
   slots = cache["k"].shape[1]
   earlier = jnp.arange(slots)[None, :] < jnp.broadcast_to(index, (batch,))[:, None]
   causal = jnp.tril(jnp.ones((length, length), bool))
   masked = jnp.finfo(jnp.float32).min
-  probs = jax.nn.softmax(jnp.concatenate([
-      jnp.where(earlier[:, None, None, :], scores(cache["k"]), masked),
-      jnp.where(causal, scores(k), masked)], axis=-1), axis=-1).astype(v.dtype)
-  return (jnp.einsum("bhqk,bkhd->bqhd", probs[..., :slots], cache["v"].astype(v.dtype))
-          + jnp.einsum("bhqk,bkhd->bqhd", probs[..., slots:], v))
+  probs = jax.nn.softmax(
+    jnp.concatenate(
+      [
+        jnp.where(earlier[:, None, None, :], scores(cache["k"]), masked),
+        jnp.where(causal, scores(k), masked),
+      ],
+      axis=-1,
+    ),
+    axis=-1,
+  ).astype(v.dtype)
+  return jnp.einsum("bhqk,bkhd->bqhd", probs[..., :slots], cache["v"].astype(v.dtype)) + jnp.einsum(
+    "bhqk,bkhd->bqhd", probs[..., slots:], v
+  )
 
 
 def _cache_write(cache: jax.Array, new: jax.Array, index: jax.Array | int) -> jax.Array:
@@ -137,26 +180,41 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     cfg = self.config
-    w_fc = _param(self, "fc_kernel", (cfg.d_model, cfg.d_ff), ("embed", "mlp"),
-                  nn.initializers.normal(cfg.init_std), cfg.param_dtype)
+    w_fc = _param(
+      self,
+      "fc_kernel",
+      (cfg.d_model, cfg.d_ff),
+      ("embed", "mlp"),
+      nn.initializers.normal(cfg.init_std),
+      cfg.param_dtype,
+    )
     b_fc = _param(self, "fc_bias", (cfg.d_ff,), ("mlp",), nn.initializers.zeros, cfg.param_dtype)
     h = jnp.einsum("btd,df->btf", x, w_fc.astype(cfg.dtype)) + b_fc.astype(cfg.dtype)
     h = nn.with_logical_constraint(jax.nn.gelu(h, approximate=True), ("batch", "length", "mlp"))
-    w_proj = _param(self, "proj_kernel", (cfg.d_ff, cfg.d_model), ("mlp", "embed"),
-                    nn.initializers.normal(_residual_std(cfg)), cfg.param_dtype)
-    b_proj = _param(self, "proj_bias", (cfg.d_model,), ("embed",), nn.initializers.zeros,
-                    cfg.param_dtype)
+    w_proj = _param(
+      self,
+      "proj_kernel",
+      (cfg.d_ff, cfg.d_model),
+      ("mlp", "embed"),
+      nn.initializers.normal(_residual_std(cfg)),
+      cfg.param_dtype,
+    )
+    b_proj = _param(
+      self, "proj_bias", (cfg.d_model,), ("embed",), nn.initializers.zeros, cfg.param_dtype
+    )
     return jnp.einsum("btf,fd->btd", h, w_proj.astype(cfg.dtype)) + b_proj.astype(cfg.dtype)
 
 
 class Block(nn.Module):
   """One transformer block; GPT-1 normalises after each residual add, GPT-2 before."""
+
   config: ml_collections.ConfigDict
   deterministic: bool
 
   @nn.compact
-  def __call__(self, x: jax.Array, cache: Cache | None, index: jax.Array | None,
-               mask: jax.Array | None) -> tuple[jax.Array, Cache | None]:
+  def __call__(
+    self, x: jax.Array, cache: Cache | None, index: jax.Array | None, mask: jax.Array | None
+  ) -> tuple[jax.Array, Cache | None]:
     cfg = self.config
     attn = CausalSelfAttention(cfg, self.deterministic, name="attn")
     mlp = Mlp(cfg, name="mlp")
@@ -179,13 +237,20 @@ class GPT(nn.Module):
   `config` is the `model` group of the run config, with dtype names already
   turned into dtypes by `model_config()`.
   """
+
   config: ml_collections.ConfigDict
 
   @nn.compact
-  def __call__(self, tokens: jax.Array, *, deterministic: bool = True,
-               cache: Cache | None = None, index: jax.Array | int = 0,
-               segment_ids: jax.Array | None = None,
-               logits_at: jax.Array | None = None) -> tuple[jax.Array, Cache | None]:
+  def __call__(
+    self,
+    tokens: jax.Array,
+    *,
+    deterministic: bool = True,
+    cache: Cache | None = None,
+    index: jax.Array | int = 0,
+    segment_ids: jax.Array | None = None,
+    logits_at: jax.Array | None = None,
+  ) -> tuple[jax.Array, Cache | None]:
     """Returns float32 logits [batch, length, vocab_size + special_tokens] and the updated cache.
 
     `index` is the position of the first token, a scalar or one per row [batch].
@@ -196,10 +261,17 @@ class GPT(nn.Module):
     """
     cfg = self.config
     normal = nn.initializers.normal(cfg.init_std)
-    wte = _param(self, "wte", (padded_vocab_size(cfg), cfg.d_model), ("vocab", "embed"), normal,
-                 cfg.param_dtype)
-    wpe = _param(self, "wpe", (cfg.seq_len, cfg.d_model), ("length", "embed"), normal,
-                 cfg.param_dtype)
+    wte = _param(
+      self,
+      "wte",
+      (padded_vocab_size(cfg), cfg.d_model),
+      ("vocab", "embed"),
+      normal,
+      cfg.param_dtype,
+    )
+    wpe = _param(
+      self, "wpe", (cfg.seq_len, cfg.d_model), ("length", "embed"), normal, cfg.param_dtype
+    )
     mask = None
     if jnp.ndim(index) == 1:
       positions = jnp.take(wpe, index[:, None] + jnp.arange(tokens.shape[1]), axis=0)
@@ -215,13 +287,18 @@ class GPT(nn.Module):
 
     block = Block
     if cfg.remat_policy != "none":
-      block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat_policy],
-                       prevent_cse=not cfg.scan_layers)
+      block = nn.remat(
+        Block, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers
+      )
     if cfg.scan_layers:
-      stack = nn.scan(block, variable_axes={"params": 0},
-                      split_rngs={"params": True, "dropout": True},
-                      in_axes=(0, nn.broadcast, nn.broadcast), length=cfg.n_layer,
-                      metadata_params={nn.PARTITION_NAME: "layers"})
+      stack = nn.scan(
+        block,
+        variable_axes={"params": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(0, nn.broadcast, nn.broadcast),
+        length=cfg.n_layer,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+      )
       x, new_entries = stack(cfg, deterministic, name="blocks")(x, cache, index, mask)
     else:
       layer_entries = []
@@ -229,8 +306,7 @@ class GPT(nn.Module):
         layer_cache = None if cache is None else jax.tree.map(lambda a, i=i: a[i], cache)
         x, entries = block(cfg, deterministic, name=f"block_{i}")(x, layer_cache, index, mask)
         layer_entries.append(entries)
-      new_entries = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a),
-                                                            *layer_entries)
+      new_entries = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *layer_entries)
     if cache is not None:
       cache = jax.tree.map(lambda c, n: _cache_write(c, n, index), cache, new_entries)
 
@@ -241,7 +317,7 @@ class GPT(nn.Module):
     # Task heads read the final hidden state; sown only when applied with mutable=["intermediates"].
     self.sow("intermediates", "hidden", x)
     logits = jnp.einsum("btd,vd->btv", x, wte.astype(cfg.dtype), preferred_element_type=jnp.float32)
-    logits = logits[..., :cfg.vocab_size + cfg.special_tokens]
+    logits = logits[..., : cfg.vocab_size + cfg.special_tokens]
     logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
     return logits, cache
 
@@ -252,6 +328,7 @@ class TaskHead(nn.Module):
   Zero-initialised, so fine-tuning starts from uniform task predictions and the
   pretrained features rather than a random projection of them.
   """
+
   config: ml_collections.ConfigDict
   outputs: int
 
@@ -260,11 +337,18 @@ class TaskHead(nn.Module):
     """float32 scores [..., outputs] of features [..., d_model]."""
     cfg = self.config
     features = nn.Dropout(cfg.dropout, deterministic=deterministic)(features)
-    kernel = _param(self, "kernel", (cfg.d_model, self.outputs), ("embed", None),
-                    nn.initializers.zeros, cfg.param_dtype)
+    kernel = _param(
+      self,
+      "kernel",
+      (cfg.d_model, self.outputs),
+      ("embed", None),
+      nn.initializers.zeros,
+      cfg.param_dtype,
+    )
     bias = _param(self, "bias", (self.outputs,), (None,), nn.initializers.zeros, cfg.param_dtype)
-    return (jnp.einsum("...d,dc->...c", features.astype(jnp.float32), kernel.astype(jnp.float32))
-            + bias.astype(jnp.float32))
+    return jnp.einsum(
+      "...d,dc->...c", features.astype(jnp.float32), kernel.astype(jnp.float32)
+    ) + bias.astype(jnp.float32)
 
 
 def model_config(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -293,6 +377,7 @@ def document_segments(inputs: jax.Array, eos_id: int) -> jax.Array:
 def document_positions(segment_ids: jax.Array) -> jax.Array:
   """Positions [batch, length] restarting at 0 where each segment starts."""
   index = jnp.arange(segment_ids.shape[1])
-  starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool),
-                            segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+  starts = jnp.concatenate(
+    [jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1
+  )
   return index - jax.lax.cummax(jnp.where(starts, index, 0), axis=1)

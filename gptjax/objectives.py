@@ -23,23 +23,29 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
+from gptjax.config import OBJECTIVES
 from gptjax.model import GPT, TaskHead, document_segments
 
-OBJECTIVES = ("lm", "sft", "classify", "choice")
 HEAD = "task_head"  # the params key of a task head, next to the GPT's own parameters
 
 Batch = dict[str, jax.Array]
 Terms = dict[str, jax.Array]
 
-TASK_AXES = {"tokens": ("batch", None, "length"), "weights": ("batch", None, "length"),
-             "extract": ("batch", None), "label": ("batch",), "example_weights": ("batch",)}
+TASK_AXES = {
+  "tokens": ("batch", None, "length"),
+  "weights": ("batch", None, "length"),
+  "extract": ("batch", None),
+  "label": ("batch",),
+  "example_weights": ("batch",),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +55,7 @@ class Objective:
   `loss` may return metric-only sums (classify's 'correct'): only the terms named in
   `weights` enter the training loss.
   """
+
   name: str
   batch_axes: dict[str, tuple[str | None, ...]]  # logical axes of each batch field
   loss: Callable[[Any, Batch, jax.Array | None], tuple[Terms, Terms]]  # (sums, counts)
@@ -56,8 +63,14 @@ class Objective:
   weights: dict[str, float]  # training loss = sum of weight * sum / global count
 
 
-def make(name: str, model: GPT, *, lm_weight: float = 0.5, num_outputs: int = 0,
-         document_eos_id: int | None = None) -> Objective:
+def make(
+  name: str,
+  model: GPT,
+  *,
+  lm_weight: float = 0.5,
+  num_outputs: int = 0,
+  document_eos_id: int | None = None,
+) -> Objective:
   """The objective `name` (train.objective) for `model`.
 
   `lm_weight` is GPT-1's lambda on the auxiliary LM loss (classify, choice);
@@ -65,31 +78,44 @@ def make(name: str, model: GPT, *, lm_weight: float = 0.5, num_outputs: int = 0,
   attention at end-of-text tokens under lm (data.document_mask).
   """
   if name == "lm":
+
     def lm_counts(batch: Batch) -> Terms:
       tokens = batch["tokens"]
       return {"lm": tokens.shape[0] * (tokens.shape[1] - 1)}  # a Python int: exact
 
     def lm_loss(params, batch, rng):
-      return ({"lm": loss_sums(model, params, batch["tokens"], rng, document_eos_id).sum()},
-              lm_counts(batch))
+      return (
+        {"lm": loss_sums(model, params, batch["tokens"], rng, document_eos_id).sum()},
+        lm_counts(batch),
+      )
+
     return Objective("lm", {"tokens": ("batch", "length")}, lm_loss, lm_counts, {"lm": 1.0})
   if name == "sft":
+
     def sft_loss(params, batch, rng):
-      losses = next_token_losses(model, params, batch["inputs"], batch["targets"], rng,
-                                 batch["segment_ids"])
+      losses = next_token_losses(
+        model, params, batch["inputs"], batch["targets"], rng, batch["segment_ids"]
+      )
       return {"lm": (losses * batch["weights"]).sum()}, _sft_counts(batch)
+
     axes = {k: ("batch", "length") for k in ("inputs", "targets", "weights", "segment_ids")}
     return Objective("sft", axes, sft_loss, _sft_counts, {"lm": 1.0})
   if name in ("classify", "choice"):
     weights = {"task": 1.0, **({"lm": lm_weight} if lm_weight else {})}
     outputs = num_outputs if name == "classify" else 1
-    return Objective(name, TASK_AXES, functools.partial(_task_loss, model, name, outputs),
-                     _task_counts, weights)
+    return Objective(
+      name, TASK_AXES, functools.partial(_task_loss, model, name, outputs), _task_counts, weights
+    )
   raise ValueError(f"train.objective={name!r}: unknown; use one of {', '.join(OBJECTIVES)}")
 
 
-def token_losses(model: GPT, params: Any, tokens: jax.Array, rng: jax.Array | None,
-                 document_eos_id: int | None = None) -> jax.Array:
+def token_losses(
+  model: GPT,
+  params: Any,
+  tokens: jax.Array,
+  rng: jax.Array | None,
+  document_eos_id: int | None = None,
+) -> jax.Array:
   """Next-token cross-entropy [batch, seq_len] of rows [batch, seq_len + 1].
 
   With `document_eos_id`, attention and positions restart after each end-of-text
@@ -100,23 +126,36 @@ def token_losses(model: GPT, params: Any, tokens: jax.Array, rng: jax.Array | No
   return next_token_losses(model, params, inputs, tokens[:, 1:], rng, segment_ids)
 
 
-def next_token_losses(model: GPT, params: Any, inputs: jax.Array, targets: jax.Array,
-                      rng: jax.Array | None, segment_ids: jax.Array | None = None) -> jax.Array:
+def next_token_losses(
+  model: GPT,
+  params: Any,
+  inputs: jax.Array,
+  targets: jax.Array,
+  rng: jax.Array | None,
+  segment_ids: jax.Array | None = None,
+) -> jax.Array:
   """Cross-entropy [batch, length] of `targets` given `inputs`; `segment_ids` [batch, length]
   keep packed examples from attending to each other and restart their positions."""
-  logits, _ = model.apply({"params": gpt_params(params)}, inputs, deterministic=rng is None,
-                          rngs=None if rng is None else {"dropout": rng}, segment_ids=segment_ids)
+  logits, _ = model.apply(
+    {"params": gpt_params(params)},
+    inputs,
+    deterministic=rng is None,
+    rngs=None if rng is None else {"dropout": rng},
+    segment_ids=segment_ids,
+  )
   return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
 
 
-def loss_sums(model: GPT, params: Any, tokens: jax.Array, rng: jax.Array | None,
-              document_eos_id: int | None) -> jax.Array:
+def loss_sums(
+  model: GPT, params: Any, tokens: jax.Array, rng: jax.Array | None, document_eos_id: int | None
+) -> jax.Array:
   """Per-sequence summed `token_losses` [batch]."""
   return token_losses(model, params, tokens, rng, document_eos_id).sum(axis=-1)
 
 
-def task_scores(model: GPT, kind: str, outputs: int, params: Any, batch: Batch,
-                rng: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+def task_scores(
+  model: GPT, kind: str, outputs: int, params: Any, batch: Batch, rng: jax.Array | None
+) -> tuple[jax.Array, jax.Array]:
   """Task logits ([B, outputs] for classify, [B, K] for choice) and LM token losses [B, K, L]."""
   tokens = batch["tokens"]
   b, k, length = tokens.shape
@@ -124,16 +163,21 @@ def task_scores(model: GPT, kind: str, outputs: int, params: Any, batch: Batch,
   deterministic = rng is None
   rngs = None if rng is None else {"dropout": rng}
   (logits, _), state = model.apply(
-      {"params": gpt_params(params)}, flat[:, :-1], deterministic=deterministic, rngs=rngs,
-      mutable=["intermediates"])
+    {"params": gpt_params(params)},
+    flat[:, :-1],
+    deterministic=deterministic,
+    rngs=rngs,
+    mutable=["intermediates"],
+  )
   [hidden] = state["intermediates"]["hidden"]
   features = jnp.take_along_axis(hidden, batch["extract"].reshape(b * k, 1, 1), axis=1)
   features = features.reshape(b, k, -1)
   if kind == "classify":
     features = features.sum(axis=1)  # GPT-1's similarity: both orders' representations added
   head_rngs = None if rng is None else {"dropout": jax.random.fold_in(rng, 1)}
-  scores = TaskHead(model.config, outputs).apply({"params": params[HEAD]}, features,
-                                                 deterministic=deterministic, rngs=head_rngs)
+  scores = TaskHead(model.config, outputs).apply(
+    {"params": params[HEAD]}, features, deterministic=deterministic, rngs=head_rngs
+  )
   if kind == "choice":
     scores = scores[..., 0]
   lm = optax.softmax_cross_entropy_with_integer_labels(logits, flat[:, 1:])
@@ -143,17 +187,22 @@ def task_scores(model: GPT, kind: str, outputs: int, params: Any, batch: Batch,
 def init_head(model: GPT, outputs: int, rng: jax.Array) -> Any:
   """Fresh (boxed, logically annotated) parameters of a task head."""
   return TaskHead(model.config, outputs).init(
-      rng, jnp.zeros((1, model.config.d_model), jnp.float32))["params"]
+    rng, jnp.zeros((1, model.config.d_model), jnp.float32)
+  )["params"]
 
 
-def _task_loss(model: GPT, kind: str, outputs: int, params: Any, batch: Batch,
-               rng: jax.Array | None) -> tuple[Terms, Terms]:
+def _task_loss(
+  model: GPT, kind: str, outputs: int, params: Any, batch: Batch, rng: jax.Array | None
+) -> tuple[Terms, Terms]:
   scores, lm = task_scores(model, kind, outputs, params, batch, rng)
   example_weights = batch["example_weights"]
   task = optax.softmax_cross_entropy_with_integer_labels(scores, batch["label"])
   correct = (jnp.argmax(scores, axis=-1) == batch["label"]).astype(jnp.float32)
-  sums = {"task": (task * example_weights).sum(), "lm": (lm * batch["weights"]).sum(),
-          "correct": (correct * example_weights).sum()}
+  sums = {
+    "task": (task * example_weights).sum(),
+    "lm": (lm * batch["weights"]).sum(),
+    "correct": (correct * example_weights).sum(),
+  }
   return sums, _task_counts(batch)
 
 
@@ -199,6 +248,9 @@ def micro_batches(batch: Batch, objective: Objective, accum: int) -> Batch:
   which then stays spread over all data-parallel devices (a plain reshape would put
   whole micro-batches on single devices and make the others wait).
   """
-  return {k: nn.with_logical_constraint(
-      v.reshape(-1, accum, *v.shape[1:]).swapaxes(0, 1), (None, *objective.batch_axes[k]))
-          for k, v in batch.items()}
+  return {
+    k: nn.with_logical_constraint(
+      v.reshape(-1, accum, *v.shape[1:]).swapaxes(0, 1), (None, *objective.batch_axes[k])
+    )
+    for k, v in batch.items()
+  }

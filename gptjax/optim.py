@@ -61,13 +61,18 @@ def weight_decay_mask(param_axes: Any, decay_embeddings: bool) -> Callable[[Any]
   the mask on boxed parameters at init and on plain arrays at update, so the axes
   are looked up by the parameter's dict path, which both share.
   """
-  by_path = {_dict_path(path): tuple(spec) for path, spec in
-             jax.tree_util.tree_flatten_with_path(
-                 param_axes, is_leaf=lambda x: isinstance(x, PartitionSpec))[0]}
+  by_path = {
+    _dict_path(path): tuple(spec)
+    for path, spec in jax.tree_util.tree_flatten_with_path(
+      param_axes, is_leaf=lambda x: isinstance(x, PartitionSpec)
+    )[0]
+  }
 
   def mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(
-        lambda path, _: decays(by_path[_dict_path(path)], decay_embeddings), params)
+      lambda path, _: decays(by_path[_dict_path(path)], decay_embeddings), params
+    )
+
   return mask
 
 
@@ -75,16 +80,21 @@ def _dict_path(path: tuple[Any, ...]) -> tuple[str, ...]:
   return tuple(p.key for p in path if isinstance(p, jax.tree_util.DictKey))
 
 
-def make(optim: ml_collections.ConfigDict, total_steps: int,
-         param_axes: Any) -> optax.GradientTransformation:
+def make(
+  optim: ml_collections.ConfigDict, total_steps: int, param_axes: Any
+) -> optax.GradientTransformation:
   """The full update rule; the schedule is exposed again via learning_rate().
 
   `param_axes` (the parameters' logical PartitionSpecs) decides which decay.
   """
   adamw = optax.adamw(
-      learning_rate(optim, total_steps), b1=optim.b1, b2=optim.b2, eps=optim.eps,
-      weight_decay=optim.weight_decay,
-      mask=weight_decay_mask(param_axes, optim.decay_embeddings))
+    learning_rate(optim, total_steps),
+    b1=optim.b1,
+    b2=optim.b2,
+    eps=optim.eps,
+    weight_decay=optim.weight_decay,
+    mask=weight_decay_mask(param_axes, optim.decay_embeddings),
+  )
   if optim.clip_norm > 0:
     return optax.chain(optax.clip_by_global_norm(optim.clip_norm), adamw)
   return adamw

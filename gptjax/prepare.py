@@ -27,10 +27,16 @@ def main(argv: list[str]) -> None:
     tokenizer, _ = data.load(config.data, config.model.seq_len, config.train.seed)
   except (ValueError, OSError) as e:
     raise SystemExit(f"error: {e}") from None
-  logging.info("prepared: data.source=%r in data.data_dir=%r, vocabulary %d",
-               config.data.source, config.data.data_dir, tokenizer.vocab_size)
-  print(f"prepared data.source={config.data.source!r} (vocabulary {tokenizer.vocab_size}); "
-        "runs with the same data settings now only read it")
+  logging.info(
+    "prepared: data.source=%r in data.data_dir=%r, vocabulary %d",
+    config.data.source,
+    config.data.data_dir,
+    tokenizer.vocab_size,
+  )
+  print(
+    f"prepared data.source={config.data.source!r} (vocabulary {tokenizer.vocab_size}); "
+    "runs with the same data settings now only read it"
+  )
 
 
 if __name__ == "__main__":

@@ -41,5 +41,6 @@ class StepProfiler:
       jax.block_until_ready(state)
       jax.profiler.stop_trace()
       self._active = False
-      logging.info("profile of steps %d to %d written to %s", self._steps[0],
-                   self._steps[1] - 1, self._dir)
+      logging.info(
+        "profile of steps %d to %d written to %s", self._steps[0], self._steps[1] - 1, self._dir
+      )

@@ -68,19 +68,23 @@ def check(workdir: str) -> None:
   url_scheme = _scheme(workdir)
   if url_scheme is None:
     if os.path.exists(workdir) and not os.path.isdir(workdir):
-      raise ValueError(f"--workdir={workdir}: is a file, not a directory; pass a run "
-                       "directory (it is created if missing)")
+      raise ValueError(
+        f"--workdir={workdir}: is a file, not a directory; pass a run "
+        "directory (it is created if missing)"
+      )
     return
   if url_scheme not in _REMOTE_MODULES:
     raise ValueError(
-        f"--workdir={workdir}: unsupported URL scheme {url_scheme}://; use a local "
-        "directory or gs://BUCKET/PATH")
+      f"--workdir={workdir}: unsupported URL scheme {url_scheme}://; use a local "
+      "directory or gs://BUCKET/PATH"
+    )
   missing = [m for m in _REMOTE_MODULES[url_scheme] if not _importable(m)]
   if missing:
     raise ValueError(
-        f"--workdir={workdir}: a {url_scheme}:// run directory needs {' and '.join(missing)}, "
-        "which this Python cannot import; install them with pip install 'gptjax[tpu]' "
-        "(or 'gptjax[cuda]' on GPUs)")
+      f"--workdir={workdir}: a {url_scheme}:// run directory needs {' and '.join(missing)}, "
+      "which this Python cannot import; install them with pip install 'gptjax[tpu]' "
+      "(or 'gptjax[cuda]' on GPUs)"
+    )
 
 
 def _importable(module: str) -> bool:
@@ -205,9 +209,16 @@ class RunLock:
   def acquire(self) -> None:
     """Takes the lock, or raises InUse naming its holder and the fix (see the class)."""
     now = _now()
-    self._record = {"host": socket.gethostname(), "pid": os.getpid(), "pid_ns": _pid_namespace(),
-                    "pid_start": _process_start(os.getpid()), "started": now, "heartbeat": now,
-                    "token": secrets.token_hex(8), "command": self._command}
+    self._record = {
+      "host": socket.gethostname(),
+      "pid": os.getpid(),
+      "pid_ns": _pid_namespace(),
+      "pid_start": _process_start(os.getpid()),
+      "started": now,
+      "heartbeat": now,
+      "token": secrets.token_hex(8),
+      "command": self._command,
+    }
     if is_remote(self.workdir):
       self._acquire_gcs()
     else:
@@ -220,8 +231,10 @@ class RunLock:
   def check(self) -> None:
     """Raises InUse if the heartbeat found the lock removed or taken over."""
     if self._lost:
-      raise InUse(f"--workdir={self.workdir}: this run lost its lock {self.path}: {self._lost}; "
-                  "another process may be writing this run directory, so this one stops")
+      raise InUse(
+        f"--workdir={self.workdir}: this run lost its lock {self.path}: {self._lost}; "
+        "another process may be writing this run directory, so this one stops"
+      )
 
   def release(self) -> None:
     """Stops the heartbeat and removes the lock file, unless it is no longer this process's."""
@@ -237,13 +250,18 @@ class RunLock:
       self._fd = None
       return
     from google.api_core import exceptions
+
     try:
       self._blob.delete(if_generation_match=self._generation)
     except (exceptions.NotFound, exceptions.PreconditionFailed):
       pass  # removed or taken over: no longer this process's to remove
     except exceptions.GoogleAPIError as e:  # the run itself is done; don't hide how it ended
-      logging.warning("could not remove %s (%s); the next start takes it over once its "
-                      "heartbeat is %.0f s old", self.path, e, STALE_S)
+      logging.warning(
+        "could not remove %s (%s); the next start takes it over once its heartbeat is %.0f s old",
+        self.path,
+        e,
+        STALE_S,
+      )
 
   def _acquire_local(self) -> None:
     path = os.fspath(self.path)
@@ -252,8 +270,10 @@ class RunLock:
         os.makedirs(self.workdir, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
       except OSError as e:
-        raise ValueError(f"--workdir={self.workdir}: cannot create {path} ({e.strerror}); use "
-                         "a directory this user can write") from e
+        raise ValueError(
+          f"--workdir={self.workdir}: cannot create {path} ({e.strerror}); use "
+          "a directory this user can write"
+        ) from e
       try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
       except BlockingIOError:
@@ -263,8 +283,9 @@ class RunLock:
       except OSError as e:
         os.close(fd)
         raise ValueError(
-            f"--workdir={self.workdir}: cannot lock {path} ({e.strerror}): this filesystem has "
-            "no flock; use a run directory on local disk, NFS or gs://") from e
+          f"--workdir={self.workdir}: cannot lock {path} ({e.strerror}): this filesystem has "
+          "no flock; use a run directory on local disk, NFS or gs://"
+        ) from e
       if _same_file(fd, path):
         break
       os.close(fd)  # its holder removed it on release after we opened it: open the new one
@@ -284,16 +305,20 @@ class RunLock:
   def _acquire_gcs(self) -> None:
     from google.api_core import exceptions
     from google.cloud import storage
+
     bucket, _, name = os.fspath(self.path).removeprefix("gs://").partition("/")
     self._blob = storage.Client().bucket(bucket).blob(name)
     try:
       self._take_gcs()
     except exceptions.GoogleAPIError as e:  # no such bucket, no permission, no network
-      raise ValueError(f"--workdir={self.workdir}: cannot create {self.path} "
-                       f"({str(e).splitlines()[0]}); use a bucket this account can write") from e
+      raise ValueError(
+        f"--workdir={self.workdir}: cannot create {self.path} "
+        f"({str(e).splitlines()[0]}); use a bucket this account can write"
+      ) from e
 
   def _take_gcs(self) -> None:
     from google.api_core import exceptions
+
     holder = None
     for _ in range(3):  # each retry follows another process's change: rarely more than one
       if self._upload(0):
@@ -316,9 +341,11 @@ class RunLock:
   def _upload(self, generation: int) -> bool:
     """Writes the record if the object is still at `generation` (0: absent); False if not."""
     from google.api_core import exceptions
+
     try:
-      self._blob.upload_from_string(json.dumps(self._record), content_type="application/json",
-                                    if_generation_match=generation)
+      self._blob.upload_from_string(
+        json.dumps(self._record), content_type="application/json", if_generation_match=generation
+      )
     except exceptions.PreconditionFailed:
       return False
     self._generation = self._blob.generation
@@ -343,24 +370,33 @@ class RunLock:
         continue
       if not held:
         self._lost = "it was removed or taken over by another process"
-        logging.error("--workdir=%s: %s was removed or taken over by another process while "
-                      "this run held it", self.workdir, self.path)
+        logging.error(
+          "--workdir=%s: %s was removed or taken over by another process while this run held it",
+          self.workdir,
+          self.path,
+        )
         return
 
   def _in_use(self, holder: dict[str, Any] | None) -> InUse:
     if holder is None:
-      return InUse(f"--workdir={self.workdir} is in use: {self.path} does not say which process "
-                   f"holds it; if no run uses this directory, delete {self.path} and start again")
+      return InUse(
+        f"--workdir={self.workdir} is in use: {self.path} does not say which process "
+        f"holds it; if no run uses this directory, delete {self.path} and start again"
+      )
     command = holder.get("command", "?")
     if len(command) > _COMMAND_CHARS:
       command = command[:_COMMAND_CHARS] + "..."
-    remote = (f" (a lock from another host is taken over once its heartbeat is {STALE_S:.0f} s "
-              "old)" if holder["host"] != self._record["host"] else "")
+    remote = (
+      f" (a lock from another host is taken over once its heartbeat is {STALE_S:.0f} s old)"
+      if holder["host"] != self._record["host"]
+      else ""
+    )
     return InUse(
-        f"--workdir={self.workdir} is in use by pid {holder['pid']} on {holder['host']} since "
-        f"{holder['started']} (last heartbeat {_age(holder):.0f} s ago; command: {command}); wait "
-        f"for it to finish, or, if that process is gone, delete {self.path} and start "
-        f"again{remote}")
+      f"--workdir={self.workdir} is in use by pid {holder['pid']} on {holder['host']} since "
+      f"{holder['started']} (last heartbeat {_age(holder):.0f} s ago; command: {command}); wait "
+      f"for it to finish, or, if that process is gone, delete {self.path} and start "
+      f"again{remote}"
+    )
 
 
 def _stale_reason(holder: dict[str, Any], me: dict[str, Any], flock_free: bool) -> str | None:
@@ -376,8 +412,14 @@ def _stale_reason(holder: dict[str, Any], me: dict[str, Any], flock_free: bool) 
 
 
 def _log_takeover(path: epath.Path, holder: dict[str, Any], reason: str) -> None:
-  logging.warning("took over %s from pid %s on %s (since %s): %s", path, holder["pid"],
-                  holder["host"], holder["started"], reason)
+  logging.warning(
+    "took over %s from pid %s on %s (since %s): %s",
+    path,
+    holder["pid"],
+    holder["host"],
+    holder["started"],
+    reason,
+  )
 
 
 def _now() -> str:

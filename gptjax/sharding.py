@@ -28,12 +28,16 @@ def _fill(shape: dict[str, int], total: int, field: str) -> list[int]:
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if total % known:
-      raise ValueError(f"{field}={dict(shape)}: {total} devices do not divide by {known}; "
-                       "change the fixed axis sizes")
+      raise ValueError(
+        f"{field}={dict(shape)}: {total} devices do not divide by {known}; "
+        "change the fixed axis sizes"
+      )
     sizes[sizes.index(-1)] = total // known
   if math.prod(sizes) != total:
-    raise ValueError(f"{field}={dict(shape)}: uses {math.prod(sizes)} devices but there are "
-                     f"{total}; make the product match or set one axis to -1")
+    raise ValueError(
+      f"{field}={dict(shape)}: uses {math.prod(sizes)} devices but there are "
+      f"{total}; make the product match or set one axis to -1"
+    )
   return sizes
 
 
@@ -66,11 +70,14 @@ def batch_sharding(mesh: Mesh, axis_rules: Rules) -> NamedSharding:
   return logical_to_sharding(PartitionSpec("batch", None), mesh, axis_rules)
 
 
-def batch_shardings(axes: dict[str, tuple[str | None, ...]], mesh: Mesh,
-                    axis_rules: Rules) -> dict[str, NamedSharding]:
+def batch_shardings(
+  axes: dict[str, tuple[str | None, ...]], mesh: Mesh, axis_rules: Rules
+) -> dict[str, NamedSharding]:
   """NamedShardings of a dict batch from each field's logical axis names."""
-  return {name: logical_to_sharding(PartitionSpec(*names), mesh, axis_rules)
-          for name, names in axes.items()}
+  return {
+    name: logical_to_sharding(PartitionSpec(*names), mesh, axis_rules)
+    for name, names in axes.items()
+  }
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -90,13 +97,15 @@ def ineffective_settings(config: ml_collections.ConfigDict, mesh: Mesh) -> list[
   m = config.model
   if mesh.shape["fsdp"] == 1 and mesh.shape["data"] > 1:
     warnings.append(
-        f"mesh fsdp axis has size 1: parameters and optimizer state are replicated on all "
-        f"{mesh.shape['data']} data-parallel devices; set mesh.ici.fsdp to shard them")
+      f"mesh fsdp axis has size 1: parameters and optimizer state are replicated on all "
+      f"{mesh.shape['data']} data-parallel devices; set mesh.ici.fsdp to shard them"
+    )
   tensor = mesh.shape["tensor"]
   if tensor > m.n_head:
     warnings.append(
-        f"mesh tensor axis has size {tensor} > model.n_head={m.n_head}: tensor parallelism "
-        f"wider than the number of heads cannot split attention")
+      f"mesh tensor axis has size {tensor} > model.n_head={m.n_head}: tensor parallelism "
+      f"wider than the number of heads cannot split attention"
+    )
   return warnings
 
 
@@ -107,17 +116,21 @@ def check_divisible(config: ml_collections.ConfigDict, abstract_state: Any, mesh
   micro_batch = config.train.batch_size // config.train.grad_accum_steps
   if micro_batch % batch_ways:
     errors.append(
-        f"train.batch_size={config.train.batch_size} / train.grad_accum_steps="
-        f"{config.train.grad_accum_steps} = {micro_batch} sequences per micro-batch does not "
-        f"split over data x fsdp = {batch_ways} devices; use a multiple of {batch_ways}")
-  for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_state.params):  # opt state mirrors it
+      f"train.batch_size={config.train.batch_size} / train.grad_accum_steps="
+      f"{config.train.grad_accum_steps} = {micro_batch} sequences per micro-batch does not "
+      f"split over data x fsdp = {batch_ways} devices; use a multiple of {batch_ways}"
+    )
+  for path, leaf in jax.tree_util.tree_leaves_with_path(
+    abstract_state.params
+  ):  # opt state mirrors it
     try:
       leaf.sharding.shard_shape(leaf.shape)
     except ValueError:
       name = "params" + jax.tree_util.keystr(path)
       errors.append(
-          f"{name} of shape {leaf.shape} cannot split as {leaf.sharding.spec} over mesh "
-          f"{dict(mesh.shape)}; change the mesh, the model size (e.g. model.pad_vocab_multiple) "
-          f"or mesh.rules")
+        f"{name} of shape {leaf.shape} cannot split as {leaf.sharding.spec} over mesh "
+        f"{dict(mesh.shape)}; change the mesh, the model size (e.g. model.pad_vocab_multiple) "
+        f"or mesh.rules"
+      )
   if errors:
     raise ValueError("parallelism does not fit this model:\n  " + "\n  ".join(errors[:10]))

@@ -28,26 +28,40 @@ import time
 from absl import app, flags
 
 from gptjax import config as config_lib
-from gptjax import data
-from gptjax import flops, rundir
+from gptjax import data, flops, rundir
 from gptjax.evaluate import tasks as eval_tasks
 from gptjax.launch import options, slurm, tpu, tpu_sweep
 from gptjax.launch.job import Job, LaunchError, member, parse_env
 
-_CONFIG = flags.DEFINE_string("config", None, "Experiment file defining get_config() and get_sweep().")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory: sweep.json plus one run directory per member.")
-_PARALLEL = flags.DEFINE_integer("parallel", 1, "Members trained at the same time on this machine (local).")
+_CONFIG = flags.DEFINE_string(
+  "config", None, "Experiment file defining get_config() and get_sweep()."
+)
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Sweep directory: sweep.json plus one run directory per member."
+)
+_PARALLEL = flags.DEFINE_integer(
+  "parallel", 1, "Members trained at the same time on this machine (local)."
+)
 _LAUNCHER = flags.DEFINE_enum(
-    "launcher", "local", ["local", "print", "tpu", "slurm"],
-    "'local' runs the members here; 'print' prints their commands and runs nothing; 'tpu' and "
-    "'slurm' print the script or sbatch jobs that run them on Cloud TPU VMs or a SLURM cluster.")
+  "launcher",
+  "local",
+  ["local", "print", "tpu", "slurm"],
+  "'local' runs the members here; 'print' prints their commands and runs nothing; 'tpu' and "
+  "'slurm' print the script or sbatch jobs that run them on Cloud TPU VMs or a SLURM cluster.",
+)
 _EXECUTE = options.define_flags("tpu, slurm", (options.EXECUTE,))["execute"]
-_ENV = flags.DEFINE_multi_string("env", [], "NAME=VALUE set for every training process; repeatable.")
+_ENV = flags.DEFINE_multi_string(
+  "env", [], "NAME=VALUE set for every training process; repeatable."
+)
 
 # --launcher=tpu and slurm take `python -m gptjax.launch`'s flags, from one definition.
-_TPU_MODE = flags.DEFINE_enum("tpu_mode", "one_slice", tpu_sweep.MODES,
-                              "tpu: one_slice runs the members one after another on the VM --name; "
-                              "vm_per_member gives each member M its own VM, NAME-M.")
+_TPU_MODE = flags.DEFINE_enum(
+  "tpu_mode",
+  "one_slice",
+  tpu_sweep.MODES,
+  "tpu: one_slice runs the members one after another on the VM --name; "
+  "vm_per_member gives each member M its own VM, NAME-M.",
+)
 _TPU = options.define_flags("tpu", options.TPU)
 _SLURM = options.define_flags("slurm", options.SLURM)
 
@@ -58,13 +72,17 @@ _PROGRESS_EVERY_S = 60.0  # the table is also printed on every status change
 def _load_experiment(path: str):
   spec = importlib.util.spec_from_file_location("sweep_experiment", path)
   if spec is None or not os.path.exists(path):
-    raise LaunchError(f"--config={path}: no such file; pass an experiment file, e.g. "
-                      "--config=experiments/scaling_tiny.py")
+    raise LaunchError(
+      f"--config={path}: no such file; pass an experiment file, e.g. "
+      "--config=experiments/scaling_tiny.py"
+    )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   if not hasattr(module, "get_sweep"):
-    raise LaunchError(f"--config={path}: defines no get_sweep(); add one returning "
-                      "{member name: {'group.field': value}}")
+    raise LaunchError(
+      f"--config={path}: defines no get_sweep(); add one returning "
+      "{member name: {'group.field': value}}"
+    )
   return module
 
 
@@ -74,8 +92,9 @@ def load_sweep(path: str) -> dict[str, dict[str, object]]:
   for name, overrides in sweep.items():
     for key in overrides:
       if key.count(".") != 1:
-        raise LaunchError(f"member {name!r}: override key {key!r} is not 'group.field', "
-                          "e.g. 'model.n_layer'")
+        raise LaunchError(
+          f"member {name!r}: override key {key!r} is not 'group.field', e.g. 'model.n_layer'"
+        )
   return sweep
 
 
@@ -99,9 +118,14 @@ def planned_flops(path: str, sweep: dict[str, dict[str, object]]) -> dict[str, f
 
 def command(job: Job) -> list[str]:
   """The member's single-process training command (no --distributed: one process, one host)."""
-  return [sys.executable, "-m", "gptjax.main", f"--config={job.config}",
-          f"--workdir={job.workdir}",
-          *(f"--config.{key}={value}" for key, value in job.overrides.items())]
+  return [
+    sys.executable,
+    "-m",
+    "gptjax.main",
+    f"--config={job.config}",
+    f"--workdir={job.workdir}",
+    *(f"--config.{key}={value}" for key, value in job.overrides.items()),
+  ]
 
 
 def run_status(workdir: str) -> str:
@@ -117,6 +141,7 @@ def run_status(workdir: str) -> str:
 @dataclasses.dataclass
 class Member:
   """One member's progress through this invocation of the sweep."""
+
   job: Job
   status: str = "pending"  # pending, skipped, running, completed, diverged, failed
   process: subprocess.Popen | None = None
@@ -137,24 +162,30 @@ def progress(members: list[Member], parallel: int, start: float) -> str:
   lines = []
   for m in members:
     elapsed = now - m.start if m.status == "running" else m.elapsed_s
-    lines.append(f"  {os.path.basename(m.job.workdir):<24} {m.status:<10} {elapsed:8.1f}s "
-                 f"{m.flops:9.2e} FLOPs")
-  count = {s: sum(m.status == s for m in members) for s in ("completed", "skipped", "running",
-                                                           "diverged", "failed", "pending")}
+    lines.append(
+      f"  {os.path.basename(m.job.workdir):<24} {m.status:<10} {elapsed:8.1f}s {m.flops:9.2e} FLOPs"
+    )
+  count = {
+    s: sum(m.status == s for m in members)
+    for s in ("completed", "skipped", "running", "diverged", "failed", "pending")
+  }
   finished = [m for m in members if m.status == "completed"]
   rate = sum(m.flops for m in finished) / sum(m.elapsed_s for m in finished) if finished else 0.0
   left = [m for m in members if m.status in ("pending", "running")]
   if not left:
     eta = "0s"
   elif rate > 0:
-    flops_left = sum(m.flops if m.status == "pending" else max(0.0, m.flops - rate * (now - m.start))
-                     for m in left)
+    flops_left = sum(
+      m.flops if m.status == "pending" else max(0.0, m.flops - rate * (now - m.start)) for m in left
+    )
     eta = f"{flops_left / rate / min(parallel, len(left)):.0f}s"
   else:
     eta = "? (after the first member)"
-  lines.append(f"  done {count['completed'] + count['skipped']}/{len(members)}"
-               f" (skipped {count['skipped']}), running {count['running']}, "
-               f"diverged {count['diverged']}, failed {count['failed']}, elapsed {now - start:.0f}s, ETA {eta}")
+  lines.append(
+    f"  done {count['completed'] + count['skipped']}/{len(members)}"
+    f" (skipped {count['skipped']}), running {count['running']}, "
+    f"diverged {count['diverged']}, failed {count['failed']}, elapsed {now - start:.0f}s, ETA {eta}"
+  )
   return "\n".join(lines)
 
 
@@ -162,8 +193,9 @@ def _finish(m: Member) -> None:
   m.returncode = m.process.wait()
   m.elapsed_s = time.monotonic() - m.start
   status = run_status(m.job.workdir)
-  m.status = status if status == "diverged" or (m.returncode == 0 and status == "completed") \
-      else "failed"
+  m.status = (
+    status if status == "diverged" or (m.returncode == 0 and status == "completed") else "failed"
+  )
 
 
 def run_local(members: list[Member], parallel: int) -> None:
@@ -188,8 +220,9 @@ def run_local(members: list[Member], parallel: int) -> None:
       m = queue.pop(0)
       os.makedirs(m.job.workdir, exist_ok=True)
       with open(os.path.join(m.job.workdir, "train.log"), "ab") as log:
-        m.process = subprocess.Popen(command(m.job), env={**os.environ, **m.job.env},
-                                     stdout=log, stderr=subprocess.STDOUT)
+        m.process = subprocess.Popen(
+          command(m.job), env={**os.environ, **m.job.env}, stdout=log, stderr=subprocess.STDOUT
+        )
       m.start, m.status = time.monotonic(), "running"
       active.append(m)
       changed = True
@@ -205,14 +238,22 @@ def run_local(members: list[Member], parallel: int) -> None:
 
 def record(sweep_dir: str, members: list[Member]) -> None:
   """SWEEP_DIR/status.json: each member's outcome in this invocation, failures included."""
-  rundir.write_json(os.path.join(sweep_dir, "status.json"),
-             {os.path.basename(m.job.workdir): {"status": m.status, "returncode": m.returncode,
-                                               "elapsed_s": round(m.elapsed_s, 1)}
-              for m in members})
+  rundir.write_json(
+    os.path.join(sweep_dir, "status.json"),
+    {
+      os.path.basename(m.job.workdir): {
+        "status": m.status,
+        "returncode": m.returncode,
+        "elapsed_s": round(m.elapsed_s, 1),
+      }
+      for m in members
+    },
+  )
 
 
-def launch_tpu(spec: tpu.Tpu, sweep_dir: str, sweep: dict, jobs: dict[str, Job], mode: str,
-               execute: bool) -> int:
+def launch_tpu(
+  spec: tpu.Tpu, sweep_dir: str, sweep: dict, jobs: dict[str, Job], mode: str, execute: bool
+) -> int:
   """Prints the sweep's TPU script (tpu_sweep.script); with `execute`, runs it with bash.
 
   The runner cannot read gs:// (no GCS client among gptjax's dependencies), so
@@ -222,8 +263,11 @@ def launch_tpu(spec: tpu.Tpu, sweep_dir: str, sweep: dict, jobs: dict[str, Job],
   text = tpu_sweep.script(spec, sweep_dir, sweep, jobs, mode)
   print(text, end="", flush=True)
   if not execute:
-    print("dry run: nothing was run; add --execute to run this script (or save it and run it "
-          "with bash)", file=sys.stderr)
+    print(
+      "dry run: nothing was run; add --execute to run this script (or save it and run it "
+      "with bash)",
+      file=sys.stderr,
+    )
     return 0
   with tempfile.NamedTemporaryFile("w", suffix=".sh") as f:
     f.write(text)
@@ -231,8 +275,9 @@ def launch_tpu(spec: tpu.Tpu, sweep_dir: str, sweep: dict, jobs: dict[str, Job],
     return subprocess.run(["bash", f.name], check=False).returncode
 
 
-def launch_slurm(cluster: slurm.Cluster, sweep_dir: str, sweep: dict, jobs: dict[str, Job],
-                 execute: bool) -> int:
+def launch_slurm(
+  cluster: slurm.Cluster, sweep_dir: str, sweep: dict, jobs: dict[str, Job], execute: bool
+) -> int:
   """Prints one sbatch job per member not completed yet; with `execute`, submits them.
 
   The sweep directory is on the cluster's shared filesystem, which this (login) node
@@ -242,8 +287,10 @@ def launch_slurm(cluster: slurm.Cluster, sweep_dir: str, sweep: dict, jobs: dict
   """
   # The sweep directory, named as given, before any member's: the flags are the same.
   slurm.check(cluster, dataclasses.replace(next(iter(jobs.values())), workdir=sweep_dir))
-  scripts = {name: slurm.script(dataclasses.replace(cluster, job_name=f"{cluster.job_name}-{name}"),
-                                job) for name, job in jobs.items()}
+  scripts = {
+    name: slurm.script(dataclasses.replace(cluster, job_name=f"{cluster.job_name}-{name}"), job)
+    for name, job in jobs.items()
+  }
   if execute:
     os.makedirs(sweep_dir, exist_ok=True)
     rundir.write_json(os.path.join(sweep_dir, "sweep.json"), sweep)
@@ -267,8 +314,10 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not _CONFIG.value or not _WORKDIR.value:
-    sys.exit("error: --config and --workdir are required, e.g. "
-             "--config=experiments/scaling_tiny.py --workdir=/tmp/sweep")
+    sys.exit(
+      "error: --config and --workdir are required, e.g. "
+      "--config=experiments/scaling_tiny.py --workdir=/tmp/sweep"
+    )
   if _PARALLEL.value < 1:
     sys.exit(f"error: --parallel={_PARALLEL.value}: must be >= 1")
   # SLURM jobs start in --repo_dir, where a relative workdir would name another directory
@@ -279,8 +328,9 @@ def main(argv: list[str]) -> None:
   try:
     sweep = load_sweep(config)
     env = parse_env(_ENV.value)
-    jobs = {name: member(sweep_dir, name, config, overrides, env)
-            for name, overrides in sweep.items()}
+    jobs = {
+      name: member(sweep_dir, name, config, overrides, env) for name, overrides in sweep.items()
+    }
     planned = planned_flops(config, sweep)
     members = [Member(job, flops=planned[name]) for name, job in jobs.items()]
     if _LAUNCHER.value == "tpu":
@@ -293,8 +343,14 @@ def main(argv: list[str]) -> None:
     sys.exit(f"error: {e}")
   if _LAUNCHER.value == "print":
     for m in members:
-      print(" ".join([*(f"{key}={shlex.quote(value)}" for key, value in env.items()),
-                      shlex.join(command(m.job))]))
+      print(
+        " ".join(
+          [
+            *(f"{key}={shlex.quote(value)}" for key, value in env.items()),
+            shlex.join(command(m.job)),
+          ]
+        )
+      )
     return
   os.makedirs(sweep_dir, exist_ok=True)
   rundir.write_json(os.path.join(sweep_dir, "sweep.json"), sweep)
@@ -302,9 +358,14 @@ def main(argv: list[str]) -> None:
   record(sweep_dir, members)
   failed = [m for m in members if m.status in ("failed", "diverged")]
   if failed:
-    sys.exit("error: sweep members did not complete: " + ", ".join(
+    sys.exit(
+      "error: sweep members did not complete: "
+      + ", ".join(
         f"{os.path.basename(m.job.workdir)} ({m.status}, exit {m.returncode}, see "
-        f"{os.path.join(m.job.workdir, 'train.log')})" for m in failed))
+        f"{os.path.join(m.job.workdir, 'train.log')})"
+        for m in failed
+      )
+    )
 
 
 if __name__ == "__main__":

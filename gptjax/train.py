@@ -18,7 +18,8 @@ import math
 import signal
 import socket
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import flax.linen as nn
 import flax.struct
@@ -32,8 +33,21 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
-from gptjax import (checkpoint, data, eval_stats, flops, generate, init_from, metrics,
-                    objectives, optim, profiling, run_record, rundir, sharding)
+from gptjax import (
+  checkpoint,
+  data,
+  eval_stats,
+  flops,
+  generate,
+  init_from,
+  metrics,
+  objectives,
+  optim,
+  profiling,
+  run_record,
+  rundir,
+  sharding,
+)
 from gptjax.config import override, padded_vocab_size, train_steps, validate
 from gptjax.data import tasks
 from gptjax.model import GPT, model_config
@@ -48,10 +62,17 @@ class TrainState:
   rng: jax.Array  # base key; step and micro-batch are folded in, so it never changes
 
 
-def train_step(state: TrainState, batch: objectives.Batch, *, objective: objectives.Objective,
-               tx: optax.GradientTransformation, schedule: optax.Schedule,
-               grad_accum_steps: int, use_dropout: bool,
-               grad_shardings: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(
+  state: TrainState,
+  batch: objectives.Batch,
+  *,
+  objective: objectives.Objective,
+  tx: optax.GradientTransformation,
+  schedule: optax.Schedule,
+  grad_accum_steps: int,
+  use_dropout: bool,
+  grad_shardings: Any = None,
+) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update on the global batch (a dict of arrays; gptjax.objectives).
 
   Each micro-batch's summed loss terms are divided by the terms' counts over the
@@ -61,17 +82,21 @@ def train_step(state: TrainState, batch: objectives.Batch, *, objective: objecti
   to the parameters' shardings (`grad_shardings`); left to itself, XLA may keep a
   replicated float32 copy of every gradient on each device.
   """
+
   def constrain(grads):
-    return grads if grad_shardings is None else jax.lax.with_sharding_constraint(
-        grads, grad_shardings)
+    return (
+      grads if grad_shardings is None else jax.lax.with_sharding_constraint(grads, grad_shardings)
+    )
 
   totals = objective.counts(batch)
   step_rng = jax.random.fold_in(state.rng, state.step)
 
   def micro_loss(params, micro_batch, rng):
     sums, _ = objective.loss(params, micro_batch, rng)
-    return sum(weight * sums[term] / jnp.maximum(totals[term], 1)
-               for term, weight in objective.weights.items())
+    return sum(
+      weight * sums[term] / jnp.maximum(totals[term], 1)
+      for term, weight in objective.weights.items()
+    )
 
   def accumulate(carry, xs):
     micro_batch, index = xs
@@ -81,13 +106,18 @@ def train_step(state: TrainState, batch: objectives.Batch, *, objective: objecti
 
   zeros = (jnp.zeros((), jnp.float32), constrain(jax.tree.map(jnp.zeros_like, state.params)))
   (loss, grads), _ = jax.lax.scan(
-      accumulate, zeros, (objectives.micro_batches(batch, objective, grad_accum_steps),
-                          jnp.arange(grad_accum_steps)))
+    accumulate,
+    zeros,
+    (objectives.micro_batches(batch, objective, grad_accum_steps), jnp.arange(grad_accum_steps)),
+  )
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-  return new_state, {"train_loss": loss, "grad_norm": optax.tree.norm(grads),
-                     "lr": schedule(state.step)}
+  return new_state, {
+    "train_loss": loss,
+    "grad_norm": optax.tree.norm(grads),
+    "lr": schedule(state.step),
+  }
 
 
 @flax.struct.dataclass
@@ -100,6 +130,7 @@ class Window:
   step, so the host learns of a non-finite value when it next reads a row
   without ever waiting on a step for it.
   """
+
   loss_sum: jax.Array  # float32; non-finite as soon as one step's loss is
   grad_norm_sum: jax.Array
   steps: jax.Array  # int32
@@ -110,11 +141,18 @@ class Window:
   lr: jax.Array  # the last step's learning rate
 
   @classmethod
-  def zeros(cls) -> "Window":
+  def zeros(cls) -> Window:
     f, i, b = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), jnp.zeros((), bool)
-    return cls(loss_sum=f, grad_norm_sum=f, steps=i, nonfinite_steps=i,
-               first_nonfinite_step=jnp.full((), -1, jnp.int32), nonfinite_loss=b,
-               nonfinite_grad_norm=b, lr=f)
+    return cls(
+      loss_sum=f,
+      grad_norm_sum=f,
+      steps=i,
+      nonfinite_steps=i,
+      first_nonfinite_step=jnp.full((), -1, jnp.int32),
+      nonfinite_loss=b,
+      nonfinite_grad_norm=b,
+      lr=f,
+    )
 
 
 def accumulate(window: Window, metrics: dict[str, jax.Array], step: jax.Array) -> Window:
@@ -123,17 +161,22 @@ def accumulate(window: Window, metrics: dict[str, jax.Array], step: jax.Array) -
   bad_norm = ~jnp.isfinite(metrics["grad_norm"])
   bad = bad_loss | bad_norm
   return Window(
-      loss_sum=window.loss_sum + metrics["train_loss"],
-      grad_norm_sum=window.grad_norm_sum + metrics["grad_norm"],
-      steps=window.steps + 1, nonfinite_steps=window.nonfinite_steps + bad,
-      first_nonfinite_step=jnp.where(bad & (window.first_nonfinite_step < 0), step,
-                                     window.first_nonfinite_step),
-      nonfinite_loss=window.nonfinite_loss | bad_loss,
-      nonfinite_grad_norm=window.nonfinite_grad_norm | bad_norm, lr=metrics["lr"])
+    loss_sum=window.loss_sum + metrics["train_loss"],
+    grad_norm_sum=window.grad_norm_sum + metrics["grad_norm"],
+    steps=window.steps + 1,
+    nonfinite_steps=window.nonfinite_steps + bad,
+    first_nonfinite_step=jnp.where(
+      bad & (window.first_nonfinite_step < 0), step, window.first_nonfinite_step
+    ),
+    nonfinite_loss=window.nonfinite_loss | bad_loss,
+    nonfinite_grad_norm=window.nonfinite_grad_norm | bad_norm,
+    lr=metrics["lr"],
+  )
 
 
-def windowed_train_step(state: TrainState, window: Window, batch: objectives.Batch, **kwargs: Any
-                        ) -> tuple[TrainState, Window]:
+def windowed_train_step(
+  state: TrainState, window: Window, batch: objectives.Batch, **kwargs: Any
+) -> tuple[TrainState, Window]:
   """train_step plus the window sums: what the loop runs, one dispatch per update."""
   new_state, metrics = train_step(state, batch, **kwargs)
   return new_state, accumulate(window, metrics, new_state.step)
@@ -144,23 +187,42 @@ def all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def eval_step(params: Any, tokens: jax.Array, weights: jax.Array, token_bytes: jax.Array,
-              *, model: GPT, document_eos_id: int | None = None) -> dict[str, jax.Array]:
+def eval_step(
+  params: Any,
+  tokens: jax.Array,
+  weights: jax.Array,
+  token_bytes: jax.Array,
+  *,
+  model: GPT,
+  document_eos_id: int | None = None,
+) -> dict[str, jax.Array]:
   """Weighted per-token losses [batch, seq_len] and the byte count of one eval batch.
 
   Per-token rather than per-row sums, because a row spans documents and the SEM
   clusters by document; _evaluate sums them per (row, document) on the host. They
   are 1/vocab the size of the logits, so this costs nothing next to the forward pass.
   """
-  return {"token_losses": token_losses(model, params, tokens, None, document_eos_id) * weights,
-          "bytes": (token_bytes[tokens[:, 1:]] * weights).sum()}
+  return {
+    "token_losses": token_losses(model, params, tokens, None, document_eos_id) * weights,
+    "bytes": (token_bytes[tokens[:, 1:]] * weights).sum(),
+  }
 
 
-def _init_state(rng: jax.Array, *, model: GPT, objective: objectives.Objective,
-                tx: optax.GradientTransformation, num_outputs: int = 0) -> TrainState:
+def _init_state(
+  rng: jax.Array,
+  *,
+  model: GPT,
+  objective: objectives.Objective,
+  tx: optax.GradientTransformation,
+  num_outputs: int = 0,
+) -> TrainState:
   params = objectives.init_params(model, objective, rng, num_outputs)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    rng=jax.random.fold_in(rng, 1))
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    opt_state=tx.init(params),
+    rng=jax.random.fold_in(rng, 1),
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +232,7 @@ class Program:
   Built from abstract shapes only, so the same object serves training and the
   dry run's ahead-of-time compile without allocating a parameter.
   """
+
   model: GPT
   mesh: Mesh
   axis_rules: sharding.Rules
@@ -186,8 +249,13 @@ class Program:
 
   def abstract_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     """The LM objective's batch (the shape the pretraining loop feeds)."""
-    return {"tokens": jax.ShapeDtypeStruct((batch_size, self.model.config.seq_len + 1),
-                                           jnp.int32, sharding=self.batch_shardings["tokens"])}
+    return {
+      "tokens": jax.ShapeDtypeStruct(
+        (batch_size, self.model.config.seq_len + 1),
+        jnp.int32,
+        sharding=self.batch_shardings["tokens"],
+      )
+    }
 
 
 def build(config: ml_collections.ConfigDict, mesh: Mesh, eos_id: int) -> Program:
@@ -199,48 +267,74 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, eos_id: int) -> Program
   document_eos_id = eos_id if config.data.document_mask else None
   total_steps = train_steps(config)
   axis_rules = sharding.rules(config.mesh)
-  objective = objectives.make(config.train.objective, model, lm_weight=config.finetune.lm_weight,
-                              num_outputs=config.finetune.num_classes,
-                              document_eos_id=document_eos_id)
-  param_axes = nn.get_partition_spec(jax.eval_shape(functools.partial(
-      objectives.init_params, model, objective, num_outputs=config.finetune.num_classes),
-      jax.random.PRNGKey(0)))
+  objective = objectives.make(
+    config.train.objective,
+    model,
+    lm_weight=config.finetune.lm_weight,
+    num_outputs=config.finetune.num_classes,
+    document_eos_id=document_eos_id,
+  )
+  param_axes = nn.get_partition_spec(
+    jax.eval_shape(
+      functools.partial(
+        objectives.init_params, model, objective, num_outputs=config.finetune.num_classes
+      ),
+      jax.random.PRNGKey(0),
+    )
+  )
   tx = optim.make(config.optim, total_steps, param_axes)
-  init_fn = functools.partial(_init_state, model=model, objective=objective, tx=tx,
-                              num_outputs=config.finetune.num_classes)
+  init_fn = functools.partial(
+    _init_state, model=model, objective=objective, tx=tx, num_outputs=config.finetune.num_classes
+  )
   with sharding.active(mesh, axis_rules):
     abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
-  state_shardings = sharding.logical_to_sharding(nn.get_partition_spec(abstract), mesh,
-                                                 axis_rules)
+  state_shardings = sharding.logical_to_sharding(nn.get_partition_spec(abstract), mesh, axis_rules)
   abstract_state = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(abstract),
-      state_shardings)
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+    nn.unbox(abstract),
+    state_shardings,
+  )
   sharding.check_divisible(config, abstract_state, mesh)
   batch_sharding = sharding.batch_sharding(mesh, axis_rules)
   batch_shardings = sharding.batch_shardings(objective.batch_axes, mesh, axis_rules)
   replicated = sharding.replicated(mesh)
   step = functools.partial(
-      windowed_train_step, objective=objective, tx=tx,
-      schedule=optim.learning_rate(config.optim, total_steps),
-      grad_accum_steps=config.train.grad_accum_steps,
-      use_dropout=config.model.dropout > 0 or config.model.attn_dropout > 0,
-      grad_shardings=state_shardings.params)
+    windowed_train_step,
+    objective=objective,
+    tx=tx,
+    schedule=optim.learning_rate(config.optim, total_steps),
+    grad_accum_steps=config.train.grad_accum_steps,
+    use_dropout=config.model.dropout > 0 or config.model.attn_dropout > 0,
+    grad_shardings=state_shardings.params,
+  )
   return Program(
-      model=model, mesh=mesh, axis_rules=axis_rules, objective=objective,
-      state_shardings=state_shardings, batch_sharding=batch_sharding,
-      batch_shardings=batch_shardings, abstract_state=abstract_state,
-      init=jax.jit(lambda rng: nn.unbox(init_fn(rng)), out_shardings=state_shardings),
-      train_step=jax.jit(step, in_shardings=(state_shardings, replicated, batch_shardings),
-                         out_shardings=(state_shardings, replicated), donate_argnums=0),
-      all_finite=jax.jit(all_finite, out_shardings=replicated),
-      eval_step=jax.jit(functools.partial(eval_step, model=model,
-                                          document_eos_id=document_eos_id),
-                        in_shardings=(state_shardings.params, batch_sharding, batch_sharding,
-                                      replicated),
-                        out_shardings=replicated),
-      objective_eval=jax.jit(lambda params, batch: objective.loss(params, batch, None),
-                             in_shardings=(state_shardings.params, batch_shardings),
-                             out_shardings=replicated))
+    model=model,
+    mesh=mesh,
+    axis_rules=axis_rules,
+    objective=objective,
+    state_shardings=state_shardings,
+    batch_sharding=batch_sharding,
+    batch_shardings=batch_shardings,
+    abstract_state=abstract_state,
+    init=jax.jit(lambda rng: nn.unbox(init_fn(rng)), out_shardings=state_shardings),
+    train_step=jax.jit(
+      step,
+      in_shardings=(state_shardings, replicated, batch_shardings),
+      out_shardings=(state_shardings, replicated),
+      donate_argnums=0,
+    ),
+    all_finite=jax.jit(all_finite, out_shardings=replicated),
+    eval_step=jax.jit(
+      functools.partial(eval_step, model=model, document_eos_id=document_eos_id),
+      in_shardings=(state_shardings.params, batch_sharding, batch_sharding, replicated),
+      out_shardings=replicated,
+    ),
+    objective_eval=jax.jit(
+      lambda params, batch: objective.loss(params, batch, None),
+      in_shardings=(state_shardings.params, batch_shardings),
+      out_shardings=replicated,
+    ),
+  )
 
 
 class _Interrupts:
@@ -270,8 +364,9 @@ class _Interrupts:
     self._requested = True
     if signum == signal.SIGINT:
       signal.signal(signal.SIGINT, signal.default_int_handler)
-      logging.warning("Ctrl-C: checkpointing at the next step, then stopping (Ctrl-C again "
-                      "to stop at once)")
+      logging.warning(
+        "Ctrl-C: checkpointing at the next step, then stopping (Ctrl-C again to stop at once)"
+      )
 
   def reached(self, step: int) -> bool:
     if self._multihost:
@@ -283,8 +378,13 @@ class Diverged(RuntimeError):
   """The loss or gradient norm became NaN or inf; the run stops as 'diverged'."""
 
 
-def _evaluate(program: Program, params: Any, eval_set: data.EvalSet, token_bytes: jax.Array,
-              losses_path: epath.Path | None = None) -> dict[str, float]:
+def _evaluate(
+  program: Program,
+  params: Any,
+  eval_set: data.EvalSet,
+  token_bytes: jax.Array,
+  losses_path: epath.Path | None = None,
+) -> dict[str, float]:
   """Eval loss over the fixed validation rows, with its standard error and bits per byte.
 
   The loss is the exact mean over every scored token; its SEM treats validation
@@ -293,44 +393,71 @@ def _evaluate(program: Program, params: Any, eval_set: data.EvalSet, token_bytes
   document) part to `losses_path` (JSON lines), so reports can pair runs row by row.
   """
   as_global = functools.partial(jax.make_array_from_process_local_data, program.batch_sharding)
-  outputs = jax.device_get([
+  outputs = jax.device_get(
+    [
       program.eval_step(params, as_global(tokens), as_global(weights), token_bytes)
-      for tokens, weights in eval_set.batches])
+      for tokens, weights in eval_set.batches
+    ]
+  )
   losses = np.concatenate([o["token_losses"] for o in outputs])
   scored = eval_set.segments >= 0
-  part_sums = np.bincount(eval_set.segments[scored], weights=losses[scored].astype(np.float64),
-                          minlength=len(eval_set.segment_tokens))
-  loss, sem = eval_stats.cluster_ratio_mean(part_sums, eval_set.segment_tokens,
-                                            eval_set.segment_documents)
+  part_sums = np.bincount(
+    eval_set.segments[scored],
+    weights=losses[scored].astype(np.float64),
+    minlength=len(eval_set.segment_tokens),
+  )
+  loss, sem = eval_stats.cluster_ratio_mean(
+    part_sums, eval_set.segment_tokens, eval_set.segment_documents
+  )
   if losses_path is not None and jax.process_index() == 0:
     losses_path.parent.mkdir(parents=True, exist_ok=True)
-    rundir.write_atomic(losses_path, "".join(
+    rundir.write_atomic(
+      losses_path,
+      "".join(
         json.dumps({"row": int(r), "document": int(d), "loss_sum": float(y), "tokens": int(n)})
-        + "\n" for r, d, y, n in zip(eval_set.segment_rows, eval_set.segment_documents,
-                                     part_sums, eval_set.segment_tokens)))
-  return {"eval_loss": loss, "eval_loss_sem": sem, "eval_ppl": math.exp(loss),
-          "eval_bits_per_byte": part_sums.sum() / math.log(2)
-                                / sum(float(o["bytes"]) for o in outputs)}
+        + "\n"
+        for r, d, y, n in zip(
+          eval_set.segment_rows, eval_set.segment_documents, part_sums, eval_set.segment_tokens
+        )
+      ),
+    )
+  return {
+    "eval_loss": loss,
+    "eval_loss_sem": sem,
+    "eval_ppl": math.exp(loss),
+    "eval_bits_per_byte": part_sums.sum() / math.log(2) / sum(float(o["bytes"]) for o in outputs),
+  }
 
 
-def _evaluate_task(program: Program, params: Any, batches: list[objectives.Batch],
-                   objective: str) -> dict[str, float]:
+def _evaluate_task(
+  program: Program, params: Any, batches: list[objectives.Batch], objective: str
+) -> dict[str, float]:
   """A task objective's eval over every held-out example: accuracy with its binomial
   standard error and the mean task loss (classify, choice), or the masked loss (sft)."""
   sums, counts = {}, {}
   for batch in batches:
-    s, c = jax.device_get(program.objective_eval(params, {
-        k: jax.make_array_from_process_local_data(program.batch_shardings[k], v)
-        for k, v in batch.items()}))
+    s, c = jax.device_get(
+      program.objective_eval(
+        params,
+        {
+          k: jax.make_array_from_process_local_data(program.batch_shardings[k], v)
+          for k, v in batch.items()
+        },
+      )
+    )
     sums = {k: sums.get(k, 0.0) + float(v) for k, v in s.items()}
     counts = {k: counts.get(k, 0.0) + float(v) for k, v in c.items()}
   if objective == "sft":
     return {"eval_loss": sums["lm"] / counts["lm"], "eval_targets": int(counts["lm"])}
   n = counts["task"]
   accuracy = sums["correct"] / n
-  return {"eval_loss": sums["task"] / n, "eval_accuracy": accuracy,
-          "eval_accuracy_se": math.sqrt(accuracy * (1 - accuracy) / n),
-          "eval_lm_loss": sums["lm"] / max(counts["lm"], 1), "eval_examples": int(n)}
+  return {
+    "eval_loss": sums["task"] / n,
+    "eval_accuracy": accuracy,
+    "eval_accuracy_se": math.sqrt(accuracy * (1 - accuracy) / n),
+    "eval_lm_loss": sums["lm"] / max(counts["lm"], 1),
+    "eval_examples": int(n),
+  }
 
 
 def _task_tokenizer(config: ml_collections.ConfigDict) -> Any:
@@ -340,9 +467,11 @@ def _task_tokenizer(config: ml_collections.ConfigDict) -> Any:
     _, directory, _ = init_from.parse(spec)
     return data.load_saved(str(epath.Path(directory) / "tokenizer"))
   if config.data.tokenizer in ("sentencepiece", "bpe"):
-    raise ValueError(f"data.tokenizer={config.data.tokenizer!r}: a fine-tuning run without "
-                     "train.init_from=run:DIR cannot train a tokenizer; use 'bytes', 'hf:PATH' "
-                     "or a .model file")
+    raise ValueError(
+      f"data.tokenizer={config.data.tokenizer!r}: a fine-tuning run without "
+      "train.init_from=run:DIR cannot train a tokenizer; use 'bytes', 'hf:PATH' "
+      "or a .model file"
+    )
   return data._make_tokenizer(config.data, "", ())  # pylint: disable=protected-access
 
 
@@ -362,29 +491,40 @@ def _load_data(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, An
     # Every process tokenized on its own: a stale cache or another corpus on one host would
     # silently feed it other rows, so all must hold byte-identical data and tokenizer.
     digest = hashlib.sha256(f"{lm_data.fingerprint}|{tokenizer.fingerprint()}".encode()).digest()
-    multihost_utils.assert_equal(np.frombuffer(digest, np.uint8).astype(np.int32),
-                                 fail_message="processes hold different data or tokenizers "
-                                 f"(process {jax.process_index()}: data {lm_data.fingerprint}, "
-                                 f"tokenizer {tokenizer.fingerprint()}); check data.* and the "
-                                 "caches on every host")
+    multihost_utils.assert_equal(
+      np.frombuffer(digest, np.uint8).astype(np.int32),
+      fail_message="processes hold different data or tokenizers "
+      f"(process {jax.process_index()}: data {lm_data.fingerprint}, "
+      f"tokenizer {tokenizer.fingerprint()}); check data.* and the "
+      "caches on every host",
+    )
   if tokenizer.vocab_size > config.model.vocab_size:
     raise ValueError(
-        f"model.vocab_size={config.model.vocab_size}: smaller than the tokenizer's vocabulary "
-        f"({tokenizer.vocab_size}); set model.vocab_size >= {tokenizer.vocab_size}")
+      f"model.vocab_size={config.model.vocab_size}: smaller than the tokenizer's vocabulary "
+      f"({tokenizer.vocab_size}); set model.vocab_size >= {tokenizer.vocab_size}"
+    )
   if config.train.objective == "lm":
-    logging.info("baseline: a unigram model of the train split scores %.4f nats/token on "
-                 "validation", lm_data.unigram_cross_entropy())
+    logging.info(
+      "baseline: a unigram model of the train split scores %.4f nats/token on validation",
+      lm_data.unigram_cross_entropy(),
+    )
   return tokenizer, lm_data
 
 
 def _log_model(config: ml_collections.ConfigDict) -> None:
   counts = flops.param_counts(config.model)
-  logging.info("parameters: %s total, %s non-embedding (tied embedding counted once, "
-               "%d embedding rows for vocab %d)", f"{counts['n_params']:,}",
-               f"{counts['n_params_non_embedding']:,}", padded_vocab_size(config.model),
-               config.model.vocab_size)
-  logging.info("training FLOPs/token: %s (6*N_matmul + 6*n_layer*d_model*seq_len)",
-               f"{flops.flops_per_token(config.model):,}")
+  logging.info(
+    "parameters: %s total, %s non-embedding (tied embedding counted once, "
+    "%d embedding rows for vocab %d)",
+    f"{counts['n_params']:,}",
+    f"{counts['n_params_non_embedding']:,}",
+    padded_vocab_size(config.model),
+    config.model.vocab_size,
+  )
+  logging.info(
+    "training FLOPs/token: %s (6*N_matmul + 6*n_layer*d_model*seq_len)",
+    f"{flops.flops_per_token(config.model):,}",
+  )
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -399,8 +539,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   rundir.check(workdir)
   interrupts = _Interrupts()
   mesh = sharding.make_mesh(config.mesh)
-  logging.info("mesh %s over %d devices in %d processes (%s)", dict(mesh.shape), mesh.size,
-               jax.process_count(), jax.devices()[0].device_kind)
+  logging.info(
+    "mesh %s over %d devices in %d processes (%s)",
+    dict(mesh.shape),
+    mesh.size,
+    jax.process_count(),
+    jax.devices()[0].device_kind,
+  )
   for warning in sharding.ineffective_settings(config, mesh):
     logging.warning(warning)
   with _writer_lock(workdir) as lock:
@@ -417,8 +562,11 @@ def _writer_lock(workdir: str) -> Iterator[rundir.RunLock | None]:
       lock.acquire()
     except ValueError as e:
       refusal = e
-  if jax.process_count() > 1 and int(multihost_utils.broadcast_one_to_all(
-      np.int32(refusal is not None))) and refusal is None:
+  if (
+    jax.process_count() > 1
+    and int(multihost_utils.broadcast_one_to_all(np.int32(refusal is not None)))
+    and refusal is None
+  ):
     raise ValueError(f"--workdir={workdir}: process 0 could not lock it; see its log")
   if refusal is not None:
     raise refusal
@@ -429,43 +577,65 @@ def _writer_lock(workdir: str) -> Iterator[rundir.RunLock | None]:
       lock.release()
 
 
-def _run_locked(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh,
-                interrupts: _Interrupts, lock: rundir.RunLock | None) -> dict[str, Any]:
+def _run_locked(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  mesh: Mesh,
+  interrupts: _Interrupts,
+  lock: rundir.RunLock | None,
+) -> dict[str, Any]:
   tokenizer, lm_data = _load_data(config, workdir)
   if config.train.epochs:
     config = config.copy_and_resolve_references()
-    config.train.steps, config.train.tokens = lm_data.steps_for(config.train.epochs,
-                                                                config.train.batch_size), 0
-    logging.info("train.epochs=%d: %d steps of %d over %d training rows", config.train.epochs,
-                 config.train.steps, config.train.batch_size, lm_data.rows)
+    config.train.steps, config.train.tokens = (
+      lm_data.steps_for(config.train.epochs, config.train.batch_size),
+      0,
+    )
+    logging.info(
+      "train.epochs=%d: %d steps of %d over %d training rows",
+      config.train.epochs,
+      config.train.steps,
+      config.train.batch_size,
+      lm_data.rows,
+    )
   _log_model(config)
   program = build(config, mesh, tokenizer.eos_id)
   with sharding.active(mesh, program.axis_rules):
     mngr = checkpoint.manager(workdir, config)
     try:
-      found = checkpoint.restore_latest(mngr, workdir, config, program.abstract_state,
-                                        check=lambda meta: lm_data.check_state(meta["data"]))
+      found = checkpoint.restore_latest(
+        mngr,
+        workdir,
+        config,
+        program.abstract_state,
+        check=lambda meta: lm_data.check_state(meta["data"]),
+      )
       start_step = 0 if found is None else found[0]
       if start_step == train_steps(config) and _finished(workdir, config):
-        logging.info("%s is already complete at step %d: nothing to train or evaluate",
-                     workdir, start_step)
+        logging.info(
+          "%s is already complete at step %d: nothing to train or evaluate", workdir, start_step
+        )
         summary = json.loads((epath.Path(workdir) / "summary.json").read_text())
       else:
         _record_start(workdir, config, found)
         data.save_tokenizer(tokenizer, workdir)
-        state = (program.init(jax.random.PRNGKey(config.train.seed)) if found is None
-                 else found[2])
+        state = program.init(jax.random.PRNGKey(config.train.seed)) if found is None else found[2]
         if found is None and config.train.init_from:
           # A fresh optimizer state does not depend on parameter values (zero moments), so
           # swapping the parameters in after init is the same as initialising from them.
           # Fine-tuning's task head and special-token rows keep their fresh initialisation.
           pretrained = init_from.load_params(
-              config, objectives.gpt_params(program.state_shardings.params))
-          state = state.replace(params=jax.jit(
+            config, objectives.gpt_params(program.state_shardings.params)
+          )
+          state = state.replace(
+            params=jax.jit(
               functools.partial(objectives.graft, vocab_size=config.model.vocab_size),
-              out_shardings=program.state_shardings.params)(state.params, pretrained))
-        summary = _train(config, workdir, program, mngr, state, start_step, tokenizer,
-                         lm_data, interrupts, lock)
+              out_shardings=program.state_shardings.params,
+            )(state.params, pretrained)
+          )
+        summary = _train(
+          config, workdir, program, mngr, state, start_step, tokenizer, lm_data, interrupts, lock
+        )
     except BaseException:
       try:  # closing waits for pending saves; a failed one would hide the error in flight
         mngr.close()
@@ -481,14 +651,17 @@ def _finished(workdir: str, config: ml_collections.ConfigDict) -> bool:
   path = epath.Path(workdir) / "summary.json"
   if not path.exists() or json.loads(path.read_text()).get("status") != "completed":
     return False
-  return any(r.get("step") == train_steps(config) and "eval_loss" in r
-             and (config.train.objective != "lm"
-                  or r.get("eval_sequences") == config.data.eval_sequences)
-             for r in metrics.read_rows(workdir))
+  return any(
+    r.get("step") == train_steps(config)
+    and "eval_loss" in r
+    and (config.train.objective != "lm" or r.get("eval_sequences") == config.data.eval_sequences)
+    for r in metrics.read_rows(workdir)
+  )
 
 
-def _record_start(workdir: str, config: ml_collections.ConfigDict,
-                  found: tuple[int, dict[str, Any], Any] | None) -> None:
+def _record_start(
+  workdir: str, config: ml_collections.ConfigDict, found: tuple[int, dict[str, Any], Any] | None
+) -> None:
   """Writes config.json, and on a resume appends what changed to resumes.jsonl.
 
   Called only once every check has passed, so a refused start never overwrites
@@ -498,19 +671,38 @@ def _record_start(workdir: str, config: ml_collections.ConfigDict,
   resolved = json.loads(config.to_json_best_effort())
   if found is not None:
     step, meta, _ = found
-    previous = (json.loads((run_dir / "config.json").read_text())
-                if (run_dir / "config.json").exists() else {})
-    changes = {k: [v, _flat(resolved).get(k)] for k, v in _flat(previous).items()
-               if v != _flat(resolved).get(k)}
+    previous = (
+      json.loads((run_dir / "config.json").read_text())
+      if (run_dir / "config.json").exists()
+      else {}
+    )
+    changes = {
+      k: [v, _flat(resolved).get(k)]
+      for k, v in _flat(previous).items()
+      if v != _flat(resolved).get(k)
+    }
     if config.train.extend:
       changes.update(_schedule_change(config, meta, step))
-    logging.info("resumed from %s at step %d%s", checkpoint.checkpoint_dir(workdir), step,
-                 "; changed: " + ", ".join(f"{k} {v[0]!r} -> {v[1]!r}" for k, v in changes.items())
-                 if changes else "")
+    logging.info(
+      "resumed from %s at step %d%s",
+      checkpoint.checkpoint_dir(workdir),
+      step,
+      "; changed: " + ", ".join(f"{k} {v[0]!r} -> {v[1]!r}" for k, v in changes.items())
+      if changes
+      else "",
+    )
     if jax.process_index() == 0:
-      rundir.append_line(run_dir / "resumes.jsonl", json.dumps({
-          "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-          "step": step, "host": socket.gethostname(), "changes": changes}))
+      rundir.append_line(
+        run_dir / "resumes.jsonl",
+        json.dumps(
+          {
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "step": step,
+            "host": socket.gethostname(),
+            "changes": changes,
+          }
+        ),
+      )
   run_record.write_json(run_dir / "config.json", resolved)
 
 
@@ -524,21 +716,37 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
   return out
 
 
-def _schedule_change(config: ml_collections.ConfigDict, meta: dict[str, Any], step: int
-                     ) -> dict[str, list[float]]:
+def _schedule_change(
+  config: ml_collections.ConfigDict, meta: dict[str, Any], step: int
+) -> dict[str, list[float]]:
   """train.extend: logs how the learning rate moves at `step` under the new schedule."""
   old = override(config, meta.get("schedule", {}))
   before = float(optim.learning_rate(old.optim, train_steps(old))(step))
   after = float(optim.learning_rate(config.optim, train_steps(config))(step))
-  logging.warning("train.extend: the schedule is recomputed for %d steps (was %d): the "
-                  "learning rate of step %d goes from %.3e to %.3e", train_steps(config),
-                  train_steps(old), step, before, after)
+  logging.warning(
+    "train.extend: the schedule is recomputed for %d steps (was %d): the "
+    "learning rate of step %d goes from %.3e to %.3e",
+    train_steps(config),
+    train_steps(old),
+    step,
+    before,
+    after,
+  )
   return {"lr_at_resume": [before, after]}
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str, program: Program,
-           mngr: Any, state: TrainState, start_step: int, tokenizer: Any, lm_data: Any,
-           interrupts: _Interrupts, lock: rundir.RunLock | None) -> dict[str, Any]:
+def _train(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  program: Program,
+  mngr: Any,
+  state: TrainState,
+  start_step: int,
+  tokenizer: Any,
+  lm_data: Any,
+  interrupts: _Interrupts,
+  lock: rundir.RunLock | None,
+) -> dict[str, Any]:
   """The host loop: dispatch steps, read rows one step late, eval, checkpoint, stop."""
   tc, total_steps = config.train, train_steps(config)
 
@@ -549,23 +757,29 @@ def _train(config: ml_collections.ConfigDict, workdir: str, program: Program,
     local = lm_data.train_batch(step, tc.batch_size, jax.process_index(), jax.process_count())
     if lm:
       local = {"tokens": local}
-    return {k: jax.make_array_from_process_local_data(program.batch_shardings[k], v)
-            for k, v in local.items()}
+    return {
+      k: jax.make_array_from_process_local_data(program.batch_shardings[k], v)
+      for k, v in local.items()
+    }
 
   if lm:
     token_bytes = jnp.asarray(tokenizer.token_byte_lengths())
-    eval_set = lm_data.eval_batches(eval_batch_size, config.data.eval_sequences,
-                                    jax.process_index(), jax.process_count())
+    eval_set = lm_data.eval_batches(
+      eval_batch_size, config.data.eval_sequences, jax.process_index(), jax.process_count()
+    )
   else:
-    task_batches = lm_data.eval_batches(eval_batch_size, jax.process_index(),
-                                        jax.process_count())
+    task_batches = lm_data.eval_batches(eval_batch_size, jax.process_index(), jax.process_count())
 
   def run_eval(step: int) -> None:
     start = time.perf_counter()
     if lm:
-      values = _evaluate(program, state.params, eval_set, token_bytes,
-                         epath.Path(workdir) / "eval" / str(step)
-                         / f"lm_losses_{config.data.eval_sequences}.jsonl")
+      values = _evaluate(
+        program,
+        state.params,
+        eval_set,
+        token_bytes,
+        epath.Path(workdir) / "eval" / str(step) / f"lm_losses_{config.data.eval_sequences}.jsonl",
+      )
       values["eval_sequences"] = config.data.eval_sequences
     else:
       values = _evaluate_task(program, state.params, task_batches, tc.objective)
@@ -573,8 +787,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, program: Program,
 
   peak_tflops, peak_note = flops.device_peak(tc.peak_tflops, config.model.dtype)
   logging.info("MFU divides by %s, %d of them", peak_note, flops.peak_units())
-  record = run_record.RunRecord(config, workdir, start_step, total_steps,
-                                peak_tflops * flops.peak_units())
+  record = run_record.RunRecord(
+    config, workdir, start_step, total_steps, peak_tflops * flops.peak_units()
+  )
   zero_window = jax.device_put(Window.zeros(), sharding.replicated(program.mesh))
   window, pending = zero_window, None  # pending: (step, window) read after the next dispatch
   step, status = start_step, "failed"
@@ -621,8 +836,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, program: Program,
         run_eval(step)
       if save:
         if not program.all_finite(state):
-          raise Diverged(_divergence_message(
-              "the parameters or optimizer state hold NaN or inf", step, mngr, config))
+          raise Diverged(
+            _divergence_message(
+              "the parameters or optimizer state hold NaN or inf", step, mngr, config
+            )
+          )
         # The rows a resume from this checkpoint keeps, this step's included, are stored
         # first: on GCS they are only rewritten now and then, and a row missing here would
         # never be written again.
@@ -631,8 +849,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, program: Program,
         record.sync()
         checkpoint.save(mngr, step, state, config, lm_data.state(step))
       if preempted and step < total_steps:
-        logging.warning("interrupted: checkpointed step %d; rerun the same command to resume",
-                        step)
+        logging.warning("interrupted: checkpointed step %d; rerun the same command to resume", step)
         break
     profiler.stop(state)  # a run that ends inside the traced steps
     read_rows()
@@ -640,8 +857,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, program: Program,
     completed = step == total_steps
     if completed and record.last_eval_step != total_steps:
       run_eval(total_steps)
-    if completed and tc.num_samples and not (
-        start_step == total_steps and (epath.Path(workdir) / "samples.txt").exists()):
+    if (
+      completed
+      and tc.num_samples
+      and not (start_step == total_steps and (epath.Path(workdir) / "samples.txt").exists())
+    ):
       _write_samples(workdir, program.model, state.params, tokenizer, tc)
     status = "completed" if completed else "running"
   except Diverged:
@@ -656,39 +876,55 @@ def _check_finite(values: Window, mngr: Any, config: ml_collections.ConfigDict) 
   """Raises Diverged if the window read from the device saw a non-finite value."""
   if not values.nonfinite_steps:
     return
-  what = " and ".join(name for name, bad in (("train_loss", values.nonfinite_loss),
-                                            ("grad_norm", values.nonfinite_grad_norm)) if bad)
-  raise Diverged(_divergence_message(f"{what} became NaN or inf",
-                                     int(values.first_nonfinite_step), mngr, config))
+  what = " and ".join(
+    name
+    for name, bad in (
+      ("train_loss", values.nonfinite_loss),
+      ("grad_norm", values.nonfinite_grad_norm),
+    )
+    if bad
+  )
+  raise Diverged(
+    _divergence_message(f"{what} became NaN or inf", int(values.first_nonfinite_step), mngr, config)
+  )
 
 
-def _divergence_message(what: str, step: int, mngr: Any,
-                        config: ml_collections.ConfigDict) -> str:
+def _divergence_message(what: str, step: int, mngr: Any, config: ml_collections.ConfigDict) -> str:
   checkpoint.wait(mngr)
   last = mngr.latest_step()
-  kept = (f"the last checkpoint, step {last} in {mngr.directory}, is finite"
-          if last is not None else "no checkpoint was written before it")
-  return (f"diverged at step {step}: {what}; no checkpoint of the non-finite state was "
-          f"written and {kept}; try a lower optim.lr (now {config.optim.lr:g}), a longer "
-          f"optim.warmup_steps (now {config.optim.warmup_steps}) or optim.clip_norm > 0 "
-          f"(now {config.optim.clip_norm:g}), in a fresh --workdir")
+  kept = (
+    f"the last checkpoint, step {last} in {mngr.directory}, is finite"
+    if last is not None
+    else "no checkpoint was written before it"
+  )
+  return (
+    f"diverged at step {step}: {what}; no checkpoint of the non-finite state was "
+    f"written and {kept}; try a lower optim.lr (now {config.optim.lr:g}), a longer "
+    f"optim.warmup_steps (now {config.optim.warmup_steps}) or optim.clip_norm > 0 "
+    f"(now {config.optim.clip_norm:g}), in a fresh --workdir"
+  )
 
 
-def _write_samples(workdir: str, model: GPT, params: Any, tokenizer: Any,
-                   tc: ml_collections.ConfigDict) -> None:
+def _write_samples(
+  workdir: str, model: GPT, params: Any, tokenizer: Any, tc: ml_collections.ConfigDict
+) -> None:
   """Samples continuing an end-of-text token, i.e. fresh documents, decoded by the same code
   as `python -m gptjax.generate`; samples.txt starts with the strategy and its settings."""
   settings = generate.Settings(
-      strategy=tc.sample_strategy, temperature=tc.sample_temperature, top_k=tc.sample_top_k,
-      top_p=tc.sample_top_p, num_beams=tc.sample_num_beams, seed=tc.seed + 1,
-      max_new_tokens=min(tc.sample_tokens, model.config.seq_len - 1),
-      # Every sample continues the same prompt: greedy decoding has one to write.
-      num_return_sequences=1 if tc.sample_strategy == "greedy" else tc.num_samples)
+    strategy=tc.sample_strategy,
+    temperature=tc.sample_temperature,
+    top_k=tc.sample_top_k,
+    top_p=tc.sample_top_p,
+    num_beams=tc.sample_num_beams,
+    seed=tc.seed + 1,
+    max_new_tokens=min(tc.sample_tokens, model.config.seq_len - 1),
+    # Every sample continues the same prompt: greedy decoding has one to write.
+    num_return_sequences=1 if tc.sample_strategy == "greedy" else tc.num_samples,
+  )
   [completions] = generate.generate(model, params, tokenizer, [[tokenizer.eos_id]], settings)
   texts = [c.text for c in completions]
   for i, text in enumerate(texts):
     logging.info("sample %d:\n%s", i, text)
   if jax.process_index() == 0:
     header = f"decoding: {json.dumps(settings.describe())}\n\n"
-    (epath.Path(workdir) / "samples.txt").write_text(
-        header + "\n\n========\n\n".join(texts) + "\n")
+    (epath.Path(workdir) / "samples.txt").write_text(header + "\n\n========\n\n".join(texts) + "\n")

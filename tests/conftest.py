@@ -7,8 +7,9 @@ This must happen before jax is imported, which is why it lives here.
 
 import os
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=8").strip()
+os.environ["XLA_FLAGS"] = (
+  os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
 # gcsfs reads this on import: its zonal/HNS bucket probe talks gRPC, which the local GCS
 # server of tests/gcs_emulator.py does not, and waits a minute per bucket before giving up.
 os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
@@ -35,5 +36,6 @@ def gcs_bucket(tmp_path_factory):
   credentials, for the whole process.
   """
   import gcs_emulator
+
   with gcs_emulator.serving("gptjax-test", str(tmp_path_factory.mktemp("gcloud"))):
     yield "gptjax-test"

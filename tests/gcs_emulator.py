@@ -50,6 +50,7 @@ def _conditional(upload: Callable) -> Callable:
         response.json({"error": {"code": 412, "message": "conditionNotMet"}})
         return None
     return upload(request, response, storage)
+
   return conditional_upload
 
 
@@ -68,11 +69,17 @@ def serving(bucket: str, config_dir: str) -> Iterator[None]:
   closed = "127.0.0.1:9"
   with pytest.MonkeyPatch.context() as env:
     for name, value in {
-        "STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
-        "FSSPEC_GCS_TOKEN": "anon", "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test",
-        "GOOGLE_CLOUD_PROJECT": "test", "CLOUDSDK_CONFIG": config_dir,
-        "GCE_METADATA_ROOT": closed, "GCE_METADATA_HOST": closed, "GCE_METADATA_IP": closed,
-        "NO_GCE_CHECK": "true"}.items():
+      "STORAGE_EMULATOR_HOST": url,
+      "TENSORSTORE_GCS_HTTP_URL": url,
+      "FSSPEC_GCS_TOKEN": "anon",
+      "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test",
+      "GOOGLE_CLOUD_PROJECT": "test",
+      "CLOUDSDK_CONFIG": config_dir,
+      "GCE_METADATA_ROOT": closed,
+      "GCE_METADATA_HOST": closed,
+      "GCE_METADATA_IP": closed,
+      "NO_GCE_CHECK": "true",
+    }.items():
       env.setenv(name, value)
     env.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
     env.setattr(objects, "download", _download_with_generation)  # what objects.get calls

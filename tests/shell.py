@@ -8,7 +8,7 @@ import pytest
 
 def remote(command: list[str]) -> str:
   """The shell text a `gcloud ... ssh --command=...` runs on the workers."""
-  (text,) = [arg[len("--command="):] for arg in command if arg.startswith("--command=")]
+  (text,) = [arg[len("--command=") :] for arg in command if arg.startswith("--command=")]
   return text
 
 

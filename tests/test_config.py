@@ -18,8 +18,9 @@ def experiment(name: str, *args):
   return runpy.run_path(os.path.join(ROOT, "experiments", name))["get_config"](*args)
 
 
-@pytest.mark.parametrize("name", ["quickstart.py", "gpt2_small.py", "gpt2_medium.py",
-                                  "gpt2_large.py", "gpt2_xl.py"])
+@pytest.mark.parametrize(
+  "name", ["quickstart.py", "gpt2_small.py", "gpt2_medium.py", "gpt2_large.py", "gpt2_xl.py"]
+)
 def test_experiment_files_validate(name):
   config_lib.validate(experiment(name))
 
@@ -29,8 +30,16 @@ def test_gpt3_sizes_follow_the_paper(size):
   c = experiment("gpt3.py", size)
   config_lib.validate(c)
   n_layer, d_model, n_head, batch_size, lr, _ = families.GPT3_SIZES[size]
-  paper_batch_tokens = {"125m": 0.5e6, "350m": 0.5e6, "760m": 0.5e6, "1.3b": 1e6, "2.7b": 1e6,
-                        "6.7b": 2e6, "13b": 2e6, "175b": 3.2e6}[size]
+  paper_batch_tokens = {
+    "125m": 0.5e6,
+    "350m": 0.5e6,
+    "760m": 0.5e6,
+    "1.3b": 1e6,
+    "2.7b": 1e6,
+    "6.7b": 2e6,
+    "13b": 2e6,
+    "175b": 3.2e6,
+  }[size]
   assert (c.model.n_layer, c.model.d_model, c.model.n_head) == (n_layer, d_model, n_head)
   assert c.model.seq_len == 2048 and c.model.d_ff == 4 * d_model
   assert c.train.batch_size == batch_size
@@ -52,21 +61,33 @@ def _error(mutate) -> str:
   return str(e.value)
 
 
-@pytest.mark.parametrize("mutate, expected", [
+@pytest.mark.parametrize(
+  "mutate, expected",
+  [
     (lambda c: setattr(c.model, "n_head", 5), ["model.d_model=256", "model.n_head=5", "divisors"]),
-    (lambda c: (setattr(c.train, "batch_size", 10), setattr(c.train, "grad_accum_steps", 4)),
-     ["train.batch_size=10", "train.grad_accum_steps=4", "multiple"]),
-    (lambda c: setattr(c.model, "remat_policy", "full"),
-     ["model.remat_policy='full'", "'nothing_saveable'"]),
+    (
+      lambda c: (setattr(c.train, "batch_size", 10), setattr(c.train, "grad_accum_steps", 4)),
+      ["train.batch_size=10", "train.grad_accum_steps=4", "multiple"],
+    ),
+    (
+      lambda c: setattr(c.model, "remat_policy", "full"),
+      ["model.remat_policy='full'", "'nothing_saveable'"],
+    ),
     (lambda c: setattr(c.train, "steps", -3), ["train.steps=-3", ">= 0"]),
     (lambda c: setattr(c.data, "source", "no_such_dataset"), ["data.source='no_such_dataset'"]),
     (lambda c: setattr(c.model, "architecture", "gpt4"), ["model.architecture='gpt4'", "'gpt1'"]),
     (lambda c: setattr(c.model, "dtype", "float16"), ["model.dtype='float16'", "'bfloat16'"]),
-    (lambda c: (setattr(c.model, "attn_dropout", 0.1), setattr(c.model, "attention_impl", "cudnn")),
-     ["model.attn_dropout=0.1", "attention_impl='xla'"]),
+    (
+      lambda c: (
+        setattr(c.model, "attn_dropout", 0.1),
+        setattr(c.model, "attention_impl", "cudnn"),
+      ),
+      ["model.attn_dropout=0.1", "attention_impl='xla'"],
+    ),
     (lambda c: setattr(c.mesh.ici, "data", 0), ["mesh.ici", "at most one -1"]),
     (lambda c: setattr(c.optim, "lr", 0.0), ["optim.lr=0.0", "> 0"]),
-])
+  ],
+)
 def test_bad_config_names_field_value_and_fix(mutate, expected):
   message = _error(mutate)
   for fragment in expected:
@@ -81,9 +102,20 @@ def test_every_error_is_reported_at_once():
 def test_command_line_override_is_validated_before_any_work(tmp_path):
   workdir = tmp_path / "run"
   result = subprocess.run(
-      [sys.executable, "-m", "gptjax.main", f"--config={ROOT}/experiments/quickstart.py",
-       f"--workdir={workdir}", "--config.model.d_model=30", "--config.model.n_head=4"],
-      capture_output=True, text=True, cwd=ROOT, timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "gptjax.main",
+      f"--config={ROOT}/experiments/quickstart.py",
+      f"--workdir={workdir}",
+      "--config.model.d_model=30",
+      "--config.model.n_head=4",
+    ],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    timeout=300,
+  )
   assert result.returncode != 0
   assert "model.d_model=30" in result.stderr and "model.n_head=4" in result.stderr
   assert not workdir.exists()  # nothing was started
@@ -105,9 +137,18 @@ def test_override_applies_dotted_fields_to_a_copy():
 def test_prepare_refuses_a_bad_source_in_one_line(tmp_path):
   """`python -m gptjax.prepare` checks the config first: one `error:` line, nothing built."""
   result = subprocess.run(
-      [sys.executable, "-m", "gptjax.prepare", f"--config={ROOT}/experiments/quickstart.py",
-       "--config.data.source=no_such_dataset", f"--config.data.data_dir={tmp_path}"],
-      capture_output=True, text=True, cwd=ROOT)
+    [
+      sys.executable,
+      "-m",
+      "gptjax.prepare",
+      f"--config={ROOT}/experiments/quickstart.py",
+      "--config.data.source=no_such_dataset",
+      f"--config.data.data_dir={tmp_path}",
+    ],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+  )
   assert result.returncode == 1
   assert result.stderr.strip().splitlines()[0] == "error: invalid data config:"
   assert "data.source='no_such_dataset'" in result.stderr

@@ -9,8 +9,13 @@ from gptjax.scaling.laws import ParametricLaw, saturating_loss
 CHINCHILLA = ParametricLaw(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
 
 
-def _curves(sizes: np.ndarray, tokens_per_param: tuple[float, float], evals: int = 30,
-            noise: float = 0.0, seed: int = 0) -> list[Curve]:
+def _curves(
+  sizes: np.ndarray,
+  tokens_per_param: tuple[float, float],
+  evals: int = 30,
+  noise: float = 0.0,
+  seed: int = 0,
+) -> list[Curve]:
   """Runs whose loss after D tokens is L(N, D), as if each eval ended its own schedule."""
   rng = np.random.default_rng(seed)
   curves = []
@@ -36,7 +41,9 @@ def test_envelope_recovers_the_chinchilla_frontier_exponents():
     inside = (env.flops >= curve.flops[0]) & (env.flops <= curve.flops[-1])
     own = np.exp(np.interp(np.log(env.flops[inside]), np.log(curve.flops), np.log(curve.loss)))
     assert np.all(env.loss[inside] <= own * (1 + 1e-12))
-    assert np.all(env.loss[inside][env.n[inside] == curve.n] == pytest.approx(own[env.n[inside] == curve.n]))
+    assert np.all(
+      env.loss[inside][env.n[inside] == curve.n] == pytest.approx(own[env.n[inside] == curve.n])
+    )
   # between the crossings the envelope is the frontier E + K C^-gamma, gamma = alpha beta / total
   between = (env.flops >= env.crossing_flops[0]) & (env.flops <= env.crossing_flops[-1])
   fitted = saturating_loss(env.flops[between], env.E, env.K, env.gamma)

@@ -21,8 +21,9 @@ TOK = ByteTokenizer()
 
 def task_config(objective="classify", **finetune):
   c = config_lib.base_config()
-  c.model.update(dict(n_layer=1, d_model=16, n_head=2, d_ff=32, seq_len=24, vocab_size=260,
-                      special_tokens=3))
+  c.model.update(
+    dict(n_layer=1, d_model=16, n_head=2, d_ff=32, seq_len=24, vocab_size=260, special_tokens=3)
+  )
   c.train.objective = objective
   c.finetune.update(finetune)
   return c
@@ -36,23 +37,29 @@ def write(path, lines):
 def test_classify_entailment_and_similarity_inputs(tmp_path):
   path = write(tmp_path / "pairs.jsonl", [json.dumps({"a": "ab", "b": "c", "y": 1})])
   start, delim, extract = 260, 261, 262
-  entail = tasks.encode_task(path, task_config(text_field="a", pair_field="b", label_field="y"),
-                             TOK, "classify")
+  entail = tasks.encode_task(
+    path, task_config(text_field="a", pair_field="b", label_field="y"), TOK, "classify"
+  )
   a, b, c = TOK.encode("abc")
   np.testing.assert_array_equal(entail["tokens"][0, 0, :6], [start, a, b, delim, c, extract])
   assert entail["extract"].tolist() == [[5]] and entail["label"].tolist() == [1]
   # The LM loss predicts every input token after [start], the extract token included.
   np.testing.assert_array_equal(entail["weights"][0, 0, :7], [1, 1, 1, 1, 1, 0, 0])
-  similar = tasks.encode_task(path, task_config(text_field="a", pair_field="b", label_field="y",
-                                                similarity=True), TOK, "classify")
+  similar = tasks.encode_task(
+    path,
+    task_config(text_field="a", pair_field="b", label_field="y", similarity=True),
+    TOK,
+    "classify",
+  )
   np.testing.assert_array_equal(similar["tokens"][0, 1, :6], [start, c, delim, a, b, extract])
   assert similar["extract"].tolist() == [[5, 5]]
 
 
 def test_choice_from_csv_columns(tmp_path):
   path = write(tmp_path / "copa.csv", ["premise,c1,c2,label", "xy,p,q,1", "z,r,s,0"])
-  batch = tasks.encode_task(path, task_config("choice", text_field="premise",
-                                              choices_field="c1,c2"), TOK, "choice")
+  batch = tasks.encode_task(
+    path, task_config("choice", text_field="premise", choices_field="c1,c2"), TOK, "choice"
+  )
   x, y, p, q = TOK.encode("xypq")
   assert batch["tokens"].shape == (2, 2, 25) and batch["label"].tolist() == [1, 0]
   np.testing.assert_array_equal(batch["tokens"][0, 1, :5], [260, x, y, 261, q])
@@ -60,9 +67,11 @@ def test_choice_from_csv_columns(tmp_path):
 
 
 def test_sft_packs_examples_with_loss_on_response_and_closing_eos_only(tmp_path):
-  lines = [json.dumps({"prompt": "ab", "response": "cd"}),  # 5 inputs
-           json.dumps({"prompt": "x" * 10, "response": "y" * 9}),  # 20: a row of its own
-           json.dumps({"prompt": "e", "response": "f"})]  # 3: fits after the first
+  lines = [
+    json.dumps({"prompt": "ab", "response": "cd"}),  # 5 inputs
+    json.dumps({"prompt": "x" * 10, "response": "y" * 9}),  # 20: a row of its own
+    json.dumps({"prompt": "e", "response": "f"}),
+  ]  # 3: fits after the first
   rows = tasks.encode_sft(write(tmp_path / "sft.jsonl", lines), task_config("sft"), TOK)
   eos = TOK.eos_id
   assert rows["inputs"].shape == (2, 24)
@@ -75,8 +84,9 @@ def test_sft_packs_examples_with_loss_on_response_and_closing_eos_only(tmp_path)
 
 
 def test_long_examples_are_truncated_from_the_left_of_the_prompt_or_refused(tmp_path):
-  path = write(tmp_path / "long.jsonl", [json.dumps({"prompt": "0123456789" * 3,
-                                                     "response": "ab"})])
+  path = write(
+    tmp_path / "long.jsonl", [json.dumps({"prompt": "0123456789" * 3, "response": "ab"})]
+  )
   rows = tasks.encode_sft(path, task_config("sft"), TOK)
   kept = [t for t, s in zip(rows["inputs"][0], rows["segment_ids"][0]) if s]
   assert len(kept) == 24 and TOK.decode(kept[1:-2]) == ("0123456789" * 3)[-21:]
@@ -84,15 +94,22 @@ def test_long_examples_are_truncated_from_the_left_of_the_prompt_or_refused(tmp_
     tasks.encode_sft(path, task_config("sft", too_long="refuse"), TOK)
 
 
-@pytest.mark.parametrize("lines, message", [
+@pytest.mark.parametrize(
+  "lines, message",
+  [
     ([], r"empty"),
-    (['{"text": "a", "label": 0}', '{"txt": "b", "label": 1}'],
-     r"bad.jsonl:2: no field 'text' .*finetune.text_field"),
-    (['{"text": "a", "label": 2}'],
-     r"bad.jsonl:1: field 'label' is 2; labels are integers in \[0, 2\)"),
+    (
+      ['{"text": "a", "label": 0}', '{"txt": "b", "label": 1}'],
+      r"bad.jsonl:2: no field 'text' .*finetune.text_field",
+    ),
+    (
+      ['{"text": "a", "label": 2}'],
+      r"bad.jsonl:1: field 'label' is 2; labels are integers in \[0, 2\)",
+    ),
     (['{"text": "a", "label": "yes"}'], r"bad.jsonl:1: field 'label' is 'yes'"),
-    (['{"text": "a", "label": 0}', 'not json'], r"bad.jsonl:2: not a JSON object"),
-])
+    (['{"text": "a", "label": 0}', "not json"], r"bad.jsonl:2: not a JSON object"),
+  ],
+)
 def test_bad_task_files_name_file_line_and_field(tmp_path, lines, message):
   path = write(tmp_path / "bad.jsonl", lines)
   with pytest.raises(tasks.TaskDataError, match=message):
@@ -101,8 +118,11 @@ def test_bad_task_files_name_file_line_and_field(tmp_path, lines, message):
 
 def test_an_unknown_column_name_is_an_error(tmp_path):
   path = write(tmp_path / "bad.tsv", ["sentence\tlabel", "a\t0"])
-  with pytest.raises(tasks.TaskDataError, match=r"bad.tsv:2: no field 'text' \(it has \['label', "
-                                               r"'sentence'\]\); set finetune.text_field"):
+  with pytest.raises(
+    tasks.TaskDataError,
+    match=r"bad.tsv:2: no field 'text' \(it has \['label', "
+    r"'sentence'\]\); set finetune.text_field",
+  ):
     tasks.encode_task(path, task_config(), TOK, "classify")
 
 
@@ -121,8 +141,9 @@ def test_graft_keeps_only_the_head_and_new_token_rows_fresh():
   c = task_config()
   model = GPT(model_config(c.model))
   objective = objectives.make("classify", model, num_outputs=2)
-  shapes = jax.eval_shape(lambda r: objectives.init_params(model, objective, r, 2),
-                          jax.random.PRNGKey(0))
+  shapes = jax.eval_shape(
+    lambda r: objectives.init_params(model, objective, r, 2), jax.random.PRNGKey(0)
+  )
   rng = np.random.default_rng(0)
   is_leaf = lambda x: hasattr(x, "value")
   fill = lambda s: rng.normal(size=(s.value if is_leaf(s) else s).shape).astype(np.float32)
@@ -137,8 +158,9 @@ def test_graft_keeps_only_the_head_and_new_token_rows_fresh():
       np.testing.assert_array_equal(leaf[260:], fresh["wte"][260:])
     else:
       np.testing.assert_array_equal(leaf, want)
-  for a, b in zip(jax.tree.leaves(grafted[objectives.HEAD]),
-                  jax.tree.leaves(fresh[objectives.HEAD])):
+  for a, b in zip(
+    jax.tree.leaves(grafted[objectives.HEAD]), jax.tree.leaves(fresh[objectives.HEAD])
+  ):
     np.testing.assert_array_equal(a, b)
 
 
@@ -147,6 +169,7 @@ def test_fine_tuning_a_pretrained_run_learns_a_context_dependent_task(tmp_path):
   """Pretrain a tiny byte-level model, then fine-tune it with the GPT-1 objective on 'is blue
   more frequent than red' (experiments/tasks): >= 95% held-out accuracy; the run's step-0
   model is the source's with a fresh head and fresh special-token rows."""
+
   def tiny(c):
     c.model.update(dict(n_layer=2, d_model=64, n_head=4, d_ff=256, seq_len=64, vocab_size=260))
     c.data.tokenizer = "bytes"
@@ -161,8 +184,16 @@ def test_fine_tuning_a_pretrained_run_learns_a_context_dependent_task(tmp_path):
 
   c = tiny(config_lib.base_config())
   c.model.special_tokens = 3
-  c.train.update(dict(objective="classify", epochs=3, batch_size=32, eval_every=0,
-                      checkpoint_every=1000, init_from=f"run:{source_dir}"))
+  c.train.update(
+    dict(
+      objective="classify",
+      epochs=3,
+      batch_size=32,
+      eval_every=0,
+      checkpoint_every=1000,
+      init_from=f"run:{source_dir}",
+    )
+  )
   c.optim.update(dict(lr=1e-3, warmup_steps=5, schedule="linear", min_lr_ratio=0.0))
   c.finetune.train_file = f"{ROOT}/experiments/tasks/count_train.jsonl"
   c.finetune.eval_file = f"{ROOT}/experiments/tasks/count_eval.jsonl"
@@ -197,8 +228,18 @@ def test_an_epoch_run_resumed_at_an_epoch_boundary_matches_an_uninterrupted_one(
     c = task_config(train_file=path, eval_file=path)
     c.data.tokenizer = "bytes"
     c.model.dropout = 0.1
-    c.train.update(dict(objective="classify", epochs=epochs, batch_size=8, log_every=1,
-                        eval_every=0, checkpoint_every=100, num_samples=0, extend=True))
+    c.train.update(
+      dict(
+        objective="classify",
+        epochs=epochs,
+        batch_size=8,
+        log_every=1,
+        eval_every=0,
+        checkpoint_every=100,
+        num_samples=0,
+        extend=True,
+      )
+    )
     c.optim.update(dict(warmup_steps=0, min_lr_ratio=1.0, schedule="linear"))
     return c
 
@@ -206,9 +247,13 @@ def test_an_epoch_run_resumed_at_an_epoch_boundary_matches_an_uninterrupted_one(
   train.run(config(3), straight)
   assert train.run(config(1), resumed)["step"] == 2
   assert train.run(config(3), resumed)["step"] == 6
-  losses = [[r["train_loss"] for r in rows] for rows in
-            ([json.loads(x) for x in open(f"{d}/metrics.jsonl") if "train_loss" in x]
-             for d in (straight, resumed))]
+  losses = [
+    [r["train_loss"] for r in rows]
+    for rows in (
+      [json.loads(x) for x in open(f"{d}/metrics.jsonl") if "train_loss" in x]
+      for d in (straight, resumed)
+    )
+  ]
   assert losses[0] == losses[1] and len(losses[0]) == 6
   final = [jax.device_get(gptjax.load(d).params) for d in (straight, resumed)]
   for a, b in zip(jax.tree.leaves(final[0]), jax.tree.leaves(final[1])):
@@ -217,12 +262,19 @@ def test_an_epoch_run_resumed_at_an_epoch_boundary_matches_an_uninterrupted_one(
 
 def test_a_checkpoint_resumes_only_under_its_objective_and_special_tokens():
   from gptjax import checkpoint
+
   c = config_lib.base_config()
-  old = {k: v for k, v in checkpoint.resume_settings(c).items()
-         if k not in ("model.special_tokens", "train.objective")}  # written before they existed
+  old = {
+    k: v
+    for k, v in checkpoint.resume_settings(c).items()
+    if k not in ("model.special_tokens", "train.objective")
+  }  # written before they existed
   checkpoint.check_resumable({"settings": old, "step": 0}, c, "old")
   c.train.objective, c.model.special_tokens = "classify", 3
-  with pytest.raises(ValueError, match=r"model.special_tokens: checkpoint has 0, config has 3; "
-                                       r"train.objective: checkpoint has 'lm', config has "
-                                       r"'classify'"):
+  with pytest.raises(
+    ValueError,
+    match=r"model.special_tokens: checkpoint has 0, config has 3; "
+    r"train.objective: checkpoint has 'lm', config has "
+    r"'classify'",
+  ):
     checkpoint.check_resumable({"settings": old, "step": 0}, c, "old")

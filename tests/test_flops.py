@@ -25,9 +25,10 @@ def real_param_count(model_cfg: ml_collections.ConfigDict) -> int:
   return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes))
 
 
-@pytest.mark.parametrize("size,n_params", [
-    ("small", 124_439_808), ("medium", 354_823_168), ("large", 774_030_080),
-    ("xl", 1_557_611_200)])
+@pytest.mark.parametrize(
+  "size,n_params",
+  [("small", 124_439_808), ("medium", 354_823_168), ("large", 774_030_080), ("xl", 1_557_611_200)],
+)
 def test_gpt2_param_counts_match_the_release(size: str, n_params: int) -> None:
   """These are the published GPT-2 sizes (tied embedding counted once); every report
   and scaling fit quotes them, so they must be exact."""
@@ -49,14 +50,25 @@ def test_analytic_count_equals_gpt2_small_tree() -> None:
 @pytest.mark.parametrize("architecture", ["gpt2", "gpt1"])
 @pytest.mark.parametrize("scan_layers", [True, False])
 @pytest.mark.parametrize("pad_vocab_multiple", [1, 64])
-def test_analytic_count_equals_tiny_trees(architecture: str, scan_layers: bool,
-                                          pad_vocab_multiple: int) -> None:
+def test_analytic_count_equals_tiny_trees(
+  architecture: str, scan_layers: bool, pad_vocab_multiple: int
+) -> None:
   """GPT-1 has no final LayerNorm and padding adds embedding rows; the count must
   follow both, whatever the layer layout."""
   c = base_config().model
-  c.update(dict(architecture=architecture, scan_layers=scan_layers,
-                pad_vocab_multiple=pad_vocab_multiple, n_layer=3, d_model=48, n_head=4,
-                d_ff=96, vocab_size=101, seq_len=16))
+  c.update(
+    dict(
+      architecture=architecture,
+      scan_layers=scan_layers,
+      pad_vocab_multiple=pad_vocab_multiple,
+      n_layer=3,
+      d_model=48,
+      n_head=4,
+      d_ff=96,
+      vocab_size=101,
+      seq_len=16,
+    )
+  )
   counts = flops.param_counts(c)
   assert real_param_count(c) == counts["n_params"]
   embedding = (128 if pad_vocab_multiple == 64 else 101) * 48 + 16 * 48
@@ -97,10 +109,19 @@ def test_device_peak_is_measured_on_cpu() -> None:
   assert "measured" in note.lower()
 
 
-@pytest.mark.parametrize("kind, peak", [
-    ("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 PCIe", 756.0), ("NVIDIA H100 NVL", 835.0),
-    ("NVIDIA H200", 989.0), ("NVIDIA A100-SXM4-80GB", 312.0), ("TPU v5 lite", 197.0),
-    ("TPU v5", 459.0), ("NVIDIA GeForce RTX 4090", None)])
+@pytest.mark.parametrize(
+  "kind, peak",
+  [
+    ("NVIDIA H100 80GB HBM3", 989.0),
+    ("NVIDIA H100 PCIe", 756.0),
+    ("NVIDIA H100 NVL", 835.0),
+    ("NVIDIA H200", 989.0),
+    ("NVIDIA A100-SXM4-80GB", 312.0),
+    ("TPU v5 lite", 197.0),
+    ("TPU v5", 459.0),
+    ("NVIDIA GeForce RTX 4090", None),
+  ],
+)
 def test_peak_table_tells_the_h100_variants_apart(kind, peak) -> None:
   """A PCIe or NVL H100 charged the SXM peak would understate its MFU by 24% or 16%."""
   assert flops.peak_for_kind(kind) == peak

@@ -17,13 +17,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from test_model import SEQ_LEN, VOCAB, forward, random_params, tiny_model
+from test_train import ROOT, cli, tiny_config
 
 import gptjax
 from gptjax import checkpoint, generate, sharding, train
 from gptjax.data.tokenizer import ByteTokenizer
 from gptjax.generate import Decoder, Settings
-from test_model import SEQ_LEN, VOCAB, forward, random_params, tiny_model
-from test_train import ROOT, cli, tiny_config
 
 RAGGED = [[5, 17, 3], [9, 2, 44, 61, 7, 8, 30, 12], [70, 1, 23, 23, 50]]  # lengths 3, 8, 5
 
@@ -42,7 +42,7 @@ class Ids:
 def padded(prompts: list[list[int]], width: int) -> tuple[np.ndarray, np.ndarray]:
   out = np.zeros((len(prompts), width), np.int32)
   for i, p in enumerate(prompts):
-    out[i, :len(p)] = p
+    out[i, : len(p)] = p
   return out, np.array([len(p) for p in prompts], np.int32)
 
 
@@ -52,29 +52,36 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
   return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
 
 
-def recompute_greedy(model, params, prompt: list[int], n_new: int, tokenizer: Ids
-                     ) -> tuple[list[int], list[float]]:
+def recompute_greedy(
+  model, params, prompt: list[int], n_new: int, tokenizer: Ids
+) -> tuple[list[int], list[float]]:
   """Greedy decoding with no cache at all: a full forward pass over everything for each token."""
   seq, logprobs = list(prompt), []
   for _ in range(n_new):
     row = np.zeros((1, SEQ_LEN), np.int32)
-    row[0, :len(seq)] = seq  # later positions cannot reach position len(seq) - 1 (causality)
+    row[0, : len(seq)] = seq  # later positions cannot reach position len(seq) - 1 (causality)
     logits = np.array(forward(model, params, jnp.asarray(row))[0, len(seq) - 1])
-    logits[tokenizer.vocab_size:] = -np.inf
+    logits[tokenizer.vocab_size :] = -np.inf
     token = int(np.argmax(logits))
     seq.append(token)
     logprobs.append(float(log_softmax(logits)[token]))
     if token == tokenizer.eos_id:
       break
-  return seq[len(prompt):], logprobs
+  return seq[len(prompt) :], logprobs
 
 
 # ------------------------------------------------------------------ the cache
 
 
-@pytest.mark.parametrize("architecture,scan_layers", [  # two of four in the fast set
-    ("gpt2", True), pytest.param("gpt2", False, marks=pytest.mark.slow),
-    pytest.param("gpt1", True, marks=pytest.mark.slow), ("gpt1", False)])
+@pytest.mark.parametrize(
+  "architecture,scan_layers",
+  [  # two of four in the fast set
+    ("gpt2", True),
+    pytest.param("gpt2", False, marks=pytest.mark.slow),
+    pytest.param("gpt1", True, marks=pytest.mark.slow),
+    ("gpt1", False),
+  ],
+)
 def test_prefill_and_cached_steps_equal_a_full_forward_pass(architecture, scan_layers):
   """A ragged batch of 3 prompts: one prefill pass, then cached steps at per-row positions,
   give at every generated position the logits of a full forward pass over that row alone;
@@ -85,17 +92,23 @@ def test_prefill_and_cached_steps_equal_a_full_forward_pass(architecture, scan_l
   width = generate.bucket(8, SEQ_LEN - n_new)
   tokens, lengths = padded(RAGGED, width)
   logits, cache = jax.jit(generate._prefill_logits, static_argnums=(0, 4, 5))(
-      model, params, tokens, lengths, width + n_new, 1)
+    model, params, tokens, lengths, width + n_new, 1
+  )
   step = jax.jit(generate._next_logits, static_argnums=0)
   seqs = [list(p) for p in RAGGED]
   for t in range(n_new):
     full = np.zeros((3, SEQ_LEN), np.int32)
     for r, seq in enumerate(seqs):
-      full[r, :len(seq)] = seq
+      full[r, : len(seq)] = seq
     expected = np.asarray(forward(model, params, jnp.asarray(full)))
     for r, seq in enumerate(seqs):
-      np.testing.assert_allclose(logits[r], expected[r, len(seq) - 1], rtol=1e-5, atol=1e-5,
-                                 err_msg=f"row {r}, new token {t}")
+      np.testing.assert_allclose(
+        logits[r],
+        expected[r, len(seq) - 1],
+        rtol=1e-5,
+        atol=1e-5,
+        err_msg=f"row {r}, new token {t}",
+      )
     chosen = np.argmax(np.asarray(logits), axis=-1).astype(np.int32)
     for seq, token in zip(seqs, chosen):
       seq.append(int(token))
@@ -136,8 +149,10 @@ def test_compiles_once_per_strategy_batch_shape_and_length_bucket():
   decoder.generate(short, sample)
   assert decoder.stats.compiles == 2  # prefill + decode loop
   decoder.generate([[8] * 9, [9]], sample)  # other prompts and lengths, the same bucket
-  decoder.generate(short, Settings(strategy="sample", temperature=1.3, top_k=5, top_p=0.5,
-                                   seed=3, max_new_tokens=4))  # other values
+  decoder.generate(
+    short,
+    Settings(strategy="sample", temperature=1.3, top_k=5, top_p=0.5, seed=3, max_new_tokens=4),
+  )  # other values
   assert decoder.stats.compiles == 2
   assert generate.bucket(3, 100) == generate.bucket(16, 100) == 16
   assert generate.bucket(17, 100) == 32 and generate.bucket(40, 50) == 50
@@ -159,8 +174,9 @@ def np_keep(probs: np.ndarray, top_p: float) -> set[int]:
 
 
 def kept(logits: np.ndarray, temperature=1.0, top_k=0, top_p=1.0) -> set[int]:
-  out = np.asarray(jax.jit(generate.filter_logits)(jnp.asarray(logits, jnp.float32),
-                                                   temperature, top_k, top_p))
+  out = np.asarray(
+    jax.jit(generate.filter_logits)(jnp.asarray(logits, jnp.float32), temperature, top_k, top_p)
+  )
   return set(np.flatnonzero(np.isfinite(out)).tolist())
 
 
@@ -221,6 +237,7 @@ class Bigram(nn.Module):
 
   It has GPT's call signature, so the decoder runs it as it runs GPT (the cache it is
   handed is carried along unused)."""
+
   config: ml_collections.ConfigDict
   table: tuple[tuple[float, ...], ...]
 
@@ -239,8 +256,9 @@ def bigram(table: dict[int, dict[int, float]], vocab: int) -> Bigram:
     for j, p in table.get(i, {}).items():
       row[j] = p
     rows.append(tuple((row / row.sum()).tolist()))
-  config = ml_collections.FrozenConfigDict(dict(
-      n_layer=1, n_head=1, d_model=1, dtype=jnp.float32, vocab_size=vocab, seq_len=16))
+  config = ml_collections.FrozenConfigDict(
+    dict(n_layer=1, n_head=1, d_model=1, dtype=jnp.float32, vocab_size=vocab, seq_len=16)
+  )
   return Bigram(config, tuple(rows))
 
 
@@ -248,12 +266,21 @@ def test_beam_search_escapes_the_trap_greedy_falls_into():
   """From the prompt, A (0.5) beats B (0.4), but every continuation of A is a coin flip
   while B is followed by C with probability 0.9: greedy takes A, two beams find B C."""
   eos, start, a, b, c, d = range(6)
-  model = bigram({start: {a: 0.5, b: 0.4, eos: 0.1}, a: {c: 0.5, d: 0.5}, b: {c: 0.9, d: 0.1},
-                  c: {eos: 1.0}, d: {eos: 1.0}}, vocab=6)
+  model = bigram(
+    {
+      start: {a: 0.5, b: 0.4, eos: 0.1},
+      a: {c: 0.5, d: 0.5},
+      b: {c: 0.9, d: 0.1},
+      c: {eos: 1.0},
+      d: {eos: 1.0},
+    },
+    vocab=6,
+  )
   decoder = Decoder(model, {}, Ids(6, eos_id=eos))
   [[greedy]] = decoder.generate([[start]], Settings(max_new_tokens=2))
-  [[best, second]] = decoder.generate([[start]], Settings(
-      strategy="beam", num_beams=2, num_return_sequences=2, max_new_tokens=2))
+  [[best, second]] = decoder.generate(
+    [[start]], Settings(strategy="beam", num_beams=2, num_return_sequences=2, max_new_tokens=2)
+  )
   assert greedy.tokens[0] == a
   assert best.tokens == [b, c] and best.finish_reason == "length"
   np.testing.assert_allclose(best.score, np.log(0.4 * 0.9) / 2, rtol=1e-4)
@@ -270,15 +297,20 @@ def vocab5():
   return model, params, Decoder(model, params, Ids(5, eos_id=4))
 
 
-def brute_force(model, params, prompt: list[int], n_new: int, eos: int, length_penalty: float
-                ) -> list[tuple[float, tuple[int, ...]]]:
+def brute_force(
+  model, params, prompt: list[int], n_new: int, eos: int, length_penalty: float
+) -> list[tuple[float, tuple[int, ...]]]:
   """Every possible continuation (ending at end-of-text or after n_new tokens), scored by
   full forward passes, best first."""
-  candidates = [seq for n in range(1, n_new + 1) for seq in itertools.product(range(5), repeat=n)
-                if eos not in seq[:-1] and (n == n_new or seq[-1] == eos)]
+  candidates = [
+    seq
+    for n in range(1, n_new + 1)
+    for seq in itertools.product(range(5), repeat=n)
+    if eos not in seq[:-1] and (n == n_new or seq[-1] == eos)
+  ]
   rows = np.zeros((len(candidates), SEQ_LEN), np.int32)
   for i, seq in enumerate(candidates):
-    rows[i, :len(prompt) + len(seq)] = prompt + list(seq)
+    rows[i, : len(prompt) + len(seq)] = prompt + list(seq)
   logp = log_softmax(np.asarray(forward(model, params, jnp.asarray(rows))))
   scored = []
   for i, seq in enumerate(candidates):
@@ -292,9 +324,12 @@ def test_beam_search_finds_the_brute_force_best(vocab5):
   prompt are the five best of all continuations, finished early or not."""
   model, params, decoder = vocab5
   prompts = [[2], [0, 1, 2, 3]]
-  beams = decoder.generate(prompts, Settings(
-      strategy="beam", num_beams=125, num_return_sequences=5, max_new_tokens=4,
-      length_penalty=1.0))
+  beams = decoder.generate(
+    prompts,
+    Settings(
+      strategy="beam", num_beams=125, num_return_sequences=5, max_new_tokens=4, length_penalty=1.0
+    ),
+  )
   for prompt, hypotheses in zip(prompts, beams):
     exact = brute_force(model, params, prompt, 4, decoder.tokenizer.eos_id, 1.0)[:5]
     assert [tuple(c.tokens) for c in hypotheses] == [seq for _, seq in exact]
@@ -308,8 +343,9 @@ def test_one_beam_is_greedy(vocab5):
   _, _, decoder = vocab5
   prompts = [[1, 3, 0], [2], [0, 0, 1, 2, 3, 1]]
   greedy = decoder.generate(prompts, Settings(max_new_tokens=8))
-  beam = decoder.generate(prompts, Settings(strategy="beam", num_beams=1, max_new_tokens=8,
-                                            length_penalty=1.5))
+  beam = decoder.generate(
+    prompts, Settings(strategy="beam", num_beams=1, max_new_tokens=8, length_penalty=1.5)
+  )
   assert {c.finish_reason for [c] in greedy} == {"eos", "length"}
   for [g], [b] in zip(greedy, beam):
     assert (b.tokens, b.finish_reason) == (g.tokens, g.finish_reason)
@@ -322,18 +358,26 @@ def test_beam_scores_follow_the_length_penalty_formula(vocab5, length_penalty):
   the prompt excluded, with each log-prob the model's own; best first."""
   model, params, decoder = vocab5
   prompts = [[1, 3, 0], [2, 2, 1, 0, 3]]
-  beams = decoder.generate(prompts, Settings(
-      strategy="beam", num_beams=4, num_return_sequences=4, max_new_tokens=5,
-      length_penalty=length_penalty))
+  beams = decoder.generate(
+    prompts,
+    Settings(
+      strategy="beam",
+      num_beams=4,
+      num_return_sequences=4,
+      max_new_tokens=5,
+      length_penalty=length_penalty,
+    ),
+  )
   for prompt, hypotheses in zip(prompts, beams):
     assert len(hypotheses) == 4
     scores = [c.score for c in hypotheses]
     assert scores == sorted(scores, reverse=True)
     for c in hypotheses:
-      np.testing.assert_allclose(c.score, sum(c.logprobs) / len(c.tokens) ** length_penalty,
-                                 rtol=1e-5)
+      np.testing.assert_allclose(
+        c.score, sum(c.logprobs) / len(c.tokens) ** length_penalty, rtol=1e-5
+      )
       row = np.zeros((1, SEQ_LEN), np.int32)
-      row[0, :len(prompt) + len(c.tokens)] = prompt + c.tokens
+      row[0, : len(prompt) + len(c.tokens)] = prompt + c.tokens
       logp = log_softmax(np.asarray(forward(model, params, jnp.asarray(row)))[0])
       expected = [logp[len(prompt) + t - 1, tok] for t, tok in enumerate(c.tokens)]
       np.testing.assert_allclose(c.logprobs, expected, rtol=1e-5, atol=1e-5)
@@ -372,20 +416,26 @@ def test_finished_rows_stop_and_the_batch_ends_with_its_last_row():
   [[x], [y]] = decoder.generate([[a], [c]], Settings(max_new_tokens=10), stop=["D"])
   assert (x.tokens, x.text, x.finish_reason) == ([b, c], "C", "stop")
   assert (y.tokens, y.finish_reason) == ([d, eos], "eos")
-  [[z]] = decoder.generate([[a]], Settings(strategy="beam", num_beams=2, max_new_tokens=10),
-                           stop=["DE"])
+  [[z]] = decoder.generate(
+    [[a]], Settings(strategy="beam", num_beams=2, max_new_tokens=10), stop=["DE"]
+  )
   assert (z.tokens, z.text, z.finish_reason) == ([b, c, d], "C", "stop")
 
 
 def test_settings_and_prompts_are_refused_before_any_compile():
   bad = {
-      "--top_p=0": dict(top_p=0.0), "--top_p=1.5": dict(top_p=1.5),
-      "--top_k=-1": dict(top_k=-1), "--num_beams=0": dict(num_beams=0),
-      "--num_return_sequences=5: beam search returns at most --num_beams=4":
-          dict(strategy="beam", num_return_sequences=5),
-      "--num_return_sequences=2: greedy": dict(num_return_sequences=2),
-      "--strategy='topk'": dict(strategy="topk"), "--temperature=-1": dict(temperature=-1.0),
-      "--max_new_tokens=0": dict(max_new_tokens=0)}
+    "--top_p=0": dict(top_p=0.0),
+    "--top_p=1.5": dict(top_p=1.5),
+    "--top_k=-1": dict(top_k=-1),
+    "--num_beams=0": dict(num_beams=0),
+    "--num_return_sequences=5: beam search returns at most --num_beams=4": dict(
+      strategy="beam", num_return_sequences=5
+    ),
+    "--num_return_sequences=2: greedy": dict(num_return_sequences=2),
+    "--strategy='topk'": dict(strategy="topk"),
+    "--temperature=-1": dict(temperature=-1.0),
+    "--max_new_tokens=0": dict(max_new_tokens=0),
+  }
   model = tiny_model()
   decoder = Decoder(model, random_params(model), Ids(VOCAB, eos_id=0))
   for message, fields in bad.items():
@@ -393,13 +443,17 @@ def test_settings_and_prompts_are_refused_before_any_compile():
       decoder.generate([[1]], Settings(**fields))
   with pytest.raises(ValueError, match="prompt 1 is empty"):
     decoder.generate([[1], []], Settings(max_new_tokens=4))
-  with pytest.raises(ValueError, match=r"prompt 0 has 10 tokens: with --max_new_tokens=7 that is "
-                                       r"17, more than the model's context \(model.seq_len=16\); "
-                                       r"shorten the prompt or set --max_new_tokens <= 6"):
+  with pytest.raises(
+    ValueError,
+    match=r"prompt 0 has 10 tokens: with --max_new_tokens=7 that is "
+    r"17, more than the model's context \(model.seq_len=16\); "
+    r"shorten the prompt or set --max_new_tokens <= 6",
+  ):
     decoder.generate([[1] * 10], Settings(max_new_tokens=7))
   assert decoder.stats.compiles == 0
   with pytest.raises(ValueError, match="train.sample_top_p=1.5"):
     from gptjax.config import validate
+
     validate(tiny_config(**{"train.sample_top_p": 1.5}))
 
 
@@ -441,21 +495,28 @@ def test_load_restores_the_parameters_only(saved_run):
   earlier = gptjax.load(workdir, step=2)
   np.testing.assert_array_equal(earlier.params["wte"], states[2].params["wte"])
   # Another mesh than the run's (it trained data-parallel): the same values, sharded by fsdp.
-  fsdp = sharding.make_mesh(ml_collections.ConfigDict({
-      "ici": {"data": 1, "fsdp": -1, "tensor": 1}, "dcn": {"data": 1, "fsdp": 1, "tensor": 1}}))
+  fsdp = sharding.make_mesh(
+    ml_collections.ConfigDict(
+      {"ici": {"data": 1, "fsdp": -1, "tensor": 1}, "dcn": {"data": 1, "fsdp": 1, "tensor": 1}}
+    )
+  )
   sharded = gptjax.load(workdir, mesh=fsdp)
   assert sharded.params["wte"].sharding.shard_shape((640, 32)) == (640, 4)
   np.testing.assert_array_equal(sharded.params["wte"], states[4].params["wte"])
   with run.active():
     [[completion]] = Decoder(run.model, run.params, run.tokenizer).generate(
-        [[256, 100, 101]], Settings(max_new_tokens=4))
+      [[256, 100, 101]], Settings(max_new_tokens=4)
+    )
   assert all(t <= 256 for t in completion.tokens)  # the model has 640 rows, bytes only 257
 
 
 def test_load_names_the_steps_that_exist(saved_run, tmp_path):
   workdir, _ = saved_run
-  with pytest.raises(ValueError, match=r"^--step=3: no checkpoint at that step in .*; it has "
-                                       r"steps 2, 4$"):
+  with pytest.raises(
+    ValueError,
+    match=r"^--step=3: no checkpoint at that step in .*; it has "
+    r"steps 2, 4$",
+  ):
     gptjax.load(workdir, step=3)
   shutil.copy(os.path.join(workdir, "config.json"), tmp_path / "config.json")
   with pytest.raises(ValueError, match=r"^--workdir=.*: no checkpoint in"):
@@ -474,9 +535,16 @@ def test_end_of_training_samples_record_their_decoding(saved_run, strategy, tmp_
   header, *samples = (tmp_path / "samples.txt").read_text().split("\n\n")
   decoding = json.loads(header.removeprefix("decoding: "))
   assert decoding["strategy"] == strategy
-  expected = {"beam": {"strategy": "beam", "num_beams": 4, "length_penalty": 1.0,
-                       "num_return_sequences": 2, "max_new_tokens": 8},
-              "greedy": {"strategy": "greedy", "max_new_tokens": 8}}[strategy]
+  expected = {
+    "beam": {
+      "strategy": "beam",
+      "num_beams": 4,
+      "length_penalty": 1.0,
+      "num_return_sequences": 2,
+      "max_new_tokens": 8,
+    },
+    "greedy": {"strategy": "greedy", "max_new_tokens": 8},
+  }[strategy]
   assert decoding == expected
   assert ("========" in samples) == (strategy == "beam")
 
@@ -501,16 +569,33 @@ def test_read_prompts(tmp_path):
 @pytest.mark.slow
 def test_cli_on_a_run_trained_in_the_test(tmp_path):
   workdir = str(tmp_path / "run")
-  subprocess.run(cli(workdir, **{"train.steps": 4, "train.checkpoint_every": 2,
-                                 "train.eval_every": 0}), check=True, capture_output=True,
-                 cwd=ROOT)
+  subprocess.run(
+    cli(workdir, **{"train.steps": 4, "train.checkpoint_every": 2, "train.eval_every": 0}),
+    check=True,
+    capture_output=True,
+    cwd=ROOT,
+  )
   (tmp_path / "prompts.jsonl").write_text('{"prompt": "def f(x):\\n"}\n')
   output = tmp_path / "out.jsonl"
-  command = [sys.executable, "-m", "gptjax.generate", f"--workdir={workdir}", "--step=2",
-             "--prompt=import os", "--prompt=class A:", f"--prompts_file={tmp_path}/prompts.jsonl",
-             "--strategy=sample", "--temperature=0.9", "--top_k=50", "--top_p=0.95",
-             "--num_return_sequences=2", "--max_new_tokens=6", "--stop=\n\n", "--seed=3",
-             f"--output={output}"]
+  command = [
+    sys.executable,
+    "-m",
+    "gptjax.generate",
+    f"--workdir={workdir}",
+    "--step=2",
+    "--prompt=import os",
+    "--prompt=class A:",
+    f"--prompts_file={tmp_path}/prompts.jsonl",
+    "--strategy=sample",
+    "--temperature=0.9",
+    "--top_k=50",
+    "--top_p=0.95",
+    "--num_return_sequences=2",
+    "--max_new_tokens=6",
+    "--stop=\n\n",
+    "--seed=3",
+    f"--output={output}",
+  ]
   done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
   assert done.returncode == 0, done.stderr
   assert done.stdout.count("=== prompt") == 6 and "import os" in done.stdout
@@ -518,18 +603,37 @@ def test_cli_on_a_run_trained_in_the_test(tmp_path):
   records = [json.loads(line) for line in output.read_text().splitlines()]
   assert len(records) == 6
   for r in records:
-    assert set(r) == {"prompt", "completion", "tokens", "token_logprobs", "finish_reason",
-                      "score", "prompt_index", "completion_index", "strategy", "settings",
-                      "stop", "step", "workdir"}
+    assert set(r) == {
+      "prompt",
+      "completion",
+      "tokens",
+      "token_logprobs",
+      "finish_reason",
+      "score",
+      "prompt_index",
+      "completion_index",
+      "strategy",
+      "settings",
+      "stop",
+      "step",
+      "workdir",
+    }
     assert r["step"] == 2 and r["strategy"] == "sample" and r["stop"] == ["\n\n"]
-    assert r["settings"] == {"strategy": "sample", "temperature": 0.9, "top_k": 50,
-                             "top_p": 0.95, "seed": 3, "num_return_sequences": 2,
-                             "max_new_tokens": 6}
+    assert r["settings"] == {
+      "strategy": "sample",
+      "temperature": 0.9,
+      "top_k": 50,
+      "top_p": 0.95,
+      "seed": 3,
+      "num_return_sequences": 2,
+      "max_new_tokens": 6,
+    }
     assert len(r["tokens"]) == len(r["token_logprobs"]) >= 1
     assert all(lp <= 0 for lp in r["token_logprobs"])
   assert [r["prompt"] for r in records[::2]] == ["import os", "class A:", "def f(x):\n"]
 
   refused = subprocess.run(command[:-1] + ["--step=3"], capture_output=True, text=True, cwd=ROOT)
   assert refused.returncode != 0
-  assert refused.stderr.strip().endswith("--step=3: no checkpoint at that step in "
-                                         f"{workdir}/checkpoints; it has steps 2, 4")
+  assert refused.stderr.strip().endswith(
+    f"--step=3: no checkpoint at that step in {workdir}/checkpoints; it has steps 2, 4"
+  )

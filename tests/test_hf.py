@@ -25,8 +25,10 @@ from gptjax.data import validate as data_validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_LAYER, D, N_HEAD, VOCAB, CTX = 2, 64, 4, 300, 32
-TEXT = ("The quick brown fox jumps over the lazy dog. Ünïcödé text, ☃ and 日本語 too.\n"
-        "def f(x):\n    return x  # indented code\n") * 20
+TEXT = (
+  "The quick brown fox jumps over the lazy dog. Ünïcödé text, ☃ and 日本語 too.\n"
+  "def f(x):\n    return x  # indented code\n"
+) * 20
 UNSEEN = "naïve café 🙂 — zebra\tquartz\n\n  spaces  and 123 digits <|endoftext|> after"
 
 
@@ -35,9 +37,14 @@ def _byte_level_bpe(texts, vocab_size):
   tok = tokenizers.Tokenizer(tokenizers.models.BPE())
   tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = tokenizers.decoders.ByteLevel()
-  tok.train_from_iterator(texts, tokenizers.trainers.BpeTrainer(
-      vocab_size=vocab_size - 1, show_progress=False,
-      initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet()))
+  tok.train_from_iterator(
+    texts,
+    tokenizers.trainers.BpeTrainer(
+      vocab_size=vocab_size - 1,
+      show_progress=False,
+      initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
+    ),
+  )
   tok.add_special_tokens(["<|endoftext|>"])
   return tok
 
@@ -45,28 +52,51 @@ def _byte_level_bpe(texts, vocab_size):
 def _random_gpt2(rng, n_layer=N_LAYER, d=D, vocab=VOCAB, ctx=CTX, d_ff=4 * D):
   """HF GPT-2 tensors (Conv1D [in, out]) including the attn.bias mask buffers."""
   normal = lambda *shape, std=0.08: (rng.standard_normal(shape) * std).astype(np.float32)
-  w = {"transformer.wte.weight": normal(vocab, d, std=0.3),
-       "transformer.wpe.weight": normal(ctx, d, std=0.1),
-       "transformer.ln_f.weight": 1 + normal(d), "transformer.ln_f.bias": normal(d)}
+  w = {
+    "transformer.wte.weight": normal(vocab, d, std=0.3),
+    "transformer.wpe.weight": normal(ctx, d, std=0.1),
+    "transformer.ln_f.weight": 1 + normal(d),
+    "transformer.ln_f.bias": normal(d),
+  }
   for i in range(n_layer):
     p = f"transformer.h.{i}."
-    w.update({
-        p + "ln_1.weight": 1 + normal(d), p + "ln_1.bias": normal(d),
-        p + "attn.c_attn.weight": normal(d, 3 * d, std=0.15), p + "attn.c_attn.bias": normal(3 * d),
-        p + "attn.c_proj.weight": normal(d, d), p + "attn.c_proj.bias": normal(d),
-        p + "ln_2.weight": 1 + normal(d), p + "ln_2.bias": normal(d),
-        p + "mlp.c_fc.weight": normal(d, d_ff), p + "mlp.c_fc.bias": normal(d_ff),
-        p + "mlp.c_proj.weight": normal(d_ff, d), p + "mlp.c_proj.bias": normal(d),
-        p + "attn.bias": np.tril(np.ones((ctx, ctx), np.float32))[None, None]})
+    w.update(
+      {
+        p + "ln_1.weight": 1 + normal(d),
+        p + "ln_1.bias": normal(d),
+        p + "attn.c_attn.weight": normal(d, 3 * d, std=0.15),
+        p + "attn.c_attn.bias": normal(3 * d),
+        p + "attn.c_proj.weight": normal(d, d),
+        p + "attn.c_proj.bias": normal(d),
+        p + "ln_2.weight": 1 + normal(d),
+        p + "ln_2.bias": normal(d),
+        p + "mlp.c_fc.weight": normal(d, d_ff),
+        p + "mlp.c_fc.bias": normal(d_ff),
+        p + "mlp.c_proj.weight": normal(d_ff, d),
+        p + "mlp.c_proj.bias": normal(d),
+        p + "attn.bias": np.tril(np.ones((ctx, ctx), np.float32))[None, None],
+      }
+    )
   return w
 
 
 def _hf_config(**overrides):
-  return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_layer": N_LAYER,
-          "n_embd": D, "n_head": N_HEAD, "vocab_size": VOCAB, "n_positions": CTX, "n_inner": None,
-          "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
-          "initializer_range": 0.02, "bos_token_id": VOCAB - 1, "eos_token_id": VOCAB - 1,
-          **overrides}
+  return {
+    "model_type": "gpt2",
+    "architectures": ["GPT2LMHeadModel"],
+    "n_layer": N_LAYER,
+    "n_embd": D,
+    "n_head": N_HEAD,
+    "vocab_size": VOCAB,
+    "n_positions": CTX,
+    "n_inner": None,
+    "activation_function": "gelu_new",
+    "layer_norm_epsilon": 1e-5,
+    "initializer_range": 0.02,
+    "bos_token_id": VOCAB - 1,
+    "eos_token_id": VOCAB - 1,
+    **overrides,
+  }
 
 
 def _write_hf(directory, tensors, config, tokenizer):
@@ -103,7 +133,7 @@ def _layer_norm(x, g, b):
 
 
 def _gelu_new(x):
-  return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+  return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
 
 
 def numpy_gpt2(w, ids, n_layer=N_LAYER, n_head=N_HEAD):
@@ -139,6 +169,7 @@ IDS = np.random.default_rng(1).integers(0, VOCAB, (2, CTX))
 
 # ------------------------------------------------------------------ tokenizer
 
+
 def test_byte_level_bpe_matches_tokenizers_and_round_trips(tmp_path):
   """gptjax's 'bpe' trainer and 'hf:' loader give `tokenizers`' ids, and exact text back."""
   json_text = bpe_training.train([TEXT], VOCAB)
@@ -151,8 +182,9 @@ def test_byte_level_bpe_matches_tokenizers_and_round_trips(tmp_path):
     ids = ours.encode(text)
     assert ids == reference.encode(text, add_special_tokens=False).ids
     assert ours.decode(ids) == text.replace("<|endoftext|>", "")  # EOS is dropped like elsewhere
-    assert ours.token_byte_lengths()[ids].sum() == len(text.replace("<|endoftext|>", "")
-                                                       .encode("utf-8"))
+    assert ours.token_byte_lengths()[ids].sum() == len(
+      text.replace("<|endoftext|>", "").encode("utf-8")
+    )
   assert ours.encode_batch([TEXT, UNSEEN]) == [ours.encode(TEXT), ours.encode(UNSEEN)]
   # GPT-2's older vocab.json + merges.txt pair is the same tokenizer.
   (tmp_path / "pair").mkdir()
@@ -178,7 +210,9 @@ def test_hf_tokenizer_saves_into_the_run_and_bad_paths_are_refused(tmp_path, hf_
   ours = HFTokenizer.from_path(str(tmp_path / "tokenizer.json"))
   ours.save(str(tmp_path / "run" / "tokenizer"))
   reloaded = gptjax.data.load_saved(str(tmp_path / "run" / "tokenizer"))
-  assert reloaded.fingerprint() == ours.fingerprint() and reloaded.encode(UNSEEN) == ours.encode(UNSEEN)
+  assert reloaded.fingerprint() == ours.fingerprint() and reloaded.encode(UNSEEN) == ours.encode(
+    UNSEEN
+  )
   c = config_lib.base_config().data
   c.tokenizer = f"hf:{tmp_path}/missing.json"
   assert any("data.tokenizer='hf:" in p and "no such file" in p for p in data_validate(c))
@@ -188,11 +222,19 @@ def test_hf_tokenizer_saves_into_the_run_and_bad_paths_are_refused(tmp_path, hf_
 
 # ------------------------------------------------------------------ import / export
 
+
 def test_import_matches_an_independent_numpy_gpt2(hf_dir, imported):
   loaded = gptjax.load(imported)
   m = loaded.config.model
   assert (m.architecture, m.n_layer, m.d_model, m.n_head, m.d_ff, m.vocab_size, m.seq_len) == (
-      "gpt2", N_LAYER, D, N_HEAD, 4 * D, VOCAB, CTX)
+    "gpt2",
+    N_LAYER,
+    D,
+    N_HEAD,
+    4 * D,
+    VOCAB,
+    CTX,
+  )
   assert loaded.step == 0 and loaded.tokenizer.eos_id == VOCAB - 1
   reference = numpy_gpt2(load_file(os.path.join(hf_dir, "model.safetensors")), IDS)
   assert np.abs(reference).max() > 1  # logits far from zero: the check has teeth
@@ -214,9 +256,13 @@ def test_export_then_import_is_bit_identical(hf_dir, tmp_path, scan_layers):
   assert set(exported) == {k for k in original if not k.endswith(".attn.bias")}
   for name, value in exported.items():
     assert value.dtype == np.float32 and np.array_equal(value, original[name]), name
-  assert json.loads((tmp_path / "hf" / "generation_config.json").read_text())["eos_token_id"] == VOCAB - 1
+  assert (
+    json.loads((tmp_path / "hf" / "generation_config.json").read_text())["eos_token_id"]
+    == VOCAB - 1
+  )
   assert (tmp_path / "hf" / "tokenizer.json").read_text() == open(
-      os.path.join(hf_dir, "tokenizer.json")).read()
+    os.path.join(hf_dir, "tokenizer.json")
+  ).read()
   convert.import_hf(str(tmp_path / "hf"), str(tmp_path / "b"), overrides=layout)
   second = gptjax.load(str(tmp_path / "b"))
   for a, b in zip(jax.tree.leaves(first.params), jax.tree.leaves(second.params)):
@@ -229,11 +275,18 @@ def test_export_then_import_is_bit_identical(hf_dir, tmp_path, scan_layers):
 def test_sharded_checkpoint_without_prefix_reads_the_same(hf_dir, tmp_path):
   original = load_file(os.path.join(hf_dir, "model.safetensors"))
   names = sorted(original)
-  shards = {"model-00001-of-00002.safetensors": names[:10],
-            "model-00002-of-00002.safetensors": names[10:]}
+  shards = {
+    "model-00001-of-00002.safetensors": names[:10],
+    "model-00002-of-00002.safetensors": names[10:],
+  }
   for file, keys in shards.items():  # the second shard drops the 'transformer.' prefix
-    save_file({k if file.startswith("model-00001") else k.removeprefix("transformer."):
-               original[k] for k in keys}, str(tmp_path / file))
+    save_file(
+      {
+        k if file.startswith("model-00001") else k.removeprefix("transformer."): original[k]
+        for k in keys
+      },
+      str(tmp_path / file),
+    )
   weight_map = {k: f for f, keys in shards.items() for k in keys}
   (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
   expected = convert.read_tensors(hf_dir)
@@ -244,17 +297,29 @@ def test_sharded_checkpoint_without_prefix_reads_the_same(hf_dir, tmp_path):
 def test_bad_checkpoints_are_refused_by_name_and_write_nothing(tmp_path, hf_tokenizer):
   rng = np.random.default_rng(0)
   cases = {
-      "fc": (dict(_random_gpt2(rng), **{"transformer.h.1.mlp.c_fc.weight": np.zeros((D, 100),
-                                                                                  np.float32)}),
-             _hf_config(), "tensor 'h.1.mlp.c_fc.weight': expected shape (64, 256) from "
-             "config.json, found (64, 100)"),
-      "untied": (dict(_random_gpt2(rng), **{"lm_head.weight": np.ones((VOCAB, D), np.float32)}),
-                 _hf_config(), "'lm_head.weight' differs from 'wte.weight'"),
-      "relu": (_random_gpt2(rng), _hf_config(activation_function="relu"),
-               "activation_function='relu'"),
-      "eps": (_random_gpt2(rng), _hf_config(layer_norm_epsilon=1e-6), "layer_norm_epsilon=1e-06"),
-      "extra": (dict(_random_gpt2(rng), **{"transformer.h.2.ln_1.weight": np.ones(D, np.float32)}),
-                _hf_config(), "tensors ['h.2.ln_1.weight'] are not part of a 2-layer gpt2 model"),
+    "fc": (
+      dict(
+        _random_gpt2(rng), **{"transformer.h.1.mlp.c_fc.weight": np.zeros((D, 100), np.float32)}
+      ),
+      _hf_config(),
+      "tensor 'h.1.mlp.c_fc.weight': expected shape (64, 256) from config.json, found (64, 100)",
+    ),
+    "untied": (
+      dict(_random_gpt2(rng), **{"lm_head.weight": np.ones((VOCAB, D), np.float32)}),
+      _hf_config(),
+      "'lm_head.weight' differs from 'wte.weight'",
+    ),
+    "relu": (
+      _random_gpt2(rng),
+      _hf_config(activation_function="relu"),
+      "activation_function='relu'",
+    ),
+    "eps": (_random_gpt2(rng), _hf_config(layer_norm_epsilon=1e-6), "layer_norm_epsilon=1e-06"),
+    "extra": (
+      dict(_random_gpt2(rng), **{"transformer.h.2.ln_1.weight": np.ones(D, np.float32)}),
+      _hf_config(),
+      "tensors ['h.2.ln_1.weight'] are not part of a 2-layer gpt2 model",
+    ),
   }
   for name, (tensors, config, message) in cases.items():
     source = _write_hf(tmp_path / name, tensors, config, hf_tokenizer)
@@ -267,10 +332,21 @@ def test_bad_checkpoints_are_refused_by_name_and_write_nothing(tmp_path, hf_toke
 @pytest.mark.slow
 def test_openai_gpt_imports_as_gpt1_and_exports_back(tmp_path, hf_tokenizer):
   """GPT-1's names (tokens_embed, positions_embed, no ln_f) map onto architecture='gpt1'."""
-  tensors = {k.replace("wte.", "tokens_embed.").replace("wpe.", "positions_embed."): v
-             for k, v in _random_gpt2(np.random.default_rng(2)).items() if "ln_f" not in k}
-  config = {"model_type": "openai-gpt", "n_layer": N_LAYER, "n_embd": D, "n_head": N_HEAD,
-            "vocab_size": VOCAB, "n_positions": CTX, "afn": "gelu", "layer_norm_epsilon": 1e-5}
+  tensors = {
+    k.replace("wte.", "tokens_embed.").replace("wpe.", "positions_embed."): v
+    for k, v in _random_gpt2(np.random.default_rng(2)).items()
+    if "ln_f" not in k
+  }
+  config = {
+    "model_type": "openai-gpt",
+    "n_layer": N_LAYER,
+    "n_embd": D,
+    "n_head": N_HEAD,
+    "vocab_size": VOCAB,
+    "n_positions": CTX,
+    "afn": "gelu",
+    "layer_norm_epsilon": 1e-5,
+  }
   source = _write_hf(tmp_path / "gpt1", tensors, config, hf_tokenizer)
   convert.import_hf(source, str(tmp_path / "run"))
   assert gptjax.load(str(tmp_path / "run")).config.model.architecture == "gpt1"
@@ -285,41 +361,66 @@ def test_openai_gpt_imports_as_gpt1_and_exports_back(tmp_path, hf_tokenizer):
 def test_gpt2_small_maps_to_the_hub_config_and_back():
   """experiments/gpt2_small.py <-> the fields of openai-community/gpt2's config.json."""
   from experiments import gpt2_small
+
   model = gpt2_small.get_config().model
-  hub = {"activation_function": "gelu_new", "architectures": ["GPT2LMHeadModel"],
-         "bos_token_id": 50256, "eos_token_id": 50256, "initializer_range": 0.02,
-         "layer_norm_epsilon": 1e-05, "model_type": "gpt2", "n_ctx": 1024, "n_embd": 768,
-         "n_head": 12, "n_layer": 12, "n_positions": 1024, "vocab_size": 50257}
+  hub = {
+    "activation_function": "gelu_new",
+    "architectures": ["GPT2LMHeadModel"],
+    "bos_token_id": 50256,
+    "eos_token_id": 50256,
+    "initializer_range": 0.02,
+    "layer_norm_epsilon": 1e-05,
+    "model_type": "gpt2",
+    "n_ctx": 1024,
+    "n_embd": 768,
+    "n_head": 12,
+    "n_layer": 12,
+    "n_positions": 1024,
+    "vocab_size": 50257,
+  }
   fields = convert.model_from_hf_config(hub)
   assert fields == {k: model[k] for k in fields}
   exported = convert.hf_config(model, eos_id=50256)
-  assert {k: exported[k] for k in hub if k != "n_ctx"} == {k: v for k, v in hub.items()
-                                                          if k != "n_ctx"}
+  assert {k: exported[k] for k in hub if k != "n_ctx"} == {
+    k: v for k, v in hub.items() if k != "n_ctx"
+  }
   assert convert.model_from_hf_config(exported) == fields
 
 
 # ------------------------------------------------------------------ train.init_from
 
+
 def _shardings(config):
   mesh = sharding.make_mesh(config.mesh)
   model = gptjax.model.GPT(gptjax.model.model_config(config.model))
-  abstract = nn.unbox(jax.eval_shape(lambda: model.init(
-      jax.random.PRNGKey(0), np.zeros((1, config.model.seq_len), np.int32))["params"]))
+  abstract = nn.unbox(
+    jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, config.model.seq_len), np.int32))[
+        "params"
+      ]
+    )
+  )
   return jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), abstract)
 
 
 def _run_config(**model):
   c = config_lib.base_config()
-  c.model.update({**dict(n_layer=N_LAYER, d_model=D, n_head=N_HEAD, d_ff=4 * D,
-                         vocab_size=VOCAB, seq_len=CTX), **model})
+  c.model.update(
+    {
+      **dict(n_layer=N_LAYER, d_model=D, n_head=N_HEAD, d_ff=4 * D, vocab_size=VOCAB, seq_len=CTX),
+      **model,
+    }
+  )
   return c
 
 
 def test_init_from_hf_run_and_step_forms_load_exactly(hf_dir, imported, tmp_path):
   from gptjax import checkpoint
+
   reference = gptjax.load(imported)
   # A second checkpoint (step 9, parameters doubled) in a copy of the imported run.
   import shutil
+
   run = str(tmp_path / "run")
   shutil.copytree(imported, run)
   doubled = jax.tree.map(lambda a: np.asarray(a) * 2, jax.device_get(reference.params))
@@ -329,9 +430,11 @@ def test_init_from_hf_run_and_step_forms_load_exactly(hf_dir, imported, tmp_path
   mngr.close()
 
   # The run's layout (unrolled, 384 padded rows) is not the source's (scanned, 300 rows).
-  for spec, expected, scale in ((f"hf:{hf_dir}", f"hf:{hf_dir}", 1),
-                                (f"run:{run}", f"run:{run}@9", 2),
-                                (f"run:{run}@0", f"run:{run}@0", 1)):
+  for spec, expected, scale in (
+    (f"hf:{hf_dir}", f"hf:{hf_dir}", 1),
+    (f"run:{run}", f"run:{run}@9", 2),
+    (f"run:{run}@0", f"run:{run}@0", 1),
+  ):
     c = _run_config(scan_layers=False, pad_vocab_multiple=128)
     c.train.init_from = spec
     config_lib.validate(c)
@@ -341,8 +444,9 @@ def test_init_from_hf_run_and_step_forms_load_exactly(hf_dir, imported, tmp_path
     assert "block_1" in params and params["wte"].shape == (384, D)
     assert not np.asarray(params["wte"][VOCAB:]).any()
     ours = convert.hf_tensors(jax.device_get(params), resolved.model)
-    for name, value in convert.hf_tensors(jax.device_get(reference.params),
-                                          reference.config.model).items():
+    for name, value in convert.hf_tensors(
+      jax.device_get(reference.params), reference.config.model
+    ).items():
       assert np.array_equal(ours[name], scale * value), (spec, name)
 
 
@@ -353,10 +457,16 @@ def test_init_from_refuses_another_shape_before_any_work(hf_dir, tmp_path):
   with pytest.raises(ValueError) as error:
     train.run(c, str(tmp_path / "run"))
   message = str(error.value)
-  assert "model.n_layer: source 2, config 3" in message and "model.d_ff: source 256, config 128" in message
+  assert (
+    "model.n_layer: source 2, config 3" in message
+    and "model.d_ff: source 256, config 128" in message
+  )
   assert "model.d_model" not in message and not (tmp_path / "run").exists()
-  for bad, words in (("gs", r"use '' \(fresh\)"), ("run:x@last", "must be an integer"),
-                     (f"run:{tmp_path}/nowhere", "no directory")):
+  for bad, words in (
+    ("gs", r"use '' \(fresh\)"),
+    ("run:x@last", "must be an integer"),
+    (f"run:{tmp_path}/nowhere", "no directory"),
+  ):
     c.train.init_from = bad
     with pytest.raises(ValueError, match=words):
       config_lib.validate(c)
@@ -364,12 +474,17 @@ def test_init_from_refuses_another_shape_before_any_work(hf_dir, tmp_path):
 
 # ------------------------------------------------------------------ against transformers
 
+
 @pytest.fixture(scope="module")
 def hf_models():
-  torch = pytest.importorskip("torch", reason="torch is not installed: the transformers "
-                              "comparisons need it (pip install 'gptjax[test]')")
-  transformers = pytest.importorskip("transformers", reason="transformers is not installed "
-                                     "(pip install 'gptjax[test]')")
+  torch = pytest.importorskip(
+    "torch",
+    reason="torch is not installed: the transformers "
+    "comparisons need it (pip install 'gptjax[test]')",
+  )
+  transformers = pytest.importorskip(
+    "transformers", reason="transformers is not installed (pip install 'gptjax[test]')"
+  )
   return torch, transformers
 
 
@@ -379,36 +494,59 @@ def test_transformers_model_imports_and_exports_exactly(hf_models, tmp_path, hf_
   torch, transformers = hf_models
   torch.manual_seed(0)
   if kind == "gpt2":
-    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
-        n_layer=N_LAYER, n_embd=D, n_head=N_HEAD, vocab_size=VOCAB, n_positions=CTX,
-        bos_token_id=VOCAB - 1, eos_token_id=VOCAB - 1))
+    model = transformers.GPT2LMHeadModel(
+      transformers.GPT2Config(
+        n_layer=N_LAYER,
+        n_embd=D,
+        n_head=N_HEAD,
+        vocab_size=VOCAB,
+        n_positions=CTX,
+        bos_token_id=VOCAB - 1,
+        eos_token_id=VOCAB - 1,
+      )
+    )
   else:
-    model = transformers.OpenAIGPTLMHeadModel(transformers.OpenAIGPTConfig(
-        n_layer=N_LAYER, n_embd=D, n_head=N_HEAD, vocab_size=VOCAB, n_positions=CTX))
+    model = transformers.OpenAIGPTLMHeadModel(
+      transformers.OpenAIGPTConfig(
+        n_layer=N_LAYER, n_embd=D, n_head=N_HEAD, vocab_size=VOCAB, n_positions=CTX
+      )
+    )
   model.eval().save_pretrained(str(tmp_path / "hf"))
   hf_tokenizer.save(str(tmp_path / "hf" / "tokenizer.json"))
   with torch.no_grad():
     reference = model(torch.tensor(IDS)).logits.numpy()
 
-  convert.import_hf(str(tmp_path / "hf"), str(tmp_path / "run"),
-                    overrides=dict(pad_vocab_multiple=128))
+  convert.import_hf(
+    str(tmp_path / "hf"), str(tmp_path / "run"), overrides=dict(pad_vocab_multiple=128)
+  )
   loaded = gptjax.load(str(tmp_path / "run"))
   np.testing.assert_allclose(_logits(loaded, IDS), reference, atol=1e-4, rtol=0)
 
   convert.export_hf(str(tmp_path / "run"), str(tmp_path / "out"))
   back, info = transformers.AutoModelForCausalLM.from_pretrained(
-      str(tmp_path / "out"), output_loading_info=True)
+    str(tmp_path / "out"), output_loading_info=True
+  )
   assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
   with torch.no_grad():
-    np.testing.assert_allclose(back.eval()(torch.tensor(IDS)).logits.numpy(), reference,
-                               atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+      back.eval()(torch.tensor(IDS)).logits.numpy(), reference, atol=1e-5, rtol=0
+    )
     prompt = IDS[:1, :8]
-    hf_new = back.generate(torch.tensor(prompt), max_new_tokens=16, do_sample=False,
-                           eos_token_id=VOCAB - 1, pad_token_id=VOCAB - 1)[0, 8:].tolist()
-  [[ours]] = gptjax.generate.generate(loaded.model, loaded.params, loaded.tokenizer,
-                                       [prompt[0].tolist()],
-                                       gptjax.generate.Settings(max_new_tokens=16))
-  hf_new = hf_new[:hf_new.index(VOCAB - 1) + 1] if VOCAB - 1 in hf_new else hf_new
+    hf_new = back.generate(
+      torch.tensor(prompt),
+      max_new_tokens=16,
+      do_sample=False,
+      eos_token_id=VOCAB - 1,
+      pad_token_id=VOCAB - 1,
+    )[0, 8:].tolist()
+  [[ours]] = gptjax.generate.generate(
+    loaded.model,
+    loaded.params,
+    loaded.tokenizer,
+    [prompt[0].tolist()],
+    gptjax.generate.Settings(max_new_tokens=16),
+  )
+  hf_new = hf_new[: hf_new.index(VOCAB - 1) + 1] if VOCAB - 1 in hf_new else hf_new
   assert ours.tokens == hf_new and len(ours.tokens) >= 1
   exported_tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "out"))
   assert exported_tokenizer(UNSEEN)["input_ids"] == loaded.tokenizer.encode(UNSEEN)
@@ -421,7 +559,7 @@ def test_training_from_hf_weights_records_the_source(hf_dir, tmp_path):
   summary.json, and the first step's loss is the imported model's loss on that batch."""
   (tmp_path / "corpus").mkdir()
   for i in range(40):
-    (tmp_path / "corpus" / f"{i}.txt").write_text(TEXT[i * 20:] + f" document {i}\n")
+    (tmp_path / "corpus" / f"{i}.txt").write_text(TEXT[i * 20 :] + f" document {i}\n")
   c = _run_config()
   c.data.source = str(tmp_path / "corpus" / "*.txt")
   c.data.tokenizer = f"hf:{hf_dir}"
@@ -438,8 +576,11 @@ def test_training_from_hf_weights_records_the_source(hf_dir, tmp_path):
   _, lm_data = gptjax.data.load(c.data, CTX, c.train.seed)
   batch = np.asarray(lm_data.train_batch(0, 8, 0, 1))
   logits = numpy_gpt2(load_file(os.path.join(hf_dir, "model.safetensors")), batch[:, :-1])
-  log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1,
-                                     keepdims=True)) - logits.max(-1, keepdims=True)
+  log_probs = (
+    logits
+    - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
+    - logits.max(-1, keepdims=True)
+  )
   expected = -np.take_along_axis(log_probs, batch[:, 1:, None], axis=-1).mean()
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     first = json.loads(f.readline())
@@ -453,25 +594,40 @@ def test_convert_command_line(hf_dir, tmp_path):
   import sys
 
   def convert_cli(*args):
-    return subprocess.run([sys.executable, "-m", "gptjax.convert", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+      [sys.executable, "-m", "gptjax.convert", *args],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
 
   run, out = str(tmp_path / "run"), str(tmp_path / "out")
-  done = convert_cli("from-hf", f"--hf_dir={hf_dir}", f"--workdir={run}", "--step=3",
-                     "--scan_layers=false")
+  done = convert_cli(
+    "from-hf", f"--hf_dir={hf_dir}", f"--workdir={run}", "--step=3", "--scan_layers=false"
+  )
   assert done.returncode == 0, done.stderr
-  assert done.stdout.strip() == (f"wrote {run}: gpt2, 2 layers, d_model 64, vocab 300, "
-                                 "context 32, checkpoint step 3")
+  assert done.stdout.strip() == (
+    f"wrote {run}: gpt2, 2 layers, d_model 64, vocab 300, context 32, checkpoint step 3"
+  )
   done = convert_cli("to-hf", f"--workdir={run}", f"--hf_dir={out}", "--dtype=bfloat16")
   assert done.returncode == 0 and done.stdout.strip() == (
-      f"wrote {out}: GPT2LMHeadModel, step 3, bfloat16"), done.stderr
+    f"wrote {out}: GPT2LMHeadModel, step 3, bfloat16"
+  ), done.stderr
   for args, error in (
-      (("from-hf", f"--hf_dir={hf_dir}", f"--workdir={run}"),
-       f"error: --workdir={run}: already holds a run; convert into a new directory"),
-      (("to-hf", f"--workdir={run}", f"--hf_dir={out}", "--step=7"),
-       f"error: --step=7: no checkpoint at that step in {run}/checkpoints; it has steps 3"),
-      (("from-hf", f"--hf_dir={tmp_path}", f"--workdir={tmp_path}/x"),
-       f"error: --hf_dir={tmp_path}: no config.json there; point at a directory written by "
-       "save_pretrained (or downloaded from the Hub)")):
+    (
+      ("from-hf", f"--hf_dir={hf_dir}", f"--workdir={run}"),
+      f"error: --workdir={run}: already holds a run; convert into a new directory",
+    ),
+    (
+      ("to-hf", f"--workdir={run}", f"--hf_dir={out}", "--step=7"),
+      f"error: --step=7: no checkpoint at that step in {run}/checkpoints; it has steps 3",
+    ),
+    (
+      ("from-hf", f"--hf_dir={tmp_path}", f"--workdir={tmp_path}/x"),
+      f"error: --hf_dir={tmp_path}: no config.json there; point at a directory written by "
+      "save_pretrained (or downloaded from the Hub)",
+    ),
+  ):
     done = convert_cli(*args)
     assert done.returncode == 1 and done.stderr.strip().splitlines()[-1] == error

@@ -17,29 +17,56 @@ from gptjax.launch import local, slurm, tpu
 from gptjax.launch.job import Job, LaunchError, completed_test, member
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SWEEP = {"s1": {"model.n_layer": 2, "model.d_model": 128},
-         "s2": {"model.n_layer": 4, "model.d_model": 256}}
+SWEEP = {
+  "s1": {"model.n_layer": 2, "model.d_model": 128},
+  "s2": {"model.n_layer": 4, "model.d_model": 256},
+}
 ENV = {"GPTJAX_CACHE": "/home/me/cache dir"}  # a space: quoting must survive the remote shell
 
 
 def sweep_jobs(sweep_dir):
-  return {name: member(sweep_dir, name, "experiments/gpt3.py:xl",
-                       {**overrides, "data.data_dir": "gs://bucket/tfds"}, ENV)
-          for name, overrides in SWEEP.items()}
+  return {
+    name: member(
+      sweep_dir,
+      name,
+      "experiments/gpt3.py:xl",
+      {**overrides, "data.data_dir": "gs://bucket/tfds"},
+      ENV,
+    )
+    for name, overrides in SWEEP.items()
+  }
 
 
 def v4_32(name, **kw):
-  return tpu.Tpu(name=f"sweep-{name}", project="proj", zone="us-central2-b", accelerator="v4-32",
-                 provisioning="spot", repo="https://example.com/gptjax.git", revision="abc123", **kw)
+  return tpu.Tpu(
+    name=f"sweep-{name}",
+    project="proj",
+    zone="us-central2-b",
+    accelerator="v4-32",
+    provisioning="spot",
+    repo="https://example.com/gptjax.git",
+    revision="abc123",
+    **kw,
+  )
 
 
 def test_tpu_sweep_starts_every_member_on_all_workers_in_its_own_workdir(tmp_path):
   for name, job in sweep_jobs("gs://bucket/sweep").items():
     spec = v4_32(name)
     create, setup, run = tpu.commands("up", spec, job)
-    assert create == ["gcloud", "compute", "tpus", "tpu-vm", "create", f"sweep-{name}",
-                      "--accelerator-type=v4-32", "--version=tpu-ubuntu2204-base", "--spot",
-                      "--project=proj", "--zone=us-central2-b"]
+    assert create == [
+      "gcloud",
+      "compute",
+      "tpus",
+      "tpu-vm",
+      "create",
+      f"sweep-{name}",
+      "--accelerator-type=v4-32",
+      "--version=tpu-ubuntu2204-base",
+      "--spot",
+      "--project=proj",
+      "--zone=us-central2-b",
+    ]
     assert "--worker=all" in setup and "--worker=all" in run
     assert "git checkout abc123" in remote(setup)
     assert "pip install -e '.[tpu]'" in remote(setup)
@@ -64,8 +91,9 @@ def test_tpu_run_skips_completed_jobs_goes_on_after_a_failure_and_never_starts_t
   bin_dir.mkdir()
   for tool in ("cat", "grep"):  # and no python3: the job to train fails at once, exit 127
     os.symlink(shutil.which(tool), bin_dir / tool)
-  done, todo = (member(str(tmp_path / "sweep"), name, "experiments/gpt3.py:xl", {})
-                for name in ("done", "todo"))
+  done, todo = (
+    member(str(tmp_path / "sweep"), name, "experiments/gpt3.py:xl", {}) for name in ("done", "todo")
+  )
   os.makedirs(done.workdir)
   with open(os.path.join(done.workdir, "summary.json"), "w") as f:
     json.dump({"status": "completed"}, f, indent=2)
@@ -82,8 +110,14 @@ def test_tpu_run_skips_completed_jobs_goes_on_after_a_failure_and_never_starts_t
   assert first.splitlines()[0] == f"{done.workdir}: completed, skipped"
   assert first.splitlines()[-1] == f"{todo.workdir}: failed (exit 127)"
   pid.write_text(f"{os.getpid()}\n")  # a start that is still alive: nothing new may start
-  again = subprocess.run([shutil.which("bash"), "-c", text], env=env, capture_output=True,
-                         text=True, check=True, timeout=30)
+  again = subprocess.run(
+    [shutil.which("bash"), "-c", text],
+    env=env,
+    capture_output=True,
+    text=True,
+    check=True,
+    timeout=30,
+  )
   assert again.stdout == f"already running, pid {os.getpid()}\n"
   assert log.read_text() == first
 
@@ -108,22 +142,38 @@ def test_tpu_queued_resources():
     tpu.commands("create", dataclasses.replace(spec, provisioning="preemptible"))
 
 
-@pytest.mark.parametrize("accelerator,hosts", [("v4-8", 1), ("v4-32", 4), ("v5p-128", 16),
-                                               ("v5litepod-8", 1), ("v5litepod-16", 4),
-                                               ("v6e-256", 64), ("v3-32", 4)])
+@pytest.mark.parametrize(
+  "accelerator,hosts",
+  [
+    ("v4-8", 1),
+    ("v4-32", 4),
+    ("v5p-128", 16),
+    ("v5litepod-8", 1),
+    ("v5litepod-16", 4),
+    ("v6e-256", 64),
+    ("v3-32", 4),
+  ],
+)
 def test_tpu_host_counts(accelerator, hosts):
   assert tpu.hosts(accelerator) == hosts
 
 
 def test_slurm_script_for_each_member(tmp_path):
   for name, job in sweep_jobs("/shared/sweep").items():
-    cluster = slurm.Cluster(job_name=name, nodes=2, gpus_per_node=8, repo_dir="/shared/gptjax",
-                            partition="gpu")
+    cluster = slurm.Cluster(
+      job_name=name, nodes=2, gpus_per_node=8, repo_dir="/shared/gptjax", partition="gpu"
+    )
     text = slurm.script(cluster, job)
     lines = text.splitlines()
-    for option in (f"--job-name={name}", "--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8",
-                   f"--output=/shared/sweep/{name}/logs/slurm-%j.out", "--requeue",
-                   "--partition=gpu"):
+    for option in (
+      f"--job-name={name}",
+      "--nodes=2",
+      "--ntasks-per-node=8",
+      "--gpus-per-node=8",
+      f"--output=/shared/sweep/{name}/logs/slurm-%j.out",
+      "--requeue",
+      "--partition=gpu",
+    ):
       assert f"#SBATCH {option}" in lines
     assert "export GPTJAX_CACHE='/home/me/cache dir'" in lines
     assert "#SBATCH --dependency=singleton" in lines  # a resubmission waits, never runs alongside
@@ -135,8 +185,9 @@ def test_slurm_script_for_each_member(tmp_path):
   assert "#SBATCH --ntasks-per-node=1" in per_node.splitlines()
 
 
-@pytest.mark.parametrize("missing,flag", [("project", "--project"), ("zone", "--zone"),
-                                          ("accelerator", "--accelerator")])
+@pytest.mark.parametrize(
+  "missing,flag", [("project", "--project"), ("zone", "--zone"), ("accelerator", "--accelerator")]
+)
 def test_tpu_refuses_a_missing_flag_by_name(missing, flag):
   spec = dataclasses.replace(v4_32("s1"), **{missing: ""})
   for action in ("create", "up", "delete"):
@@ -146,13 +197,22 @@ def test_tpu_refuses_a_missing_flag_by_name(missing, flag):
 
 
 def test_cli_refuses_missing_project_and_prints_without_executing():
-  base = [sys.executable, "-m", "gptjax.launch", "tpu", "create", "--name=s1",
-          "--zone=us-central2-b", "--accelerator=v4-32"]
+  base = [
+    sys.executable,
+    "-m",
+    "gptjax.launch",
+    "tpu",
+    "create",
+    "--name=s1",
+    "--zone=us-central2-b",
+    "--accelerator=v4-32",
+  ]
   result = subprocess.run(base, capture_output=True, text=True, cwd=ROOT)
   assert result.returncode != 0
   assert "error: --project is required" in result.stderr
-  result = subprocess.run([*base, "--project=p"], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "PATH": ""})  # no gcloud could run: dry-run only
+  result = subprocess.run(
+    [*base, "--project=p"], capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PATH": ""}
+  )  # no gcloud could run: dry-run only
   assert result.returncode == 0, result.stderr
   assert result.stdout.startswith("gcloud compute tpus tpu-vm create s1 ")
 
@@ -191,11 +251,23 @@ def test_member_names_the_run_directory_and_refuses_unusable_names():
     member("/shared/sweep", "S 1", "c.py", {})
 
 
-TINY = {"model.n_layer": 2, "model.d_model": 64, "model.n_head": 8, "model.d_ff": 128,
-        "model.vocab_size": 264, "model.seq_len": 16, "data.tokenizer": "bytes",
-        "data.eval_sequences": 8, "train.batch_size": 8, "train.steps": 20, "train.log_every": 5,
-        "train.eval_every": 10, "train.checkpoint_every": 10, "train.num_samples": 0,
-        "optim.warmup_steps": 1}
+TINY = {
+  "model.n_layer": 2,
+  "model.d_model": 64,
+  "model.n_head": 8,
+  "model.d_ff": 128,
+  "model.vocab_size": 264,
+  "model.seq_len": 16,
+  "data.tokenizer": "bytes",
+  "data.eval_sequences": 8,
+  "train.batch_size": 8,
+  "train.steps": 20,
+  "train.log_every": 5,
+  "train.eval_every": 10,
+  "train.checkpoint_every": 10,
+  "train.num_samples": 0,
+  "optim.warmup_steps": 1,
+}
 
 
 @pytest.mark.slow
@@ -228,14 +300,34 @@ def test_launch_scripts_are_shellcheck_clean_and_print_what_the_python_prints(tm
   for name in scripts:
     with open(os.path.join(ROOT, "launch", name)) as f:
       shellcheck(tmp_path, f.read())
-  args = ["up", "--name=vm", "--project=p", "--zone=z", "--accelerator=v4-32",
-          "--repo=https://example.com/gptjax.git", "--revision=abc", "--config=experiments/gpt3.py:xl",
-          "--workdir=gs://b/run", "--config.train.steps=5"]
+  args = [
+    "up",
+    "--name=vm",
+    "--project=p",
+    "--zone=z",
+    "--accelerator=v4-32",
+    "--repo=https://example.com/gptjax.git",
+    "--revision=abc",
+    "--config=experiments/gpt3.py:xl",
+    "--workdir=gs://b/run",
+    "--config.train.steps=5",
+  ]
   env = {**os.environ, "PYTHON": sys.executable}
-  script = subprocess.run([os.path.join(ROOT, "launch", "tpu.sh"), *args], capture_output=True,
-                          text=True, cwd=ROOT, env=env, check=True).stdout
-  direct = subprocess.run([sys.executable, "-m", "gptjax.launch", "tpu", *args],
-                          capture_output=True, text=True, cwd=ROOT, check=True).stdout
+  script = subprocess.run(
+    [os.path.join(ROOT, "launch", "tpu.sh"), *args],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    env=env,
+    check=True,
+  ).stdout
+  direct = subprocess.run(
+    [sys.executable, "-m", "gptjax.launch", "tpu", *args],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    check=True,
+  ).stdout
   assert script == direct
   lines = script.splitlines()
   assert len(lines) == 3 and all("--worker=all" in line for line in lines[1:])

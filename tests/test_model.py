@@ -92,7 +92,9 @@ def layer_params(params: Params, scan_layers: bool, i: int) -> Params:
 def stack_layers(params: Params, n_layer: int) -> Params:
   """The non-scan tree rearranged into the scan layout: block_i leaves stacked under 'blocks'."""
   out = {k: v for k, v in params.items() if not k.startswith("block_")}
-  out["blocks"] = jax.tree.map(lambda *a: np.stack(a), *[params[f"block_{i}"] for i in range(n_layer)])
+  out["blocks"] = jax.tree.map(
+    lambda *a: np.stack(a), *[params[f"block_{i}"] for i in range(n_layer)]
+  )
   return out
 
 
@@ -114,8 +116,9 @@ def np_attention(x: np.ndarray, p: Params, n_head: int) -> np.ndarray:
   hd = d // n_head
   w = p["qkv_kernel"].reshape(d, 3, d)  # [d, (q|k|v), heads*head_dim]
   bias = p["qkv_bias"].reshape(3, d)
-  q, k, v = ((x @ w[:, s] + bias[s]).reshape(b, t, n_head, hd).transpose(0, 2, 1, 3)
-             for s in range(3))
+  q, k, v = (
+    (x @ w[:, s] + bias[s]).reshape(b, t, n_head, hd).transpose(0, 2, 1, 3) for s in range(3)
+  )
   scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(hd)
   scores = np.where(np.tril(np.ones((t, t), bool)), scores, -np.inf)
   probs = np.exp(scores - scores.max(-1, keepdims=True))
@@ -143,7 +146,7 @@ def np_gpt(params: Params, cfg: ml_collections.ConfigDict, tokens: np.ndarray) -
       x = np_layer_norm(x + np_mlp(x, lp["mlp"]), lp["ln_2"])
   if cfg.architecture == "gpt2":
     x = np_layer_norm(x, p["ln_f"])
-  return x @ p["wte"][:cfg.vocab_size].T
+  return x @ p["wte"][: cfg.vocab_size].T
 
 
 # ---------------------------------------------------------------- helpers for loss/grad
@@ -154,6 +157,7 @@ def loss_fn(model: GPT):
     logits, _ = model.apply({"params": params}, tokens, deterministic=True)
     logp = jax.nn.log_softmax(logits, axis=-1)
     return -jnp.take_along_axis(logp, targets[..., None], axis=-1).mean()
+
   return loss
 
 
@@ -169,8 +173,9 @@ def value_and_grad(model: GPT, params: Params) -> tuple[jax.Array, Params]:
 def assert_trees_close(a: Params, b: Params, rtol: float, atol: float) -> None:
   assert jax.tree.structure(a) == jax.tree.structure(b)
   for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol,
-                               err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_allclose(
+      np.asarray(x), np.asarray(y), rtol=rtol, atol=atol, err_msg=jax.tree_util.keystr(path)
+    )
 
 
 def primitive_names(jaxpr) -> set[str]:
@@ -190,15 +195,19 @@ def primitive_names(jaxpr) -> set[str]:
 # ---------------------------------------------------------------- tests
 
 
-@pytest.mark.parametrize("architecture,pad_vocab_multiple,scan_layers", [
-    ("gpt2", 1, True), ("gpt1", 1, True), ("gpt2", 128, False), ("gpt1", 128, True)])
-def test_logits_match_numpy_reference(architecture: str, pad_vocab_multiple: int,
-                                      scan_layers: bool) -> None:
+@pytest.mark.parametrize(
+  "architecture,pad_vocab_multiple,scan_layers",
+  [("gpt2", 1, True), ("gpt1", 1, True), ("gpt2", 128, False), ("gpt1", 128, True)],
+)
+def test_logits_match_numpy_reference(
+  architecture: str, pad_vocab_multiple: int, scan_layers: bool
+) -> None:
   """The flax model must compute exactly GPT as published (pre-LN GPT-2, post-LN
   GPT-1, tied head); an independent float64 implementation catches wrong residual
   wiring, LN placement, attention scaling, head layout or a leaked padded vocab row."""
-  model = tiny_model(architecture=architecture, pad_vocab_multiple=pad_vocab_multiple,
-                     scan_layers=scan_layers)
+  model = tiny_model(
+    architecture=architecture, pad_vocab_multiple=pad_vocab_multiple, scan_layers=scan_layers
+  )
   params = random_params(model)
   if pad_vocab_multiple > 1:
     assert params["wte"].shape[0] == 128
@@ -268,15 +277,20 @@ def test_remat_policies_change_memory_not_math(policy: str, scan_layers: bool) -
   assert_trees_close(remat_grads, plain_grads, rtol=1e-5, atol=1e-6)
 
   tokens, targets = random_tokens(seed=3), random_tokens(seed=4)
-  plain_prims = primitive_names(jax.make_jaxpr(jax.grad(loss_fn(plain)))(params, tokens, targets).jaxpr)
-  remat_prims = primitive_names(jax.make_jaxpr(jax.grad(loss_fn(remat)))(params, tokens, targets).jaxpr)
+  plain_prims = primitive_names(
+    jax.make_jaxpr(jax.grad(loss_fn(plain)))(params, tokens, targets).jaxpr
+  )
+  remat_prims = primitive_names(
+    jax.make_jaxpr(jax.grad(loss_fn(remat)))(params, tokens, targets).jaxpr
+  )
   is_remat = lambda names: any("checkpoint" in n or "remat" in n for n in names)
   assert is_remat(remat_prims), sorted(remat_prims)
   assert not is_remat(plain_prims), sorted(plain_prims)
 
 
-@pytest.mark.parametrize("architecture,scan_layers", [("gpt2", True), ("gpt2", False),
-                                                      ("gpt1", True)])
+@pytest.mark.parametrize(
+  "architecture,scan_layers", [("gpt2", True), ("gpt2", False), ("gpt1", True)]
+)
 def test_cached_decoding_equals_full_forward(architecture: str, scan_layers: bool) -> None:
   """Generation runs the model one token at a time through the KV cache; every
   position's logits must equal the full (training) forward pass, both for
@@ -293,7 +307,7 @@ def test_cached_decoding_equals_full_forward(architecture: str, scan_layers: boo
   cache = init_cache(model.config, 2, SEQ_LEN)
   stepped = []
   for pos in range(SEQ_LEN):
-    logits, cache = step(tokens[:, pos:pos + 1], cache, jnp.int32(pos))
+    logits, cache = step(tokens[:, pos : pos + 1], cache, jnp.int32(pos))
     stepped.append(logits[:, 0])
   np.testing.assert_allclose(np.stack(stepped, 1), full, rtol=1e-5, atol=1e-5)
   assert cache["k"].shape == (2, 2, SEQ_LEN, 4, 8)
@@ -303,7 +317,7 @@ def test_cached_decoding_equals_full_forward(architecture: str, scan_layers: boo
   logits, cache = step(tokens[:, :prefill], cache, jnp.int32(0))
   chunks = [logits]
   for pos in range(prefill, SEQ_LEN):
-    logits, cache = step(tokens[:, pos:pos + 1], cache, jnp.int32(pos))
+    logits, cache = step(tokens[:, pos : pos + 1], cache, jnp.int32(pos))
     chunks.append(logits)
   np.testing.assert_allclose(np.concatenate(chunks, 1), full, rtol=1e-5, atol=1e-5)
 
@@ -313,8 +327,9 @@ def test_init_follows_gpt2() -> None:
   zero biases, unit LayerNorm) is what keeps deep stacks trainable at the
   published learning rates."""
   n_layer = 4
-  model = tiny_model(n_layer=n_layer, d_model=256, n_head=4, d_ff=1024, vocab_size=1000,
-                     seq_len=128)
+  model = tiny_model(
+    n_layer=n_layer, d_model=256, n_head=4, d_ff=1024, vocab_size=1000, seq_len=128
+  )
   params = init_params(model)
   residual_std = 0.02 / np.sqrt(2 * n_layer)
   checked = set()
@@ -365,8 +380,9 @@ def test_attention_dropout_path_matches_fused_attention() -> None:
   tiny_rate = tiny_model(attn_dropout=1e-7)
   params = random_params(tiny_rate)
   fused = forward(tiny_rate, params, tokens)
-  explicit_fn = lambda p, t, key: tiny_rate.apply({"params": p}, t, deterministic=False,
-                                                  rngs={"dropout": key})[0]
+  explicit_fn = lambda p, t, key: tiny_rate.apply(
+    {"params": p}, t, deterministic=False, rngs={"dropout": key}
+  )[0]
   explicit = jax.jit(explicit_fn)(params, tokens, jax.random.key(0))
   np.testing.assert_allclose(explicit, fused, rtol=1e-5, atol=1e-5)
   # The non-deterministic call really went through a dropout (random bits drawn).
@@ -374,9 +390,9 @@ def test_attention_dropout_path_matches_fused_attention() -> None:
   assert any("random" in p or "threefry" in p for p in prims), sorted(prims)
 
   half = tiny_model(attn_dropout=0.5)
-  dropped = jax.jit(lambda p, t, key: half.apply({"params": p}, t, deterministic=False,
-                                                 rngs={"dropout": key})[0])(
-      params, tokens, jax.random.key(0))
+  dropped = jax.jit(
+    lambda p, t, key: half.apply({"params": p}, t, deterministic=False, rngs={"dropout": key})[0]
+  )(params, tokens, jax.random.key(0))
   # model.dropout is 0, so only the attention probabilities can have been dropped.
   assert np.all(np.isfinite(np.asarray(dropped)))
   assert np.abs(np.asarray(dropped) - np.asarray(fused)).max() > 1e-2
@@ -422,7 +438,10 @@ def test_document_segments_and_positions():
   segment_ids = document_segments(inputs, eos_id=1)
   assert segment_ids.tolist() == [[1, 1, 2, 2, 2, 3, 4, 4], [1] * 8, [1, 1, 1, 2, 2, 2, 2, 2]]
   assert document_positions(segment_ids).tolist() == [
-      [0, 1, 0, 1, 2, 0, 0, 1], list(range(8)), [0, 1, 2, 0, 1, 2, 3, 4]]
+    [0, 1, 0, 1, 2, 0, 0, 1],
+    list(range(8)),
+    [0, 1, 2, 0, 1, 2, 3, 4],
+  ]
 
 
 @pytest.mark.slow
@@ -434,8 +453,7 @@ def test_document_mask_makes_packed_documents_independent(scan):
   eos = 1
   first, second = jnp.array([[eos, 5, 9, 4, 7]]), jnp.array([[eos, 3, 8]])
   packed = jnp.concatenate([first, second], axis=1)
-  logits, _ = model.apply({"params": params}, packed,
-                          segment_ids=document_segments(packed, eos))
+  logits, _ = model.apply({"params": params}, packed, segment_ids=document_segments(packed, eos))
   alone_first, _ = model.apply({"params": params}, first)
   alone_second, _ = model.apply({"params": params}, second)
   np.testing.assert_allclose(logits[:, :5], alone_first, atol=1e-5, rtol=1e-5)

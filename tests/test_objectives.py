@@ -21,30 +21,42 @@ VOCAB, SEQ = 40, 16
 
 def tiny_model(**overrides) -> GPT:
   c = base_config().model
-  c.update(dict(n_layer=1, d_model=16, n_head=2, d_ff=32, vocab_size=VOCAB, seq_len=SEQ,
-                special_tokens=3))
+  c.update(
+    dict(n_layer=1, d_model=16, n_head=2, d_ff=32, vocab_size=VOCAB, seq_len=SEQ, special_tokens=3)
+  )
   c.update(overrides)
   return GPT(model_config(c))
 
 
 def init(model, objective, num_outputs=3, seed=0):
-  params = nn.unbox(objectives.init_params(model, objective, jax.random.PRNGKey(seed),
-                                           num_outputs))
+  params = nn.unbox(objectives.init_params(model, objective, jax.random.PRNGKey(seed), num_outputs))
   if objectives.HEAD in params:  # the head starts at zero; give it something to say
     params[objectives.HEAD] = jax.tree.map(
-        lambda p: 0.5 * jax.random.normal(jax.random.PRNGKey(seed + 1), p.shape),
-        params[objectives.HEAD])
+      lambda p: 0.5 * jax.random.normal(jax.random.PRNGKey(seed + 1), p.shape),
+      params[objectives.HEAD],
+    )
   return params
 
 
 def one_step(params, batch, objective, accum):
   """The update of one SGD(lr=1) step, and the step's loss."""
   tx = optax.sgd(1.0)
-  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                           opt_state=tx.init(params), rng=jax.random.PRNGKey(0))
-  step = jax.jit(functools.partial(train.train_step, objective=objective, tx=tx,
-                                   schedule=lambda s: 1.0, grad_accum_steps=accum,
-                                   use_dropout=False))
+  state = train.TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    opt_state=tx.init(params),
+    rng=jax.random.PRNGKey(0),
+  )
+  step = jax.jit(
+    functools.partial(
+      train.train_step,
+      objective=objective,
+      tx=tx,
+      schedule=lambda s: 1.0,
+      grad_accum_steps=accum,
+      use_dropout=False,
+    )
+  )
   new, metrics = step(state, batch)
   return jax.tree.map(jnp.subtract, new.params, params), float(metrics["train_loss"])
 
@@ -52,9 +64,12 @@ def one_step(params, batch, objective, accum):
 def sft_batch(rng, weights):
   rows, length = weights.shape
   tokens = np.asarray(jax.random.randint(rng, (rows, length + 1), 0, VOCAB), np.int32)
-  return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
-          "weights": weights.astype(np.float32),
-          "segment_ids": np.ones((rows, length), np.int32)}
+  return {
+    "inputs": tokens[:, :-1],
+    "targets": tokens[:, 1:],
+    "weights": weights.astype(np.float32),
+    "segment_ids": np.ones((rows, length), np.int32),
+  }
 
 
 def test_accumulation_1_and_4_give_the_same_update_with_unequal_masks():
@@ -69,8 +84,9 @@ def test_accumulation_1_and_4_give_the_same_update_with_unequal_masks():
   update_1, loss_1 = one_step(params, batch, objective, 1)
   update_4, loss_4 = one_step(params, batch, objective, 4)
 
-  losses = objectives.next_token_losses(model, params, batch["inputs"], batch["targets"], None,
-                                        batch["segment_ids"])
+  losses = objectives.next_token_losses(
+    model, params, batch["inputs"], batch["targets"], None, batch["segment_ids"]
+  )
   assert np.isclose(loss_1, float((losses * weights).sum() / weights.sum()), rtol=1e-6)
   assert np.isclose(loss_4, loss_1, rtol=1e-6)
   for a, b in zip(jax.tree.leaves(update_4), jax.tree.leaves(update_1)):
@@ -105,14 +121,15 @@ def test_packed_rows_give_each_example_its_own_loss():
   b = np.arange(20, 29, dtype=np.int32)  # 9 tokens: 8 targets
 
   def losses(inputs, targets, segments):
-    return np.asarray(objectives.next_token_losses(
-        model, params, inputs[None], targets[None], None, segments[None]))[0]
+    return np.asarray(
+      objectives.next_token_losses(model, params, inputs[None], targets[None], None, segments[None])
+    )[0]
 
   def alone(x):
     pad = SEQ - len(x) + 1
     inputs = np.concatenate([x[:-1], np.zeros(pad, np.int32)])
     segments = np.concatenate([np.ones(len(x) - 1, np.int32), np.zeros(pad, np.int32)])
-    return losses(inputs, np.concatenate([x[1:], np.zeros(pad, np.int32)]), segments)[:len(x) - 1]
+    return losses(inputs, np.concatenate([x[1:], np.zeros(pad, np.int32)]), segments)[: len(x) - 1]
 
   packed_in = np.concatenate([a[:-1], b[:-1], [0, 0]]).astype(np.int32)
   packed_tg = np.concatenate([a[1:], b[1:], [0, 0]]).astype(np.int32)
@@ -129,9 +146,13 @@ def task_batch(rng, rows, k, label_count):
   tokens = np.asarray(jax.random.randint(r1, (rows, k, SEQ + 1), 0, VOCAB), np.int32)
   extract = np.asarray(jax.random.randint(r2, (rows, k), 4, SEQ), np.int32)
   weights = (np.arange(SEQ)[None, None] < extract[..., None]).astype(np.float32)
-  return {"tokens": tokens, "weights": weights, "extract": extract,
-          "label": np.asarray(jax.random.randint(r3, (rows,), 0, label_count), np.int32),
-          "example_weights": np.ones(rows, np.float32)}
+  return {
+    "tokens": tokens,
+    "weights": weights,
+    "extract": extract,
+    "label": np.asarray(jax.random.randint(r3, (rows,), 0, label_count), np.int32),
+    "example_weights": np.ones(rows, np.float32),
+  }
 
 
 def by_hand(model, params, batch, kind):
@@ -139,8 +160,9 @@ def by_hand(model, params, batch, kind):
   tokens = batch["tokens"]
   rows, k, _ = tokens.shape
   flat = tokens.reshape(rows * k, -1)
-  (logits, _), state = model.apply({"params": objectives.gpt_params(params)}, flat[:, :-1],
-                                   mutable=["intermediates"])
+  (logits, _), state = model.apply(
+    {"params": objectives.gpt_params(params)}, flat[:, :-1], mutable=["intermediates"]
+  )
   hidden = np.asarray(state["intermediates"]["hidden"][0], np.float64)
   features = hidden[np.arange(rows * k), batch["extract"].reshape(-1)].reshape(rows, k, -1)
   head = jax.tree.map(np.asarray, params[objectives.HEAD])
@@ -179,9 +201,13 @@ def test_multiple_choice_prediction_follows_the_answers_content():
   task, _ = by_hand(model, params, batch, "choice")
   np.testing.assert_allclose(loss, task, rtol=1e-5)
   order = np.array([2, 0, 3, 1])
-  permuted = dict(batch, tokens=batch["tokens"][:, order], weights=batch["weights"][:, order],
-                  extract=batch["extract"][:, order],
-                  label=np.argsort(order)[batch["label"]].astype(np.int32))
+  permuted = dict(
+    batch,
+    tokens=batch["tokens"][:, order],
+    weights=batch["weights"][:, order],
+    extract=batch["extract"][:, order],
+    label=np.argsort(order)[batch["label"]].astype(np.int32),
+  )
   permuted_scores, _ = objectives.task_scores(model, "choice", 1, params, permuted, None)
   np.testing.assert_allclose(permuted_scores, np.asarray(scores)[:, order], rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(order[np.argmax(permuted_scores, -1)], np.argmax(scores, -1))

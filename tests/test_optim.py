@@ -26,8 +26,11 @@ def leaf_name(path) -> str:
 def model_param_axes(scan_layers: bool) -> dict:
   """The logical axes of a real GPT's parameters: the mask must work on what model.py builds."""
   c = base_config().model
-  c.update(dict(n_layer=2, d_model=32, n_head=4, d_ff=64, vocab_size=100, seq_len=16,
-                scan_layers=scan_layers))
+  c.update(
+    dict(
+      n_layer=2, d_model=32, n_head=4, d_ff=64, vocab_size=100, seq_len=16, scan_layers=scan_layers
+    )
+  )
   model = GPT(model_config(c))
   tokens = jax.ShapeDtypeStruct((1, 16), jnp.int32)
   return nn.get_partition_spec(jax.eval_shape(model.init, jax.random.key(0), tokens)["params"])
@@ -47,8 +50,9 @@ def test_weight_decay_mask(scan_layers: bool, decay_embeddings: bool) -> None:
   boxed tree optax sees at init and on the plain arrays it sees at update."""
   axes = model_param_axes(scan_layers)
   mask_of = optim.weight_decay_mask(axes, decay_embeddings=decay_embeddings)
-  params = jax.tree.map(lambda spec: np.zeros(len(spec)), axes,
-                        is_leaf=lambda x: isinstance(x, PartitionSpec))
+  params = jax.tree.map(
+    lambda spec: np.zeros(len(spec)), axes, is_leaf=lambda x: isinstance(x, PartitionSpec)
+  )
   mask = mask_of(params)
   assert jax.tree.structure(mask) == jax.tree.structure(params)
   seen = set()
@@ -70,10 +74,14 @@ class _WithNewParameters(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    gate = self.param("gate", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-                      (x.shape[-1],))
-    head = self.param("classifier", nn.with_logical_partitioning(
-        nn.initializers.normal(), ("embed", None)), (x.shape[-1], 3))
+    gate = self.param(
+      "gate", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)), (x.shape[-1],)
+    )
+    head = self.param(
+      "classifier",
+      nn.with_logical_partitioning(nn.initializers.normal(), ("embed", None)),
+      (x.shape[-1], 3),
+    )
     return (x * gate) @ head
 
 
@@ -81,8 +89,9 @@ def test_new_parameters_are_decayed_by_structure_not_name() -> None:
   """A new vector (a gate over d_model) is not decayed, a new matrix (a task head) is,
   whatever their names: the rule reads logical axes, and scan's 'layers' axis is not a
   dimension of the weight."""
-  boxed = jax.eval_shape(_WithNewParameters().init, jax.random.key(0),
-                         jax.ShapeDtypeStruct((2, 8), jnp.float32))["params"]
+  boxed = jax.eval_shape(
+    _WithNewParameters().init, jax.random.key(0), jax.ShapeDtypeStruct((2, 8), jnp.float32)
+  )["params"]
   mask = optim.weight_decay_mask(nn.get_partition_spec(boxed), decay_embeddings=False)
   assert mask(nn.unbox(boxed)) == {"gate": False, "classifier": True}
   assert nn.unbox(mask(boxed)) == {"gate": False, "classifier": True}
@@ -118,8 +127,18 @@ def test_schedule_without_warmup_starts_at_peak() -> None:
   np.testing.assert_allclose(float(sched(49)), 1e-4, rtol=1e-6)
 
 
-def numpy_adamw(params: dict, grads_seq: list[dict], decayed: dict, *, lr: float, b1: float,
-                b2: float, eps: float, wd: float, clip: float) -> dict:
+def numpy_adamw(
+  params: dict,
+  grads_seq: list[dict],
+  decayed: dict,
+  *,
+  lr: float,
+  b1: float,
+  b2: float,
+  eps: float,
+  wd: float,
+  clip: float,
+) -> dict:
   """AdamW (Loshchilov & Hutter) with global-norm clipping, written out in float64."""
   p = {k: np.asarray(v, np.float64) for k, v in params.items()}
   mu = {k: np.zeros_like(v) for k, v in p.items()}
@@ -151,13 +170,19 @@ def test_zero_gradient_step_is_pure_decoupled_decay(warmup_steps: int) -> None:
   shrinks by exactly lr_0*wd*w, where lr_0 = learning_rate(...)(0) is the first
   update's rate, and a bias or LayerNorm scale does not move at all."""
   cfg = optim_config(lr=1e-2, warmup_steps=warmup_steps, weight_decay=0.1, clip_norm=1.0)
-  axes = {"fc_kernel": PartitionSpec("embed", "mlp"), "fc_bias": PartitionSpec("mlp"),
-          "scale": PartitionSpec("embed")}
+  axes = {
+    "fc_kernel": PartitionSpec("embed", "mlp"),
+    "fc_bias": PartitionSpec("mlp"),
+    "scale": PartitionSpec("embed"),
+  }
   tx = optim.make(cfg, total_steps=100, param_axes=axes)
   lr_0 = 1e-2 / max(warmup_steps, 1)
   assert float(optim.learning_rate(cfg, 100)(0)) == pytest.approx(lr_0, rel=1e-6)
-  params = {"fc_kernel": jnp.array([[2.0, -3.0], [0.5, 4.0]]), "fc_bias": jnp.array([1.0, -2.0]),
-            "scale": jnp.array([1.5, 0.7])}
+  params = {
+    "fc_kernel": jnp.array([[2.0, -3.0], [0.5, 4.0]]),
+    "fc_bias": jnp.array([1.0, -2.0]),
+    "scale": jnp.array([1.5, 0.7]),
+  }
   zeros = jax.tree.map(jnp.zeros_like, params)
   new = run_optimizer(tx, params, [zeros])
   np.testing.assert_allclose(new["fc_kernel"], params["fc_kernel"] * (1 - lr_0 * 0.1), rtol=1e-6)
@@ -170,21 +195,36 @@ def test_update_matches_numpy_adamw_with_clipping(clip_norm: float) -> None:
   """optim.make must be exactly clip-by-global-norm followed by AdamW with the mask.
   Gradients of very different norms make clipping change Adam's moment ratios,
   so a missing, misplaced or per-leaf clip shows up after the second step."""
-  cfg = optim_config(lr=1e-2, warmup_steps=0, min_lr_ratio=1.0, weight_decay=0.1,
-                     clip_norm=clip_norm, b1=0.9, b2=0.95, eps=1e-8)
+  cfg = optim_config(
+    lr=1e-2,
+    warmup_steps=0,
+    min_lr_ratio=1.0,
+    weight_decay=0.1,
+    clip_norm=clip_norm,
+    b1=0.9,
+    b2=0.95,
+    eps=1e-8,
+  )
   rng = np.random.default_rng(0)
-  params = {"qkv_kernel": rng.standard_normal((4, 3)).astype(np.float32),
-            "qkv_bias": rng.standard_normal(3).astype(np.float32),
-            "wte": rng.standard_normal((5, 4)).astype(np.float32)}
+  params = {
+    "qkv_kernel": rng.standard_normal((4, 3)).astype(np.float32),
+    "qkv_bias": rng.standard_normal(3).astype(np.float32),
+    "wte": rng.standard_normal((5, 4)).astype(np.float32),
+  }
   decayed = {"qkv_kernel": True, "qkv_bias": False, "wte": False}
   grads_seq = []
   for scale in (50.0, 0.3, 20.0):
-    grads_seq.append({k: (scale * rng.standard_normal(v.shape)).astype(np.float32)
-                      for k, v in params.items()})
-  axes = {"qkv_kernel": PartitionSpec("embed", "heads"), "qkv_bias": PartitionSpec("heads"),
-          "wte": PartitionSpec("vocab", "embed")}
-  got = run_optimizer(optim.make(cfg, total_steps=10, param_axes=axes),
-                      jax.tree.map(jnp.asarray, params), grads_seq)
+    grads_seq.append(
+      {k: (scale * rng.standard_normal(v.shape)).astype(np.float32) for k, v in params.items()}
+    )
+  axes = {
+    "qkv_kernel": PartitionSpec("embed", "heads"),
+    "qkv_bias": PartitionSpec("heads"),
+    "wte": PartitionSpec("vocab", "embed"),
+  }
+  got = run_optimizer(
+    optim.make(cfg, total_steps=10, param_axes=axes), jax.tree.map(jnp.asarray, params), grads_seq
+  )
   kwargs = dict(lr=1e-2, b1=0.9, b2=0.95, eps=1e-8, wd=0.1)
   expected = numpy_adamw(params, grads_seq, decayed, clip=clip_norm, **kwargs)
   other = numpy_adamw(params, grads_seq, decayed, clip=1.0 - clip_norm, **kwargs)

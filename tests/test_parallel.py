@@ -15,11 +15,12 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from run_rows import assert_same_curve, rows
 
 from gptjax import config as config_lib
 from gptjax import memory_plan, sharding, train
-from run_rows import assert_same_curve, rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESHES = [(1, 1, 1), (8, 1, 1), (1, 8, 1), (1, 1, 8), (2, 2, 2)]
@@ -28,7 +29,9 @@ MESHES = [(1, 1, 1), (8, 1, 1), (1, 8, 1), (1, 1, 8), (2, 2, 2)]
 def small_config(mesh_shape=(8, 1, 1), **overrides) -> ml_collections.ConfigDict:
   """Every sharded dimension divides by 8, so any 8-device mesh can shard it."""
   c = config_lib.base_config()
-  c.model.update(n_layer=2, d_model=64, n_head=8, d_ff=128, vocab_size=264, seq_len=16)  # bytes + EOS = 257, padded to 8s
+  c.model.update(
+    n_layer=2, d_model=64, n_head=8, d_ff=128, vocab_size=264, seq_len=16
+  )  # bytes + EOS = 257, padded to 8s
   c.train.update(batch_size=8, steps=3, log_every=1, num_samples=0)
   c.data.update(tokenizer="bytes", eval_sequences=8)
   c.optim.warmup_steps = 1
@@ -37,7 +40,7 @@ def small_config(mesh_shape=(8, 1, 1), **overrides) -> ml_collections.ConfigDict
 
 
 def mesh_for(shape):
-  return sharding.make_mesh(small_config(shape).mesh, devices=jax.devices()[:int(np.prod(shape))])
+  return sharding.make_mesh(small_config(shape).mesh, devices=jax.devices()[: int(np.prod(shape))])
 
 
 def build(config, shape):
@@ -45,20 +48,24 @@ def build(config, shape):
 
 
 def train_three_steps(shape, batch_size=8, grad_accum_steps=1):
-  config = small_config(shape, **{"train.batch_size": batch_size,
-                                  "train.grad_accum_steps": grad_accum_steps})
+  config = small_config(
+    shape, **{"train.batch_size": batch_size, "train.grad_accum_steps": grad_accum_steps}
+  )
   program = build(config, shape)
   # One batch three times, so the loss must fall as the model fits it.
-  batches = np.asarray(jax.random.randint(jax.random.PRNGKey(1), (1, batch_size, 17), 0, 256),
-                       np.int32)
+  batches = np.asarray(
+    jax.random.randint(jax.random.PRNGKey(1), (1, batch_size, 17), 0, 256), np.int32
+  )
   batches = np.repeat(batches, 3, axis=0)
   with sharding.active(program.mesh, program.axis_rules):
     state = program.init(jax.random.PRNGKey(0))
     losses = []
     for batch in batches:
       state, window = program.train_step(
-          state, train.Window.zeros(),
-          {"tokens": jax.make_array_from_process_local_data(program.batch_sharding, batch)})
+        state,
+        train.Window.zeros(),
+        {"tokens": jax.make_array_from_process_local_data(program.batch_sharding, batch)},
+      )
       losses.append(float(window.loss_sum))
   return losses, jax.device_get(state.params), state
 
@@ -93,15 +100,26 @@ def test_accumulation_on_a_mesh_matches_one_batch_on_one_device():
 # Logical axes of each parameter, written out independently of model.py, and the mesh axes
 # DESIGN.md's default rules give them.
 LOGICAL = {
-    "wte": ("vocab", "embed"), "wpe": ("length", "embed"),
-    "qkv_kernel": ("embed", None, "heads", "kv"), "qkv_bias": (None, "heads", "kv"),
-    "out_kernel": ("heads", "kv", "embed"), "out_bias": ("embed",),
-    "fc_kernel": ("embed", "mlp"), "fc_bias": ("mlp",),
-    "proj_kernel": ("mlp", "embed"), "proj_bias": ("embed",),
-    "scale": ("embed",), "bias": ("embed",),
+  "wte": ("vocab", "embed"),
+  "wpe": ("length", "embed"),
+  "qkv_kernel": ("embed", None, "heads", "kv"),
+  "qkv_bias": (None, "heads", "kv"),
+  "out_kernel": ("heads", "kv", "embed"),
+  "out_bias": ("embed",),
+  "fc_kernel": ("embed", "mlp"),
+  "fc_bias": ("mlp",),
+  "proj_kernel": ("mlp", "embed"),
+  "proj_bias": ("embed",),
+  "scale": ("embed",),
+  "bias": ("embed",),
 }
-RULES = {"batch": ("data", "fsdp"), "embed": "fsdp", "heads": "tensor", "mlp": "tensor",
-         "vocab": "tensor"}
+RULES = {
+  "batch": ("data", "fsdp"),
+  "embed": "fsdp",
+  "heads": "tensor",
+  "mlp": "tensor",
+  "vocab": "tensor",
+}
 
 
 @pytest.mark.parametrize("shape", [(1, 4, 2), (2, 2, 2)], ids=lambda s: "x".join(map(str, s)))
@@ -119,7 +137,9 @@ def test_every_leaf_is_sharded_as_the_rules_say(shape):
 
 
 def test_per_device_parameter_bytes_fall_by_fsdp_times_tensor():
-  replicated = memory_plan.per_device_bytes(build(small_config((8, 1, 1)), (8, 1, 1)).abstract_state.params)
+  replicated = memory_plan.per_device_bytes(
+    build(small_config((8, 1, 1)), (8, 1, 1)).abstract_state.params
+  )
   sharded = build(small_config((1, 4, 2)), (1, 4, 2)).abstract_state.params
   kernels = {k: v for k, v in sharded["blocks"]["mlp"].items() if k.endswith("kernel")}
   full = sum(v.size * 4 for v in kernels.values())
@@ -156,9 +176,24 @@ def test_dry_run_reports_per_device_memory_and_ineffective_settings():
   assert f"parameters        {total_gib:9.3f} GiB" in report  # data-parallel: full copy
   assert "peak estimate" in report
   assert "fsdp axis has size 1" in report
-  report = memory_plan.dry_run(small_config((1, 1, 8), **{"model.n_head": 8, "mesh.rules": (
-      ("batch", ("data", "fsdp")), ("length", None), ("embed", "fsdp"), ("heads", None),
-      ("kv", None), ("mlp", "tensor"), ("vocab", "tensor"), ("layers", None))}))
+  report = memory_plan.dry_run(
+    small_config(
+      (1, 1, 8),
+      **{
+        "model.n_head": 8,
+        "mesh.rules": (
+          ("batch", ("data", "fsdp")),
+          ("length", None),
+          ("embed", "fsdp"),
+          ("heads", None),
+          ("kv", None),
+          ("mlp", "tensor"),
+          ("vocab", "tensor"),
+          ("layers", None),
+        ),
+      },
+    )
+  )
   assert "warning" not in report
 
 
@@ -181,17 +216,35 @@ def _free_port() -> int:
 
 def _launch_two_processes(workdir, overrides, port, log_prefix):
   """Logs go to files: a pipe nobody drains would block one process inside a collective."""
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-         "JAX_PLATFORMS": "cpu"}
+  env = {
+    **os.environ,
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    "JAX_PLATFORMS": "cpu",
+  }
   flags = [f"--config.{k}={v}" for k, v in overrides.items()]
   procs = []
   for i in range(2):
     with open(f"{log_prefix}.{i}.log", "w") as log:
-      procs.append(subprocess.Popen(
-          [sys.executable, "-m", "gptjax.main", f"--config={ROOT}/experiments/quickstart.py",
-           f"--workdir={workdir}", "--distributed", f"--coordinator_address=localhost:{port}",
-           "--num_processes=2", f"--process_id={i}", *flags],
-          cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+      procs.append(
+        subprocess.Popen(
+          [
+            sys.executable,
+            "-m",
+            "gptjax.main",
+            f"--config={ROOT}/experiments/quickstart.py",
+            f"--workdir={workdir}",
+            "--distributed",
+            f"--coordinator_address=localhost:{port}",
+            "--num_processes=2",
+            f"--process_id={i}",
+            *flags,
+          ],
+          cwd=ROOT,
+          env=env,
+          stdout=log,
+          stderr=subprocess.STDOUT,
+        )
+      )
   return procs
 
 
@@ -203,14 +256,27 @@ def _read(path):
 @pytest.mark.slow
 def test_two_processes_train_get_killed_resume_and_match_one_process(tmp_path):
   """2 jax.distributed processes x 4 CPU devices (gloo) vs 1 process x 8 devices."""
-  overrides = {"model.n_layer": 2, "model.d_model": 64, "model.n_head": 8, "model.d_ff": 128,
-               "model.vocab_size": 264, "model.seq_len": 16, "data.tokenizer": "bytes",
-               "data.eval_sequences": 8, "train.batch_size": 8, "train.steps": 150,
-               "train.log_every": 1, "train.eval_every": 50, "train.checkpoint_every": 25,
-               "train.num_samples": 1, "optim.warmup_steps": 1}
+  overrides = {
+    "model.n_layer": 2,
+    "model.d_model": 64,
+    "model.n_head": 8,
+    "model.d_ff": 128,
+    "model.vocab_size": 264,
+    "model.seq_len": 16,
+    "data.tokenizer": "bytes",
+    "data.eval_sequences": 8,
+    "train.batch_size": 8,
+    "train.steps": 150,
+    "train.log_every": 1,
+    "train.eval_every": 50,
+    "train.checkpoint_every": 25,
+    "train.num_samples": 1,
+    "optim.warmup_steps": 1,
+  }
   reference = str(tmp_path / "reference")
   c = config_lib.override(
-      runpy.run_path(os.path.join(ROOT, "experiments", "quickstart.py"))["get_config"](), overrides)
+    runpy.run_path(os.path.join(ROOT, "experiments", "quickstart.py"))["get_config"](), overrides
+  )
   train.run(c, reference)  # the same config in one process; also prepares the data caches
 
   workdir = str(tmp_path / "two_processes")
@@ -218,8 +284,9 @@ def test_two_processes_train_get_killed_resume_and_match_one_process(tmp_path):
   procs = _launch_two_processes(workdir, overrides, _free_port(), logs)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   deadline = time.time() + 300
-  while not (os.path.isdir(ckpt_dir) and any(d.isdigit() and int(d) >= 50
-                                             for d in os.listdir(ckpt_dir))):
+  while not (
+    os.path.isdir(ckpt_dir) and any(d.isdigit() and int(d) >= 50 for d in os.listdir(ckpt_dir))
+  ):
     assert all(p.poll() is None for p in procs), _read(f"{logs}.0.log")[-3000:]
     assert time.time() < deadline, _read(f"{logs}.0.log")[-3000:]
     time.sleep(0.05)

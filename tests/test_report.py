@@ -24,18 +24,43 @@ def _write_run(path, n: float, d: float, evals: int = 4, status: str = "complete
   os.makedirs(path)
   rows = []
   for t in np.linspace(d / 8, d, 8):
-    rows.append({"step": int(t // 1000), "tokens": int(t), "flops": 6 * n * t,
-                 "train_loss": float(LAW.loss(n, t)) * 1.01, "mfu": 0.3})
+    rows.append(
+      {
+        "step": int(t // 1000),
+        "tokens": int(t),
+        "flops": 6 * n * t,
+        "train_loss": float(LAW.loss(n, t)) * 1.01,
+        "mfu": 0.3,
+      }
+    )
   for t in np.linspace(d / evals, d, evals):
-    rows.append({"step": int(t // 1000), "tokens": int(t), "flops": 6 * n * t,
-                 "eval_loss": float(LAW.loss(n, t)), "eval_loss_sem": 0.002})
+    rows.append(
+      {
+        "step": int(t // 1000),
+        "tokens": int(t),
+        "flops": 6 * n * t,
+        "eval_loss": float(LAW.loss(n, t)),
+        "eval_loss_sem": 0.002,
+      }
+    )
   rows.sort(key=lambda r: r["tokens"])
   with open(os.path.join(path, "metrics.jsonl"), "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in rows)
-  summary = {"n_params": int(n) + EMBEDDING, "n_params_non_embedding": int(n), "n_layer": 2,
-             "d_model": 128, "n_head": 2, "seq_len": 256, "vocab_size": 257, "tokens": int(d),
-             "flops": 6 * int(n) * int(d), "final_train_loss": float(LAW.loss(n, d)) * 1.01,
-             "final_eval_loss": float(LAW.loss(n, d)), "wall_s": 60.0, "status": status}
+  summary = {
+    "n_params": int(n) + EMBEDDING,
+    "n_params_non_embedding": int(n),
+    "n_layer": 2,
+    "d_model": 128,
+    "n_head": 2,
+    "seq_len": 256,
+    "vocab_size": 257,
+    "tokens": int(d),
+    "flops": 6 * int(n) * int(d),
+    "final_train_loss": float(LAW.loss(n, d)) * 1.01,
+    "final_eval_loss": float(LAW.loss(n, d)),
+    "wall_s": 60.0,
+    "status": status,
+  }
   with open(os.path.join(path, "summary.json"), "w") as f:
     json.dump(summary, f)
 
@@ -50,8 +75,11 @@ def _sweep(root, members: dict[str, tuple[float, float]], not_started=()) -> str
 
 
 def _render(run_dir, out=None) -> dict:
-  paths = report.run_render(report.parser().parse_args(
-      ["render", run_dir, "--bootstrap", "50", *(["--out", out] if out else [])]))
+  paths = report.run_render(
+    report.parser().parse_args(
+      ["render", run_dir, "--bootstrap", "50", *(["--out", out] if out else [])]
+    )
+  )
   for path in paths.values():
     assert os.path.getsize(path) > 0, path
   return paths
@@ -61,11 +89,13 @@ def _render(run_dir, out=None) -> dict:
 def test_size_ladder_report_recovers_alpha_and_checks_the_largest_model(tmp_path):
   ns = [5e4, 1.5e5, 4e5, 1.2e6, 3.5e6]
   d = 3e6
-  root = _sweep(tmp_path / "ladder", {f"m{i}": (n, d) for i, n in enumerate(ns)},
-                not_started=["m5"])
+  root = _sweep(
+    tmp_path / "ladder", {f"m{i}": (n, d) for i, n in enumerate(ns)}, not_started=["m5"]
+  )
   paths = _render(root)
-  assert {"fits", "md", "html", "curves_tokens", "curves_flops", "loss_vs_n",
-          "residuals"} <= set(paths)
+  assert {"fits", "md", "html", "curves_tokens", "curves_flops", "loss_vs_n", "residuals"} <= set(
+    paths
+  )
   fits = json.load(open(paths["fits"]))
   # At fixed D the law is E' + A N^-alpha with E' = E + B / D^beta: exactly the saturating form.
   assert fits["loss_vs_n"]["alpha"]["value"] == pytest.approx(LAW.alpha, abs=1e-3)
@@ -74,7 +104,9 @@ def test_size_ladder_report_recovers_alpha_and_checks_the_largest_model(tmp_path
   assert lo <= LAW.alpha <= hi
   assert fits["loss_vs_n"]["E_identified"]
   assert abs(fits["extrapolation"]["saturating"]["relative_error"]) < 1e-3
-  assert abs(fits["extrapolation"]["kaplan"]["relative_error"]) > 1e-3  # E > 0: a pure power law bends wrong
+  assert (
+    abs(fits["extrapolation"]["kaplan"]["relative_error"]) > 1e-3
+  )  # E > 0: a pure power law bends wrong
   assert fits["extrapolation"]["held_out_n"] == max(ns)
   assert "isoflop" not in fits and any("IsoFLOP" in s for s in fits["skipped"])
   md = open(paths["md"]).read()
@@ -89,11 +121,27 @@ def test_a_diverged_member_is_named_and_left_out_of_the_fits(tmp_path):
   diverged = os.path.join(root, "m4")
   _write_run(diverged, 3.5e6, 3e6)
   with open(os.path.join(diverged, "metrics.jsonl"), "a") as f:  # as training writes it
-    f.write(json.dumps({"step": 3001, "tokens": 3_001_000, "flops": 1.0, "train_loss": None,
-                        "grad_norm": None, "mfu": None, "nonfinite": ["train_loss"]}) + "\n")
+    f.write(
+      json.dumps(
+        {
+          "step": 3001,
+          "tokens": 3_001_000,
+          "flops": 1.0,
+          "train_loss": None,
+          "grad_norm": None,
+          "mfu": None,
+          "nonfinite": ["train_loss"],
+        }
+      )
+      + "\n"
+    )
   summary_path = os.path.join(diverged, "summary.json")
-  summary = {**json.load(open(summary_path)), "status": "diverged", "final_train_loss": None,
-             "final_eval_loss": None}
+  summary = {
+    **json.load(open(summary_path)),
+    "status": "diverged",
+    "final_train_loss": None,
+    "final_eval_loss": None,
+  }
   json.dump(summary, open(summary_path, "w"))
   json.dump({f"m{i}": {} for i in range(5)}, open(os.path.join(root, "sweep.json"), "w"))
   paths = _render(root)
@@ -127,15 +175,21 @@ def test_isoflop_report_finds_the_frontier_exponent_of_the_law(tmp_path):
   assert fits["parametric"]["alpha"]["value"] == pytest.approx(LAW.alpha, abs=0.02)
   assert "loss_vs_n" not in fits  # D varies independently of N: no single L(N) curve
   assert [m["flops"] for m in fits["isoflop"]["minima"]] == pytest.approx([1e17, 1e18, 1e19])
-  assert any("C=1e+16 left out of Approach 2" in s and "beyond the smallest size" in s
-             for s in fits["skipped"])
+  assert any(
+    "C=1e+16 left out of Approach 2" in s and "beyond the smallest size" in s
+    for s in fits["skipped"]
+  )
 
 
 def test_only_reports_the_matching_members(tmp_path, capsys):
-  root = _sweep(tmp_path / "two", {"a-l1-x": (1e5, 1e6), "a-l2-x": (2e5, 1e6),
-                                   "b-l1-x": (4e5, 1e6)})
-  paths = report.run_render(report.parser().parse_args(
-      ["render", root, "--only", "*-l1-*", "--bootstrap", "5", "--out", str(tmp_path / "r")]))
+  root = _sweep(
+    tmp_path / "two", {"a-l1-x": (1e5, 1e6), "a-l2-x": (2e5, 1e6), "b-l1-x": (4e5, 1e6)}
+  )
+  paths = report.run_render(
+    report.parser().parse_args(
+      ["render", root, "--only", "*-l1-*", "--bootstrap", "5", "--out", str(tmp_path / "r")]
+    )
+  )
   assert json.load(open(paths["fits"]))["source"]["runs"] == ["a-l1-x", "b-l1-x"]
   assert "members matching `*-l1-*`: 2 runs" in open(paths["md"]).read()
   with pytest.raises(SystemExit):
@@ -157,8 +211,10 @@ def test_report_errors_name_the_directory(tmp_path, capsys):
 def test_a_sweep_on_gcs_is_reported_in_place(tmp_path, gcs_bucket):
   """The same fabricated ladder uploaded to a local GCS server renders the same fits."""
   from etils import epath
-  local = _sweep(tmp_path / "ladder", {f"m{i}": (n, 3e6) for i, n in
-                                       enumerate([5e4, 1.5e5, 4e5, 1.2e6, 3.5e6])})
+
+  local = _sweep(
+    tmp_path / "ladder", {f"m{i}": (n, 3e6) for i, n in enumerate([5e4, 1.5e5, 4e5, 1.2e6, 3.5e6])}
+  )
   remote = epath.Path(f"gs://{gcs_bucket}/sweeps/ladder")
   for path in pathlib.Path(local).rglob("*.json*"):
     target = remote / str(path.relative_to(local))
@@ -168,4 +224,5 @@ def test_a_sweep_on_gcs_is_reported_in_place(tmp_path, gcs_bucket):
     report.main([str(remote)])  # the report is written locally: --out is required
   fits = json.load(open(_render(str(remote), out=str(tmp_path / "from_gcs"))["fits"]))
   assert fits["loss_vs_n"]["alpha"]["value"] == pytest.approx(
-      json.load(open(_render(local)["fits"]))["loss_vs_n"]["alpha"]["value"], rel=1e-9)
+    json.load(open(_render(local)["fits"]))["loss_vs_n"]["alpha"]["value"], rel=1e-9
+  )

@@ -36,14 +36,23 @@ def test_local_and_gs_workdirs_pass_when_gcsfs_is_installed():
 def test_a_gs_workdir_without_gcsfs_fails_before_any_work(tmp_path):
   """`gptjax.main` with gcsfs unimportable (as when it is not installed) names the fix at once."""
   argv = [f"--config={ROOT}/experiments/quickstart.py", "--workdir=gs://bucket/run"]
-  program = ("import sys; sys.modules['gcsfs'] = None\n"  # import gcsfs now raises ImportError
-             "from absl import app; from gptjax import main\n"
-             f"sys.argv = ['main', *{argv!r}]; app.run(main.main)")
-  result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
-                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": ROOT})
+  program = (
+    "import sys; sys.modules['gcsfs'] = None\n"  # import gcsfs now raises ImportError
+    "from absl import app; from gptjax import main\n"
+    f"sys.argv = ['main', *{argv!r}]; app.run(main.main)"
+  )
+  result = subprocess.run(
+    [sys.executable, "-c", program],
+    capture_output=True,
+    text=True,
+    cwd=tmp_path,
+    env={**os.environ, "PYTHONPATH": ROOT},
+  )
   assert result.returncode != 0
-  assert ("error: --workdir=gs://bucket/run: a gs:// run directory needs gcsfs" in result.stderr
-          and "pip install 'gptjax[tpu]'" in result.stderr), result.stderr
+  assert (
+    "error: --workdir=gs://bucket/run: a gs:// run directory needs gcsfs" in result.stderr
+    and "pip install 'gptjax[tpu]'" in result.stderr
+  ), result.stderr
   assert "process 0 of" not in result.stderr  # stopped before training started
   assert not os.listdir(tmp_path)  # and wrote nothing, least of all ./gs:/bucket/run
 
@@ -70,18 +79,30 @@ def files_of(root) -> dict[str, tuple[str, int]]:
     for name in names:
       path = os.path.join(dirpath, name)
       with open(path, "rb") as f:
-        found[os.path.relpath(path, root)] = (hashlib.sha256(f.read()).hexdigest(),
-                                              os.stat(path).st_mtime_ns)
+        found[os.path.relpath(path, root)] = (
+          hashlib.sha256(f.read()).hexdigest(),
+          os.stat(path).st_mtime_ns,
+        )
   return found
 
 
 def left_behind(path, host: str, pid: int, heartbeat_age_s: float = 0.0) -> None:
   """Writes the lock file a process that is gone now would have left at `path`."""
   beat = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=heartbeat_age_s)
-  epath.Path(path).write_text(json.dumps({
-      "host": host, "pid": pid, "pid_ns": rundir._pid_namespace(), "pid_start": None,
-      "started": "2026-01-01T00:00:00+00:00", "heartbeat": beat.isoformat(), "token": "gone",
-      "command": "python -m gptjax.main --workdir=old"}))
+  epath.Path(path).write_text(
+    json.dumps(
+      {
+        "host": host,
+        "pid": pid,
+        "pid_ns": rundir._pid_namespace(),
+        "pid_start": None,
+        "started": "2026-01-01T00:00:00+00:00",
+        "heartbeat": beat.isoformat(),
+        "token": "gone",
+        "command": "python -m gptjax.main --workdir=old",
+      }
+    )
+  )
 
 
 def dead_pid() -> int:
@@ -101,8 +122,9 @@ def test_a_second_writer_is_refused_naming_the_holder_and_changes_nothing(tmp_pa
     assert files_of(workdir) == before
   message = str(e.value)
   assert isinstance(e.value, ValueError) and "\n" not in message
-  assert message.startswith(f"--workdir={workdir} is in use by pid {os.getpid()} on "
-                            f"{socket.gethostname()} since "), message
+  assert message.startswith(
+    f"--workdir={workdir} is in use by pid {os.getpid()} on {socket.gethostname()} since "
+  ), message
   assert "command: python -m gptjax.main --workdir=run)" in message
   assert f"if that process is gone, delete {workdir}/lock and start again" in message
   assert sorted(os.listdir(workdir)) == ["config.json", "metrics.jsonl"]  # released: no lock
@@ -133,16 +155,21 @@ def test_a_lock_of_another_host_is_trusted_until_its_heartbeat_is_stale(tmp_path
   workdir.mkdir()
   left_behind(workdir / "lock", "other-host", 4242, heartbeat_age_s=60)
   before = files_of(workdir)
-  with pytest.raises(rundir.InUse, match=r"in use by pid 4242 on other-host since .*\(last "
-                     r"heartbeat 60 s ago.*\(a lock from another host is taken over once its "
-                     r"heartbeat is 300 s old\)$"):
+  with pytest.raises(
+    rundir.InUse,
+    match=r"in use by pid 4242 on other-host since .*\(last "
+    r"heartbeat 60 s ago.*\(a lock from another host is taken over once its "
+    r"heartbeat is 300 s old\)$",
+  ):
     rundir.RunLock(str(workdir)).acquire()
   assert files_of(workdir) == before
   left_behind(workdir / "lock", "other-host", 4242, heartbeat_age_s=rundir.STALE_S + 1)
   with rundir.RunLock(str(workdir)):
     pass
-  assert "from pid 4242 on other-host (since 2026-01-01T00:00:00+00:00): its last heartbeat" \
-      in caplog.text
+  assert (
+    "from pid 4242 on other-host (since 2026-01-01T00:00:00+00:00): its last heartbeat"
+    in caplog.text
+  )
 
 
 def test_the_heartbeat_refreshes_the_lock_and_notices_its_removal(tmp_path, monkeypatch):
@@ -198,8 +225,12 @@ with rundir.RunLock(sys.argv[1]):
 
 
 def start_holder(workdir: str) -> subprocess.Popen:
-  holder = subprocess.Popen([sys.executable, "-c", HOLDER, workdir], stdout=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONPATH": ROOT})
+  holder = subprocess.Popen(
+    [sys.executable, "-c", HOLDER, workdir],
+    stdout=subprocess.PIPE,
+    text=True,
+    env={**os.environ, "PYTHONPATH": ROOT},
+  )
   assert holder.stdout.readline() == "held\n"
   return holder
 
@@ -233,13 +264,21 @@ def test_sigterm_releases_the_lock(tmp_path):
 def test_closing_line_without_a_sem(tmp_path):
   """Eval rows from a single document carry no SEM (null): the run's closing line says so
   instead of crashing after a finished run."""
-  (tmp_path / "metrics.jsonl").write_text(
-      '{"step": 4, "eval_loss": 3.25, "eval_loss_sem": null}\n')
+  (tmp_path / "metrics.jsonl").write_text('{"step": 4, "eval_loss": 3.25, "eval_loss_sem": null}\n')
   summary = {"status": "completed", "step": 4, "wall_s": 61.0}
   result = subprocess.run(
-      [sys.executable, "-c", "import sys; from gptjax import main; "
-       f"print(main._closing_line({summary!r}, sys.argv[1]))", str(tmp_path)],
-      capture_output=True, text=True, cwd=ROOT, check=True)
+    [
+      sys.executable,
+      "-c",
+      f"import sys; from gptjax import main; print(main._closing_line({summary!r}, sys.argv[1]))",
+      str(tmp_path),
+    ],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    check=True,
+  )
   assert result.stdout.strip() == (
-      "completed: 4 steps, eval loss 3.2500 (SEM n/a: one document) nats/token at step 4, "
-      f"1m01s of training, run directory {tmp_path}")
+    "completed: 4 steps, eval loss 3.2500 (SEM n/a: one document) nats/token at step 4, "
+    f"1m01s of training, run directory {tmp_path}"
+  )

@@ -20,16 +20,26 @@ CHINCHILLA = ParametricLaw(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
 
 def _grid_points(noise: float, seed: int, side: int = 15) -> tuple[np.ndarray, ...]:
   """A side x side log grid of N in [1e7, 1e10] and D in [1e8, 1e11], multiplicative noise."""
-  n, d = (a.ravel() for a in np.meshgrid(np.geomspace(1e7, 1e10, side), np.geomspace(1e8, 1e11, side)))
+  n, d = (
+    a.ravel() for a in np.meshgrid(np.geomspace(1e7, 1e10, side), np.geomspace(1e8, 1e11, side))
+  )
   rng = np.random.default_rng(seed)
   return n, d, CHINCHILLA.loss(n, d) * (1 + noise * rng.standard_normal(n.size))
 
 
-def _parametric_objective(theta: np.ndarray, n: np.ndarray, d: np.ndarray, loss: np.ndarray) -> float:
+def _parametric_objective(
+  theta: np.ndarray, n: np.ndarray, d: np.ndarray, loss: np.ndarray
+) -> float:
   with jax.enable_x64(True):
-    return float(lbfgs.objective(fit._parametric_log_loss, jnp.asarray(theta),
-                                 jnp.asarray(np.stack([np.log(n), np.log(d)], 1)),
-                                 jnp.log(jnp.asarray(loss)), jnp.ones(loss.size)))
+    return float(
+      lbfgs.objective(
+        fit._parametric_log_loss,
+        jnp.asarray(theta),
+        jnp.asarray(np.stack([np.log(n), np.log(d)], 1)),
+        jnp.log(jnp.asarray(loss)),
+        jnp.ones(loss.size),
+      )
+    )
 
 
 @pytest.mark.slow
@@ -65,11 +75,23 @@ def test_parametric_fit_at_one_percent_noise_gives_e_within_one_percent(seed):
   assert abs(result.law.E / CHINCHILLA.E - 1) < 0.01
   assert abs(result.law.alpha - CHINCHILLA.alpha) < 0.02
   assert abs(result.law.beta - CHINCHILLA.beta) < 0.02
-  true_theta = np.array([np.log(CHINCHILLA.E), np.log(CHINCHILLA.A), np.log(CHINCHILLA.B),
-                         CHINCHILLA.alpha, CHINCHILLA.beta])
+  true_theta = np.array(
+    [
+      np.log(CHINCHILLA.E),
+      np.log(CHINCHILLA.A),
+      np.log(CHINCHILLA.B),
+      CHINCHILLA.alpha,
+      CHINCHILLA.beta,
+    ]
+  )
   assert result.objective < _parametric_objective(true_theta, n, d, loss)
-  _, from_truth = fit._polish(fit._parametric_log_loss, true_theta[None],
-                              np.stack([np.log(n), np.log(d)], 1), loss, np.ones(loss.size))
+  _, from_truth = fit._polish(
+    fit._parametric_log_loss,
+    true_theta[None],
+    np.stack([np.log(n), np.log(d)], 1),
+    loss,
+    np.ones(loss.size),
+  )
   assert result.objective <= from_truth * (1 + 1e-9)
 
 
@@ -79,12 +101,17 @@ def test_summed_objective_goes_further_than_mean_under_the_same_tolerance():
   features = np.stack([np.log(n), np.log(d)], 1)
   start = np.array([[0.0, 5.0, 5.0, 0.5, 0.5]])
   with jax.enable_x64(True):
-    args = (jnp.asarray(start), jnp.asarray(features), jnp.log(jnp.asarray(loss)),
-            jnp.ones(loss.size))
+    args = (
+      jnp.asarray(start),
+      jnp.asarray(features),
+      jnp.log(jnp.asarray(loss)),
+      jnp.ones(loss.size),
+    )
     summed = {}
     for reduce in ("sum", "mean"):
-      theta, _, steps = lbfgs.minimise(fit._parametric_log_loss, *args, grad_tol=1e-5,
-                                       reduce=reduce)
+      theta, _, steps = lbfgs.minimise(
+        fit._parametric_log_loss, *args, grad_tol=1e-5, reduce=reduce
+      )
       summed[reduce] = float(lbfgs.objective(fit._parametric_log_loss, theta[0], *args[1:]))
       summed[reduce + "_steps"] = int(steps[0])
   assert summed["sum"] < summed["mean"], summed
@@ -108,7 +135,7 @@ def test_isoflop_vertex_and_exponent_are_recovered():
   for c, n0 in zip(budgets, true_n):
     sizes = n0 * np.geomspace(0.2, 3.0, 7)
     n += list(sizes)
-    loss += list(2.0 + 0.15 * (np.log(sizes) - np.log(n0))**2)
+    loss += list(2.0 + 0.15 * (np.log(sizes) - np.log(n0)) ** 2)
     flops += [c] * sizes.size
   result = isoflop.fit_isoflop(np.array(n), np.array(loss), np.array(flops))
   np.testing.assert_allclose([m.n_opt for m in result.minima], true_n, rtol=1e-9)
@@ -168,7 +195,7 @@ def _isoflop_points(noise: float, seed: int) -> tuple[np.ndarray, ...]:
     n0 = 0.09 * c**0.5
     sizes = n0 * np.geomspace(0.25, 4.0, 5)
     n += list(sizes)
-    loss += list((2.0 + 0.1 * np.log(sizes / n0)**2) * np.exp(noise * rng.standard_normal(5)))
+    loss += list((2.0 + 0.1 * np.log(sizes / n0) ** 2) * np.exp(noise * rng.standard_normal(5)))
     flops += list(c * (1 + 0.02 * rng.uniform(-1, 1, 5)))
   return np.array(n), np.array(loss), np.array(flops)
 
@@ -177,8 +204,9 @@ def test_isoflop_bootstrap_covers_the_truth_and_narrows_with_less_noise():
   widths = []
   for noise in (0.01, 0.0025):
     n, loss, flops = _isoflop_points(noise, seed=0)
-    rows, dropped = isoflop.bootstrap_isoflop(n, loss, flops, resamples=500, seed=0,
-                                              loss_sem=noise * loss)
+    rows, dropped = isoflop.bootstrap_isoflop(
+      n, loss, flops, resamples=500, seed=0, loss_sem=noise * loss
+    )
     assert rows.shape == (500 - dropped, 3) and dropped < 25
     lo, hi = _interval(rows[:, :2])
     assert np.all((lo <= 0.5) & (0.5 <= hi)), (noise, lo, hi)  # a = b = 0.5 under D = C / 6N
@@ -203,18 +231,38 @@ def test_group_budgets_joins_near_budgets_and_splits_far_ones():
 
 def _report(*args: str) -> subprocess.CompletedProcess:
   env = dict(os.environ, PYTHONPATH=str(ROOT))
-  return subprocess.run([sys.executable, "-m", "gptjax.report", "fit", *args], capture_output=True,
-                        text=True, cwd=ROOT, env=env, timeout=300)
+  return subprocess.run(
+    [sys.executable, "-m", "gptjax.report", "fit", *args],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    env=env,
+    timeout=300,
+  )
 
 
 @pytest.mark.slow
 def test_report_fit_prints_constants_and_intervals_from_a_flops_column(tmp_path):
   n, d, loss = _grid_points(noise=0.01, seed=2, side=10)
   path = tmp_path / "runs.csv"
-  path.write_text("params,flops,final_loss\n" + "".join(
-      f"{a:.17g},{6 * a * b:.17g},{c:.17g}\n" for a, b, c in zip(n, d, loss)))
-  result = _report("--csv", str(path), "--n_column", "params", "--c_column", "flops",
-                   "--loss_column", "final_loss", "--bootstrap", "20", "--exclude_highest", "3")
+  path.write_text(
+    "params,flops,final_loss\n"
+    + "".join(f"{a:.17g},{6 * a * b:.17g},{c:.17g}\n" for a, b, c in zip(n, d, loss))
+  )
+  result = _report(
+    "--csv",
+    str(path),
+    "--n_column",
+    "params",
+    "--c_column",
+    "flops",
+    "--loss_column",
+    "final_loss",
+    "--bootstrap",
+    "20",
+    "--exclude_highest",
+    "3",
+  )
   assert result.returncode == 0, result.stderr
   out = json.loads(result.stdout)
   assert out["n_points"] == 97 and out["tokens"] == "D = flops / (6 N)"

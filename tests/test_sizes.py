@@ -13,20 +13,31 @@ from gptjax.scaling import sizes
 
 
 def test_shape_follows_the_aspect_ratio_with_64_wide_heads():
-  assert sizes.shape(4) == {"model.n_layer": 4, "model.d_model": 256, "model.n_head": 4,
-                            "model.d_ff": 1024}
-  assert sizes.shape(3, ratio=128) == {"model.n_layer": 3, "model.d_model": 384,
-                                       "model.n_head": 6, "model.d_ff": 1536}
+  assert sizes.shape(4) == {
+    "model.n_layer": 4,
+    "model.d_model": 256,
+    "model.n_head": 4,
+    "model.d_ff": 1024,
+  }
+  assert sizes.shape(3, ratio=128) == {
+    "model.n_layer": 3,
+    "model.d_model": 384,
+    "model.n_head": 6,
+    "model.d_ff": 1536,
+  }
   with pytest.raises(ValueError, match="ratio=100"):
     sizes.shape(2, ratio=100)
 
 
-@pytest.mark.parametrize("target, ratio, n_layer", [
+@pytest.mark.parametrize(
+  "target, ratio, n_layer",
+  [
     (1e6, 64, 3),  # candidates 397K, 1.33M: 1.33M is closer in log N
     (3e6, 64, 4),  # 3.16M
     (5e4, 64, 1),  # 50,112
     (85e6, 128, 8),  # d_model 1024, GPT-3 Small's non-embedding size
-])
+  ],
+)
 def test_shape_for_params_picks_the_closest_depth(target, ratio, n_layer):
   shape = sizes.shape_for_params(target, ratio)
   assert shape["model.n_layer"] == n_layer
@@ -34,7 +45,8 @@ def test_shape_for_params_picks_the_closest_depth(target, ratio, n_layer):
   for other in (n_layer - 1, n_layer + 1):
     if other >= 1:
       assert abs(math.log(n / target)) <= abs(
-          math.log(sizes.non_embedding_params(sizes.shape(other, ratio)) / target))
+        math.log(sizes.non_embedding_params(sizes.shape(other, ratio)) / target)
+      )
 
 
 def test_non_embedding_params_matches_twelve_d_squared_per_layer():
@@ -73,8 +85,9 @@ def test_token_rules_and_isoflop_budget():
 
 def test_family_members_validate_and_carry_their_rules():
   base = base_config()
-  members = sizes.family_for_params([5e4, 4e5, 1.3e6], base, lr_rule="kaplan",
-                                    tokens_rule="isoflop", tokens_value=1e15)
+  members = sizes.family_for_params(
+    [5e4, 4e5, 1.3e6], base, lr_rule="kaplan", tokens_rule="isoflop", tokens_value=1e15
+  )
   assert list(members) == ["l1-d64", "l2-d128", "l3-d192"]
   for overrides in members.values():
     model = sizes.model_config(overrides, base)
@@ -96,8 +109,14 @@ def test_isoflop_family_spends_each_budget_on_every_size():
   base = base_config()
   budgets = {1e13: [(1, 64), (2, 64), (2, 128)], 1e14: [(2, 64), (2, 128), (3, 192)]}
   members = sizes.isoflop_family(budgets, base, lr_rule="kaplan")
-  assert list(members) == ["c1e13-l1-d64", "c1e13-l2-d64", "c1e13-l2-d128",
-                           "c1e14-l2-d64", "c1e14-l2-d128", "c1e14-l3-d192"]
+  assert list(members) == [
+    "c1e13-l1-d64",
+    "c1e13-l2-d64",
+    "c1e13-l2-d128",
+    "c1e14-l2-d64",
+    "c1e14-l2-d128",
+    "c1e14-l3-d192",
+  ]
   for name, overrides in members.items():
     model = sizes.model_config(overrides, base)
     spent = overrides["train.tokens"] * flops.flops_per_token(model)
@@ -129,7 +148,8 @@ def test_isoflop_cpu_has_three_budgets_of_at_least_four_sizes_spanning_a_decade(
   budgets: dict[str, list[int]] = {}
   for name, c in _member_configs(module):
     budgets.setdefault(name.split("-")[0], []).append(
-        flops.param_counts(c.model)["n_params_non_embedding"])
+      flops.param_counts(c.model)["n_params_non_embedding"]
+    )
     assert c.train.tokens // (c.train.batch_size * c.model.seq_len) >= 100  # updates
   assert len(budgets) >= 3
   for ns in budgets.values():
@@ -143,7 +163,13 @@ def test_gpt3_ladder_members_are_the_papers_models_on_twenty_tokens_per_paramete
     n = flops.param_counts(c.model)
     assert c.train.tokens == round(20 * n["n_params_non_embedding"])
     counts[name] = n["n_params"]
-  assert list(counts) == ["gpt3-125m", "gpt3-350m", "gpt3-760m", "gpt3-1p3b", "gpt3-2p7b",
-                          "gpt3-6p7b"]
+  assert list(counts) == [
+    "gpt3-125m",
+    "gpt3-350m",
+    "gpt3-760m",
+    "gpt3-1p3b",
+    "gpt3-2p7b",
+    "gpt3-6p7b",
+  ]
   for name, paper in zip(counts, (125e6, 350e6, 760e6, 1.3e9, 2.7e9, 6.7e9)):
     assert counts[name] == pytest.approx(paper, rel=0.03)

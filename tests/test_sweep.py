@@ -30,9 +30,13 @@ MEMBERS = ["l1-d64", "l2-d128", "l3-d192"]
 
 
 def sweep(config: str, workdir, *flags: str) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", "gptjax.sweep", f"--config={config}",
-                         f"--workdir={workdir}", *flags], capture_output=True, text=True,
-                        cwd=ROOT, timeout=300)
+  return subprocess.run(
+    [sys.executable, "-m", "gptjax.sweep", f"--config={config}", f"--workdir={workdir}", *flags],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    timeout=300,
+  )
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +55,10 @@ def test_tiny_sweep_runs_every_member(finished):
     with open(workdir / name / "summary.json") as f:
       summary = json.load(f)
     assert summary["status"] == "completed"
-    assert (summary["n_layer"], summary["d_model"]) == (overrides["model.n_layer"],
-                                                        overrides["model.d_model"])
+    assert (summary["n_layer"], summary["d_model"]) == (
+      overrides["model.n_layer"],
+      overrides["model.d_model"],
+    )
     assert summary["tokens"] == 768
     assert (workdir / name / "train.log").stat().st_size > 0
   assert "done 3/3" in result.stdout
@@ -60,14 +66,16 @@ def test_tiny_sweep_runs_every_member(finished):
 
 def test_rerunning_a_finished_sweep_trains_nothing(finished):
   workdir, _ = finished
-  before = {name: [(workdir / name / f).stat().st_mtime_ns for f in ("metrics.jsonl",
-                                                                      "summary.json")]
-            for name in MEMBERS}
+  before = {
+    name: [(workdir / name / f).stat().st_mtime_ns for f in ("metrics.jsonl", "summary.json")]
+    for name in MEMBERS
+  }
   result = sweep(TINY, workdir, "--parallel=2")
   assert result.returncode == 0, result.stdout + result.stderr
-  after = {name: [(workdir / name / f).stat().st_mtime_ns for f in ("metrics.jsonl",
-                                                                     "summary.json")]
-           for name in MEMBERS}
+  after = {
+    name: [(workdir / name / f).stat().st_mtime_ns for f in ("metrics.jsonl", "summary.json")]
+    for name in MEMBERS
+  }
   assert after == before
   assert "skipped 3" in result.stdout
 
@@ -75,16 +83,17 @@ def test_rerunning_a_finished_sweep_trains_nothing(finished):
 def test_a_failing_member_is_recorded_and_the_others_complete(tmp_path):
   experiment = tmp_path / "with_bad_member.py"
   experiment.write_text(
-      "import importlib.util\n"
-      f"spec = importlib.util.spec_from_file_location('tiny', {TINY!r})\n"
-      "tiny = importlib.util.module_from_spec(spec)\n"
-      "spec.loader.exec_module(tiny)\n"
-      "get_config = tiny.get_config\n"
-      "def get_sweep():\n"
-      "  good = tiny.get_sweep()['l1-d64']\n"
-      # A valid config that fails once it meets the devices: 12 rows over 8 devices.
-      "  return {'good': good, 'bad-batch': {**good, 'train.batch_size': 12},\n"
-      "          'diverges': {**good, 'optim.lr': 1e4}}\n")
+    "import importlib.util\n"
+    f"spec = importlib.util.spec_from_file_location('tiny', {TINY!r})\n"
+    "tiny = importlib.util.module_from_spec(spec)\n"
+    "spec.loader.exec_module(tiny)\n"
+    "get_config = tiny.get_config\n"
+    "def get_sweep():\n"
+    "  good = tiny.get_sweep()['l1-d64']\n"
+    # A valid config that fails once it meets the devices: 12 rows over 8 devices.
+    "  return {'good': good, 'bad-batch': {**good, 'train.batch_size': 12},\n"
+    "          'diverges': {**good, 'optim.lr': 1e4}}\n"
+  )
   workdir = tmp_path / "sweep"
   result = sweep(str(experiment), workdir, "--parallel=2")
   assert result.returncode != 0
@@ -137,23 +146,43 @@ def test_scaling_cpu_members_validate_and_span_one_and_a_half_decades():
 TINY_REL = "experiments/scaling_tiny.py"  # TPU workers run it from their own checkout
 GS = "gs://bucket/sweeps/tiny"
 ENV = {"GPTJAX_CACHE": "/home/me/cache dir"}  # a space: quoting must survive every shell
-V4_32 = tpu.Tpu(name="tiny", project="proj", zone="us-central2-b", accelerator="v4-32",
-                provisioning="spot", repo="https://example.com/gptjax.git", revision="abc123")
-TPU_FLAGS = ["--launcher=tpu", "--name=tiny", "--project=proj", "--zone=us-central2-b",
-             "--accelerator=v4-32", "--provisioning=spot", "--repo=https://example.com/gptjax.git",
-             "--revision=abc123", f"--env=GPTJAX_CACHE={ENV['GPTJAX_CACHE']}"]
+V4_32 = tpu.Tpu(
+  name="tiny",
+  project="proj",
+  zone="us-central2-b",
+  accelerator="v4-32",
+  provisioning="spot",
+  repo="https://example.com/gptjax.git",
+  revision="abc123",
+)
+TPU_FLAGS = [
+  "--launcher=tpu",
+  "--name=tiny",
+  "--project=proj",
+  "--zone=us-central2-b",
+  "--accelerator=v4-32",
+  "--provisioning=spot",
+  "--repo=https://example.com/gptjax.git",
+  "--revision=abc123",
+  f"--env=GPTJAX_CACHE={ENV['GPTJAX_CACHE']}",
+]
 
 
 def jobs(sweep_dir: str, config: str = TINY_REL) -> dict:
-  return {name: member(sweep_dir, name, config, overrides, ENV)
-          for name, overrides in load_sweep(TINY).items()}
+  return {
+    name: member(sweep_dir, name, config, overrides, ENV)
+    for name, overrides in load_sweep(TINY).items()
+  }
 
 
 def gcloud_lines(script: str, *words: str) -> list[list[str]]:
   """The script's `gcloud compute tpus` commands with all of `words` among their arguments."""
   start = "gcloud compute tpus"
-  commands = [shlex.split(line[line.index(start):].removesuffix(" ;;"))
-              for line in script.splitlines() if start in line]
+  commands = [
+    shlex.split(line[line.index(start) :].removesuffix(" ;;"))
+    for line in script.splitlines()
+    if start in line
+  ]
   return [c for c in commands if all(w in c for w in words)]
 
 
@@ -184,7 +213,7 @@ def test_tpu_one_slice_runs_every_member_on_all_workers_one_after_another(tmp_pa
     starts.append(text.index(main))
   assert starts == sorted(starts)  # one after another, in the sweep's order
   upload = f" | gcloud storage cp - {GS}/sweep.json\n"
-  printf = shlex.split(script[script.index("printf"):script.index(upload)])
+  printf = shlex.split(script[script.index("printf") : script.index(upload)])
   assert json.loads(printf[2]) == json.loads(json.dumps(sweep))
 
 
@@ -232,7 +261,7 @@ def test_tpu_sweep_rerun_skips_completed_members_and_recreates_preempted_vms(fin
   (fake / "bin").mkdir(parents=True)
   (fake / "bin" / "gcloud").write_text(FAKE_GCLOUD)
   (fake / "bin" / "gcloud").chmod(0o755)
-  gcs_sweep = fake / "gcs" / GS[len("gs://"):]
+  gcs_sweep = fake / "gcs" / GS[len("gs://") :]
   (gcs_sweep / "l1-d64").mkdir(parents=True)
   shutil.copy(workdir / "l1-d64" / "summary.json", gcs_sweep / "l1-d64")
   (fake / "state_tiny-l2-d128").write_text("PREEMPTED\n")
@@ -242,20 +271,28 @@ def test_tpu_sweep_rerun_skips_completed_members_and_recreates_preempted_vms(fin
 
   def run_script() -> list[str]:
     (fake / "calls").unlink(missing_ok=True)
-    result = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+      ["bash", str(script)], env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
-    return [line.split(" --project=")[0] for line in (fake / "calls").read_text().splitlines()
-            if line.startswith("compute")]
+    return [
+      line.split(" --project=")[0]
+      for line in (fake / "calls").read_text().splitlines()
+      if line.startswith("compute")
+    ]
 
   vm = "compute tpus tpu-vm"
   calls = run_script()
   assert not [c for c in calls if "tiny-l1-d64" in c]  # completed: no VM at all
   assert [c for c in calls if "tiny-l2-d128" in c and "describe" not in c][:2] == [
-      f"{vm} delete tiny-l2-d128 --quiet", f"{vm} create tiny-l2-d128 --accelerator-type=v4-32 "
-      "--version=tpu-ubuntu2204-base --spot"]
+    f"{vm} delete tiny-l2-d128 --quiet",
+    f"{vm} create tiny-l2-d128 --accelerator-type=v4-32 --version=tpu-ubuntu2204-base --spot",
+  ]
   assert [c.split(" --")[0] for c in calls if "tiny-l3-d192" in c and "describe" not in c] == [
-      f"{vm} create tiny-l3-d192", f"{vm} ssh tiny-l3-d192", f"{vm} ssh tiny-l3-d192"]
+    f"{vm} create tiny-l3-d192",
+    f"{vm} ssh tiny-l3-d192",
+    f"{vm} ssh tiny-l3-d192",
+  ]
   with open(gcs_sweep / "sweep.json") as f:
     assert json.load(f) == json.loads(json.dumps(load_sweep(TINY)))
 
@@ -279,7 +316,9 @@ def test_tpu_sweep_refuses_a_workdir_that_is_not_in_a_bucket(accelerator):
   spec = dataclasses.replace(V4_32, accelerator=accelerator)
   with pytest.raises(LaunchError, match=r"--workdir='/shared/sweep': .*use e.g. --workdir=gs://"):
     tpu_sweep.script(spec, "/shared/sweep", load_sweep(TINY), jobs("/shared/sweep"), "one_slice")
-  with pytest.raises(LaunchError, match=r"--config='/abs/scaling_tiny.py': .*inside the repository"):
+  with pytest.raises(
+    LaunchError, match=r"--config='/abs/scaling_tiny.py': .*inside the repository"
+  ):
     tpu_sweep.script(spec, GS, load_sweep(TINY), jobs(GS, "/abs/scaling_tiny.py"), "one_slice")
 
 
@@ -288,21 +327,40 @@ def test_tpu_sweep_cli_prints_the_same_script_each_time_and_touches_nothing(tmp_
   env = {**os.environ, "PATH": "", "HOME": str(tmp_path)}
   before = files(tmp_path), sorted(os.listdir(ROOT))
   args = [f"--config={TINY_REL}", f"--workdir={GS}", *TPU_FLAGS, "--tpu_mode=vm_per_member"]
-  first, second = (subprocess.run([sys.executable, "-m", "gptjax.sweep", *args], cwd=ROOT, env=env,
-                                  capture_output=True, text=True, timeout=120) for _ in range(2))
+  first, second = (
+    subprocess.run(
+      [sys.executable, "-m", "gptjax.sweep", *args],
+      cwd=ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=120,
+    )
+    for _ in range(2)
+  )
   assert first.returncode == 0, first.stderr
-  assert first.stdout == second.stdout == tpu_sweep.script(V4_32, GS, load_sweep(TINY), jobs(GS),
-                                                           "vm_per_member")
+  assert (
+    first.stdout
+    == second.stdout
+    == tpu_sweep.script(V4_32, GS, load_sweep(TINY), jobs(GS), "vm_per_member")
+  )
   assert "dry run: nothing was run; add --execute" in first.stderr
   assert (files(tmp_path), sorted(os.listdir(ROOT))) == before
-  missing = subprocess.run([sys.executable, "-m", "gptjax.sweep", *args, "--zone="], cwd=ROOT,
-                           env=env, capture_output=True, text=True, timeout=120)
+  missing = subprocess.run(
+    [sys.executable, "-m", "gptjax.sweep", *args, "--zone="],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert missing.returncode != 0 and missing.stdout == ""  # refused before anything is printed
   assert "error: --zone is required: pass e.g. --zone=us-central2-b" in missing.stderr
 
 
-SLURM = slurm.Cluster(job_name="tiny", nodes=2, gpus_per_node=8, partition="gpu",
-                      repo_dir="/shared/gptjax")
+SLURM = slurm.Cluster(
+  job_name="tiny", nodes=2, gpus_per_node=8, partition="gpu", repo_dir="/shared/gptjax"
+)
 
 
 def sbatch_scripts(out: str) -> dict:
@@ -325,9 +383,16 @@ def test_slurm_sweep_is_one_sbatch_job_per_member(tmp_path, capsys):
     text = scripts[name]
     assert text == slurm.script(dataclasses.replace(SLURM, job_name=f"tiny-{name}"), job)
     lines = text.splitlines()
-    for option in (f"--job-name=tiny-{name}", "--nodes=2", "--ntasks-per-node=8",
-                   "--gpus-per-node=8", "--partition=gpu", "--requeue", "--dependency=singleton",
-                   f"--output={sweep_dir}/{name}/logs/slurm-%j.out"):
+    for option in (
+      f"--job-name=tiny-{name}",
+      "--nodes=2",
+      "--ntasks-per-node=8",
+      "--gpus-per-node=8",
+      "--partition=gpu",
+      "--requeue",
+      "--dependency=singleton",
+      f"--output={sweep_dir}/{name}/logs/slurm-%j.out",
+    ):
       assert f"#SBATCH {option}" in lines
     assert "export GPTJAX_CACHE='/home/me/cache dir'" in lines
     assert f"if {completed_test(job.workdir)}; then" in lines
@@ -336,8 +401,9 @@ def test_slurm_sweep_is_one_sbatch_job_per_member(tmp_path, capsys):
     shellcheck(tmp_path, text)
 
 
-def test_slurm_sweep_cli_skips_completed_members_touches_nothing_and_refuses_tmp(finished,
-                                                                                 tmp_path):
+def test_slurm_sweep_cli_skips_completed_members_touches_nothing_and_refuses_tmp(
+  finished, tmp_path
+):
   workdir, _ = finished
   sweep_dir = tmp_path / "sweep"
   shutil.copytree(workdir, sweep_dir)
@@ -346,8 +412,13 @@ def test_slurm_sweep_cli_skips_completed_members_touches_nothing_and_refuses_tmp
   with open(sweep_dir / "l2-d128" / "summary.json", "w") as f:
     json.dump({**summary, "status": "running"}, f)  # as a preempted member leaves it
   before = files(sweep_dir)
-  flags = ["--launcher=slurm", "--job_name=tiny", "--gpus_per_node=8", "--repo_dir=/shared/g",
-           f"--env=GPTJAX_CACHE={ENV['GPTJAX_CACHE']}"]
+  flags = [
+    "--launcher=slurm",
+    "--job_name=tiny",
+    "--gpus_per_node=8",
+    "--repo_dir=/shared/g",
+    f"--env=GPTJAX_CACHE={ENV['GPTJAX_CACHE']}",
+  ]
   first, second = (sweep(TINY, sweep_dir, *flags) for _ in range(2))
   assert first.returncode == 0, first.stderr
   assert first.stdout == second.stdout
@@ -392,7 +463,11 @@ def test_planned_flops_are_each_members_cost_and_bad_members_fail_before_any_tra
 def test_eta_weighs_members_by_their_flops():
   def made(name, status, flops_, elapsed=0.0):
     return Member(member("/s", name, TINY, {}), status=status, elapsed_s=elapsed, flops=flops_)
-  members = [made("a", "completed", 1e12, 10.0), made("b", "skipped", 9e12),
-             made("c", "pending", 5e12)]
+
+  members = [
+    made("a", "completed", 1e12, 10.0),
+    made("b", "skipped", 9e12),
+    made("c", "pending", 5e12),
+  ]
   assert progress(members, 1, 0.0).splitlines()[-1].endswith("ETA 50s")  # 5e12 at 1e11 FLOP/s
   assert "ETA ? (after the first member)" in progress(members[1:], 1, 0.0)

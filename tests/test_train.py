@@ -15,32 +15,70 @@ import numpy as np
 import pytest
 from etils import epath
 from google.cloud import storage
+from run_rows import assert_same_curve, rows
 
 import gptjax
 from gptjax import config as config_lib
 from gptjax import objectives, optim, train
 from gptjax.model import GPT, model_config
-from run_rows import assert_same_curve, rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN_ROW = {"step", "tokens", "flops", "train_loss", "lr", "grad_norm", "step_time_s",
-             "tokens_per_s", "mfu"}
-EVAL_ROW = {"step", "tokens", "flops", "eval_loss", "eval_loss_sem", "eval_ppl",
-            "eval_bits_per_byte", "eval_sequences"}
-SUMMARY = {"n_params", "n_params_non_embedding", "n_layer", "d_model", "n_head", "seq_len",
-           "vocab_size", "tokens", "flops", "final_train_loss", "final_eval_loss", "wall_s",
-           "status"}
+TRAIN_ROW = {
+  "step",
+  "tokens",
+  "flops",
+  "train_loss",
+  "lr",
+  "grad_norm",
+  "step_time_s",
+  "tokens_per_s",
+  "mfu",
+}
+EVAL_ROW = {
+  "step",
+  "tokens",
+  "flops",
+  "eval_loss",
+  "eval_loss_sem",
+  "eval_ppl",
+  "eval_bits_per_byte",
+  "eval_sequences",
+}
+SUMMARY = {
+  "n_params",
+  "n_params_non_embedding",
+  "n_layer",
+  "d_model",
+  "n_head",
+  "seq_len",
+  "vocab_size",
+  "tokens",
+  "flops",
+  "final_train_loss",
+  "final_eval_loss",
+  "wall_s",
+  "status",
+}
 
 # A tiny model on the embedded corpus; the same overrides drive in-process and CLI runs.
 # The model's vocabulary is larger than the tokenizer's, as with GPT-2's 50257 rows over a
 # smaller corpus tokenizer: samples must still only use the tokenizer's ids. Batches of 8
 # split over the 8 test devices (tests/conftest.py).
 TINY = {
-    "model.n_layer": 2, "model.d_model": 32, "model.n_head": 2, "model.d_ff": 64,
-    "model.seq_len": 32, "model.vocab_size": 640, "data.vocab_size": 512,
-    "data.tokenizer_sample_chars": 500_000, "data.eval_sequences": 8,
-    "train.batch_size": 8, "train.log_every": 1, "train.num_samples": 1,
-    "train.sample_tokens": 8, "optim.warmup_steps": 2,
+  "model.n_layer": 2,
+  "model.d_model": 32,
+  "model.n_head": 2,
+  "model.d_ff": 64,
+  "model.seq_len": 32,
+  "model.vocab_size": 640,
+  "data.vocab_size": 512,
+  "data.tokenizer_sample_chars": 500_000,
+  "data.eval_sequences": 8,
+  "train.batch_size": 8,
+  "train.log_every": 1,
+  "train.num_samples": 1,
+  "train.sample_tokens": 8,
+  "optim.warmup_steps": 2,
 }
 
 
@@ -50,8 +88,14 @@ def tiny_config(**overrides):
 
 def cli(workdir, **overrides) -> list[str]:
   flags = [f"--config.{k}={v}" for k, v in {**TINY, **overrides}.items()]
-  return [sys.executable, "-m", "gptjax.main", f"--config={ROOT}/experiments/quickstart.py",
-          f"--workdir={workdir}", *flags]
+  return [
+    sys.executable,
+    "-m",
+    "gptjax.main",
+    f"--config={ROOT}/experiments/quickstart.py",
+    f"--workdir={workdir}",
+    *flags,
+  ]
 
 
 @pytest.mark.slow
@@ -59,18 +103,33 @@ def test_grad_accumulation_matches_one_big_batch():
   """4 micro-batches of b must be the same update as one batch of 4b (3 steps)."""
   c = tiny_config()
   model = GPT(model_config(c.model))
-  tx = optim.make(c.optim, 3, nn.get_partition_spec(jax.eval_shape(
-      model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, 32), np.int32))["params"]))
+  tx = optim.make(
+    c.optim,
+    3,
+    nn.get_partition_spec(
+      jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, 32), np.int32))[
+        "params"
+      ]
+    ),
+  )
   schedule = optim.learning_rate(c.optim, 3)
   objective = objectives.make("lm", model)
-  state = jax.jit(lambda r: nn.unbox(train._init_state(r, model=model, objective=objective,
-                                                        tx=tx)))(jax.random.PRNGKey(0))
+  state = jax.jit(
+    lambda r: nn.unbox(train._init_state(r, model=model, objective=objective, tx=tx))
+  )(jax.random.PRNGKey(0))
   batches = jax.random.randint(jax.random.PRNGKey(1), (3, 16, 33), 0, 512)
 
   def run(accum):
-    step = jax.jit(functools.partial(train.train_step, objective=objective, tx=tx,
-                                     schedule=schedule, grad_accum_steps=accum,
-                                     use_dropout=False))
+    step = jax.jit(
+      functools.partial(
+        train.train_step,
+        objective=objective,
+        tx=tx,
+        schedule=schedule,
+        grad_accum_steps=accum,
+        use_dropout=False,
+      )
+    )
     s, losses = state, []
     for batch in batches:
       s, m = step(s, {"tokens": batch})
@@ -90,15 +149,21 @@ def test_grad_accumulation_matches_one_big_batch():
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("run"))
-  summary = train.run(tiny_config(**{"train.steps": 6, "train.eval_every": 3,
-                                     "train.checkpoint_every": 3}), workdir)
+  summary = train.run(
+    tiny_config(**{"train.steps": 6, "train.eval_every": 3, "train.checkpoint_every": 3}), workdir
+  )
   return workdir, summary
 
 
 def test_run_directory_follows_the_contract(finished_run):
   workdir, summary = finished_run
-  for name in ("config.json", "metrics.jsonl", "summary.json", "samples.txt",
-               "tokenizer/spm.model"):
+  for name in (
+    "config.json",
+    "metrics.jsonl",
+    "summary.json",
+    "samples.txt",
+    "tokenizer/spm.model",
+  ):
     assert os.path.isfile(os.path.join(workdir, name)), name
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(f"{workdir}/tensorboard"))
   assert sorted(os.listdir(f"{workdir}/checkpoints")) == ["3", "6"]
@@ -135,7 +200,8 @@ def test_each_eval_keeps_its_per_row_losses(finished_run):
       parts = [json.loads(line) for line in f]
     assert len({p["row"] for p in parts}) == 8  # data.eval_sequences
     assert sum(p["loss_sum"] for p in parts) / sum(p["tokens"] for p in parts) == pytest.approx(
-        row["eval_loss"], rel=1e-9)
+      row["eval_loss"], rel=1e-9
+    )
 
 
 def test_restoring_a_different_model_says_what_differs(finished_run, tmp_path):
@@ -195,22 +261,28 @@ def _checkpoints(workdir):
 @pytest.mark.slow
 def test_kill_9_then_rerun_matches_an_uninterrupted_run(tmp_path):
   """The acceptance test for exact resume: params, optimizer, step, RNG and data order."""
-  overrides = {"train.steps": 400, "train.checkpoint_every": 50, "train.eval_every": 100,
-               "model.dropout": 0.1}
+  overrides = {
+    "train.steps": 400,
+    "train.checkpoint_every": 50,
+    "train.eval_every": 100,
+    "model.dropout": 0.1,
+  }
   reference = str(tmp_path / "reference")
   subprocess.run(cli(reference, **overrides), check=True, capture_output=True, cwd=ROOT)
 
   resumed = str(tmp_path / "resumed")
-  proc = subprocess.Popen(cli(resumed, **overrides), cwd=ROOT, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(
+    cli(resumed, **overrides), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
   _wait_for(lambda: _checkpoints(resumed) and _checkpoints(resumed)[-1] >= 100, proc)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   killed_at = len(rows(resumed))
   resume_point = _checkpoints(resumed)[-1]
   assert resume_point < 400
-  rerun = subprocess.run(cli(resumed, **overrides), check=True, capture_output=True, text=True,
-                         cwd=ROOT)
+  rerun = subprocess.run(
+    cli(resumed, **overrides), check=True, capture_output=True, text=True, cwd=ROOT
+  )
   assert f"at step {resume_point}" in rerun.stderr  # it resumed rather than starting over
 
   assert killed_at < len(rows(reference))
@@ -232,23 +304,28 @@ def test_kill_9_on_gcs_loses_no_row_a_resume_keeps(gcs_bucket, tmp_path):
   def committed_steps():  # listed with google-cloud-storage, which has no listing cache
     blobs = storage.Client().list_blobs(gcs_bucket, prefix="killed/checkpoints/")
     # A step is committed once its own commit file exists; each item inside it has one too.
-    return [int(parts[2]) for parts in (b.name.split("/") for b in blobs)
-            if len(parts) == 4 and parts[3] == "commit_success.txt"]
+    return [
+      int(parts[2])
+      for parts in (b.name.split("/") for b in blobs)
+      if len(parts) == 4 and parts[3] == "commit_success.txt"
+    ]
 
   def stored_train_steps():
     lines = (epath.Path(workdir) / "metrics.jsonl").read_text().splitlines()
     return [row["step"] for row in map(json.loads, lines) if "train_loss" in row]
 
-  proc = subprocess.Popen(cli(workdir, **overrides), cwd=tmp_path, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(
+    cli(workdir, **overrides), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
   _wait_for(lambda: max(committed_steps(), default=0) >= 40, proc)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   resume_point = max(committed_steps())
   stored = stored_train_steps()
   assert stored == list(range(1, len(stored) + 1)) and len(stored) >= resume_point
-  rerun = subprocess.run(cli(workdir, **overrides), check=True, capture_output=True, text=True,
-                         cwd=tmp_path)
+  rerun = subprocess.run(
+    cli(workdir, **overrides), check=True, capture_output=True, text=True, cwd=tmp_path
+  )
   assert f"at step {resume_point}" in rerun.stderr
   assert stored_train_steps() == list(range(1, 201))
   assert not os.listdir(tmp_path)  # nothing landed on local disk (./gs:/...)
@@ -258,10 +335,13 @@ def test_kill_9_on_gcs_loses_no_row_a_resume_keeps(gcs_bucket, tmp_path):
 def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(tmp_path):
   workdir = str(tmp_path / "run")
   overrides = {"train.steps": 3000, "train.checkpoint_every": 1000, "train.eval_every": 0}
-  proc = subprocess.Popen(cli(workdir, **overrides), cwd=ROOT, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
-  _wait_for(lambda: os.path.exists(os.path.join(workdir, "metrics.jsonl"))
-            and len(rows(workdir)) >= 20, proc)
+  proc = subprocess.Popen(
+    cli(workdir, **overrides), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
+  _wait_for(
+    lambda: os.path.exists(os.path.join(workdir, "metrics.jsonl")) and len(rows(workdir)) >= 20,
+    proc,
+  )
   proc.send_signal(signal.SIGTERM)
   assert proc.wait(timeout=120) == 0
   saved = _checkpoints(workdir)
@@ -289,12 +369,14 @@ def test_profile_steps_writes_a_trace_of_those_steps(tmp_path):
   """train.profile_steps='1:3' leaves a jax.profiler trace in WORKDIR/profile, and the
   run trains exactly as it does without one."""
   workdir = str(tmp_path / "run")
-  summary = train.run(tiny_config(**{"train.steps": 4, "train.profile_steps": "1:3",
-                                     "train.num_samples": 0}), workdir)
+  summary = train.run(
+    tiny_config(**{"train.steps": 4, "train.profile_steps": "1:3", "train.num_samples": 0}), workdir
+  )
   traces = list((tmp_path / "run" / "profile").rglob("*.xplane.pb"))
   assert len(traces) == 1 and traces[0].stat().st_size > 0
-  plain = train.run(tiny_config(**{"train.steps": 4, "train.num_samples": 0}),
-                    str(tmp_path / "plain"))
+  plain = train.run(
+    tiny_config(**{"train.steps": 4, "train.num_samples": 0}), str(tmp_path / "plain")
+  )
   assert summary["final_train_loss"] == plain["final_train_loss"]
 
 

@@ -32,8 +32,10 @@ def copy_example(rng: random.Random) -> dict:
 
 def main() -> None:
   rng = random.Random(0)
-  for name, make, sizes in (("count", count_example, (2000, 400)),
-                            ("copy", copy_example, (2000, 200))):
+  for name, make, sizes in (
+    ("count", count_example, (2000, 400)),
+    ("copy", copy_example, (2000, 200)),
+  ):
     for split, size in zip(("train", "eval"), sizes):
       with open(os.path.join(HERE, f"{name}_{split}.jsonl"), "w") as f:
         for _ in range(size):

@@ -3,8 +3,9 @@
 import numpy as np
 
 
-def unigram_cross_entropy(train_tokens: np.ndarray, eval_tokens: np.ndarray,
-                          vocab_size: int) -> float:
+def unigram_cross_entropy(
+  train_tokens: np.ndarray, eval_tokens: np.ndarray, vocab_size: int
+) -> float:
   """Nats/token of an add-one-smoothed unigram model fit on train, scored on eval.
 
   This is the loss of a model that ignores context entirely; a model's eval

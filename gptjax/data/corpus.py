@@ -15,14 +15,14 @@ from collections.abc import Sequence
 # Directories skipped when walking a root. Test suites are excluded because they
 # are large (the 3.11 stdlib has ~19 MB of tests vs ~12 MB of library code),
 # repetitive, and contain deliberately odd encodings.
-DEFAULT_EXCLUDED_DIRS = ('site-packages', '__pycache__', 'test', 'tests',
-                         'idle_test')
-DEFAULT_SUFFIXES = ('.py',)
+DEFAULT_EXCLUDED_DIRS = ("site-packages", "__pycache__", "test", "tests", "idle_test")
+DEFAULT_SUFFIXES = (".py",)
 
 
 @dataclasses.dataclass(frozen=True)
 class SourceFile:
   """One document: its path relative to the corpus root, and its size."""
+
   relpath: str
   size: int
   mtime_ns: int
@@ -30,18 +30,18 @@ class SourceFile:
 
 def stdlib_root() -> str:
   """The standard library directory of the running interpreter."""
-  return sysconfig.get_paths()['stdlib']
+  return sysconfig.get_paths()["stdlib"]
 
 
 def python_version_tag() -> str:
   """E.g. 'py3_11_7'; part of dataset names so a new interpreter gets a new cache."""
-  return 'py{}_{}_{}'.format(*sys.version_info[:3])
+  return "py{}_{}_{}".format(*sys.version_info[:3])
 
 
 def list_source_files(
-    root: str,
-    suffixes: Sequence[str] = DEFAULT_SUFFIXES,
-    excluded_dirs: Sequence[str] = DEFAULT_EXCLUDED_DIRS,
+  root: str,
+  suffixes: Sequence[str] = DEFAULT_SUFFIXES,
+  excluded_dirs: Sequence[str] = DEFAULT_EXCLUDED_DIRS,
 ) -> list[SourceFile]:
   """Lists the corpus files under `root`, sorted by relative path.
 
@@ -49,8 +49,9 @@ def list_source_files(
   independent of the filesystem's directory iteration order.
   """
   if not os.path.isdir(root):
-    raise ValueError(f'corpus root {root!r} is not a directory; pass an '
-                     'existing directory of source files')
+    raise ValueError(
+      f"corpus root {root!r} is not a directory; pass an existing directory of source files"
+    )
   files = []
   for dirpath, dirnames, filenames in os.walk(root):
     dirnames[:] = [d for d in dirnames if d not in excluded_dirs]
@@ -59,16 +60,21 @@ def list_source_files(
         continue
       path = os.path.join(dirpath, filename)
       stat = os.stat(path)
-      files.append(SourceFile(relpath=os.path.relpath(path, root).replace(os.sep, '/'),
-                              size=stat.st_size, mtime_ns=stat.st_mtime_ns))
+      files.append(
+        SourceFile(
+          relpath=os.path.relpath(path, root).replace(os.sep, "/"),
+          size=stat.st_size,
+          mtime_ns=stat.st_mtime_ns,
+        )
+      )
   return sorted(files, key=lambda f: f.relpath)
 
 
 def glob_root(pattern: str) -> str:
   """The directory above the first wildcard of `pattern`; documents are named relative to it."""
   parts = os.path.abspath(os.path.expanduser(pattern)).split(os.sep)
-  fixed = next(i for i, part in enumerate(parts + ['*']) if glob.has_magic(part))
-  return os.sep.join(parts[:min(fixed, len(parts) - 1)]) or os.sep
+  fixed = next(i for i, part in enumerate(parts + ["*"]) if glob.has_magic(part))
+  return os.sep.join(parts[: min(fixed, len(parts) - 1)]) or os.sep
 
 
 def list_glob(pattern: str) -> list[SourceFile]:
@@ -78,8 +84,13 @@ def list_glob(pattern: str) -> list[SourceFile]:
   for path in glob.glob(os.path.expanduser(pattern), recursive=True):
     if os.path.isfile(path):
       stat = os.stat(path)
-      files.append(SourceFile(relpath=os.path.relpath(path, root).replace(os.sep, '/'),
-                              size=stat.st_size, mtime_ns=stat.st_mtime_ns))
+      files.append(
+        SourceFile(
+          relpath=os.path.relpath(path, root).replace(os.sep, "/"),
+          size=stat.st_size,
+          mtime_ns=stat.st_mtime_ns,
+        )
+      )
   return sorted(files, key=lambda f: f.relpath)
 
 
@@ -92,7 +103,7 @@ def fingerprint(files: Sequence[SourceFile]) -> str:
   """
   digest = hashlib.sha256()
   for f in files:
-    digest.update(f'{f.relpath}\0{f.size}\0{f.mtime_ns}\n'.encode())
+    digest.update(f"{f.relpath}\0{f.size}\0{f.mtime_ns}\n".encode())
   return digest.hexdigest()[:12]
 
 
@@ -103,5 +114,5 @@ def is_validation(relpath: str, validation_percent: int) -> bool:
   of both splits; hashing the path (not Python's salted `hash`) makes the
   split identical across runs, machines and processes.
   """
-  bucket = int.from_bytes(hashlib.sha256(relpath.encode()).digest()[:8], 'big') % 100
+  bucket = int.from_bytes(hashlib.sha256(relpath.encode()).digest()[:8], "big") % 100
   return bucket < validation_percent

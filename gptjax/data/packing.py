@@ -27,6 +27,7 @@ SCAN_CHUNK = 1 << 24  # Tokens per step of the EOS scan, bounding its temporary 
 @dataclasses.dataclass(frozen=True)
 class PackedRows:
   """`tokens` int32 [rows, seq_len + 1]; `target_mask` float32 [rows, seq_len]."""
+
   tokens: np.ndarray
   target_mask: np.ndarray
 
@@ -37,12 +38,11 @@ class PackedRows:
 
 def concat_documents(documents: Sequence[Sequence[int]], eos_id: int) -> np.ndarray:
   """The stream S: each document's ids followed by `eos_id`, as int32."""
-  lengths = np.fromiter((len(d) + 1 for d in documents), dtype=np.int64,
-                        count=len(documents))
+  lengths = np.fromiter((len(d) + 1 for d in documents), dtype=np.int64, count=len(documents))
   stream = np.empty(int(lengths.sum()), dtype=np.int32)
   offset = 0
   for document, length in zip(documents, lengths):
-    stream[offset:offset + length - 1] = document
+    stream[offset : offset + length - 1] = document
     stream[offset + length - 1] = eos_id
     offset += length
   return stream
@@ -51,9 +51,9 @@ def concat_documents(documents: Sequence[Sequence[int]], eos_id: int) -> np.ndar
 def num_rows(num_tokens: int, seq_len: int) -> int:
   """ceil(num_tokens / seq_len): every token of the stream is a target once."""
   if seq_len < 1:
-    raise ValueError(f'seq_len={seq_len}: must be a positive number of tokens')
+    raise ValueError(f"seq_len={seq_len}: must be a positive number of tokens")
   if num_tokens == 0:
-    raise ValueError('cannot pack an empty token stream; the split has no documents')
+    raise ValueError("cannot pack an empty token stream; the split has no documents")
   return -(-num_tokens // seq_len)
 
 
@@ -62,8 +62,11 @@ def gather_rows(stream: np.ndarray, row_ids: np.ndarray, seq_len: int) -> Packed
   num_tokens = len(stream)
   num_rows(num_tokens, seq_len)  # Validates.
   # Position p of S' is S[p - 1]; S ends with EOS, so S'[0] = S[-1] = EOS.
-  positions = (np.asarray(row_ids, dtype=np.int64)[:, None] * seq_len
-               + np.arange(seq_len + 1, dtype=np.int64)[None, :] - 1)
+  positions = (
+    np.asarray(row_ids, dtype=np.int64)[:, None] * seq_len
+    + np.arange(seq_len + 1, dtype=np.int64)[None, :]
+    - 1
+  )
   tokens = stream[positions % num_tokens].astype(np.int32)
   target_mask = (positions[:, 1:] < num_tokens).astype(np.float32)
   return PackedRows(tokens=tokens, target_mask=target_mask)
@@ -79,18 +82,25 @@ def document_ends(stream: np.ndarray, eos_id: int) -> np.ndarray:
 
   Scanned in chunks, so a memmap larger than RAM is read once and never held.
   """
-  return np.concatenate([np.flatnonzero(stream[start:start + SCAN_CHUNK] == eos_id) + start
-                         for start in range(0, len(stream), SCAN_CHUNK)]).astype(np.int64)
+  return np.concatenate(
+    [
+      np.flatnonzero(stream[start : start + SCAN_CHUNK] == eos_id) + start
+      for start in range(0, len(stream), SCAN_CHUNK)
+    ]
+  ).astype(np.int64)
 
 
-def target_documents(ends: np.ndarray, row_ids: np.ndarray, seq_len: int,
-                     num_tokens: int) -> np.ndarray:
+def target_documents(
+  ends: np.ndarray, row_ids: np.ndarray, seq_len: int, num_tokens: int
+) -> np.ndarray:
   """Document index (int64 [rows, seq_len]) of each target of rows `row_ids`.
 
   `ends` is `document_ends` of the stream of `num_tokens`; wrapped targets
   (target_mask 0 in `gather_rows`) get -1.
   """
-  positions = (np.asarray(row_ids, dtype=np.int64)[:, None] * seq_len
-               + np.arange(seq_len, dtype=np.int64)[None, :])
-  documents = np.searchsorted(ends, positions, side='left').astype(np.int64)
+  positions = (
+    np.asarray(row_ids, dtype=np.int64)[:, None] * seq_len
+    + np.arange(seq_len, dtype=np.int64)[None, :]
+  )
+  documents = np.searchsorted(ends, positions, side="left").astype(np.int64)
   return np.where(positions < num_tokens, documents, -1)

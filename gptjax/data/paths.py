@@ -16,12 +16,12 @@ from collections.abc import Iterator
 
 from absl import logging
 
-CACHE_ENV_VAR = 'GPTJAX_CACHE'
+CACHE_ENV_VAR = "GPTJAX_CACHE"
 
 
 def cache_root() -> str:
   """Returns `$GPTJAX_CACHE`, or `~/.cache/gptjax` when it is unset or empty."""
-  root = os.environ.get(CACHE_ENV_VAR) or os.path.join('~', '.cache', 'gptjax')
+  root = os.environ.get(CACHE_ENV_VAR) or os.path.join("~", ".cache", "gptjax")
   return os.path.expanduser(root)
 
 
@@ -29,7 +29,7 @@ def resolve_data_dir(data_dir: str) -> str:
   """Maps the `data.data_dir` setting to a directory; '' means the cache default."""
   if data_dir:
     return os.path.expanduser(data_dir)
-  return os.path.join(cache_root(), 'tensorflow_datasets')
+  return os.path.join(cache_root(), "tensorflow_datasets")
 
 
 def atomic_write_bytes(path: str, payload: bytes) -> None:
@@ -39,8 +39,8 @@ def atomic_write_bytes(path: str, payload: bytes) -> None:
   truncated file behind: write to a sibling temp file, then rename.
   """
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp_path = f'{path}.tmp-{os.getpid()}'
-  with open(tmp_path, 'wb') as f:
+  tmp_path = f"{path}.tmp-{os.getpid()}"
+  with open(tmp_path, "wb") as f:
     f.write(payload)
   os.replace(tmp_path, path)
 
@@ -60,16 +60,16 @@ def building(entry: str) -> Iterator[None]:
   instead, which makes the processes of this host wait for each other but not
   those of other hosts: prepare a shared dataset once before a multi-host run.
   """
-  if '://' in entry:
+  if "://" in entry:
     digest = hashlib.sha256(entry.encode()).hexdigest()[:16]
-    lock_path = os.path.join(cache_root(), 'locks', f'{digest}.lock')
+    lock_path = os.path.join(cache_root(), "locks", f"{digest}.lock")
   else:
-    lock_path = f'{entry}.lock'
+    lock_path = f"{entry}.lock"
   os.makedirs(os.path.dirname(lock_path), exist_ok=True)
-  with open(lock_path, 'a') as lock_file:
+  with open(lock_path, "a") as lock_file:
     try:
       fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-      logging.info('waiting for another process that is building %s', entry)
+      logging.info("waiting for another process that is building %s", entry)
       fcntl.flock(lock_file, fcntl.LOCK_EX)
     yield

@@ -26,16 +26,16 @@ import hashlib
 import json
 from typing import Any
 
-from absl import logging
 import grain
 import numpy as np
+from absl import logging
 
 from gptjax.data import baselines, packing
 from gptjax.data.token_cache import TokenFile
 
 # Bump when the row order or row layout changes: old checkpoints then refuse to
 # resume instead of silently continuing on different data.
-ORDER_VERSION = 'grain-shuffle-repeat-v1'
+ORDER_VERSION = "grain-shuffle-repeat-v1"
 # Seeds the choice of eval rows; independent of train.seed so every run of a sweep
 # is scored on the same rows. Changing it (or the way rows are drawn) changes
 # every eval loss, so treat it like ORDER_VERSION.
@@ -68,6 +68,7 @@ class EvalSet:
   and document each segment is, and how many targets it has. Documents are the
   clusters of the SEM (gptjax.eval_stats); row ids let reports pair runs.
   """
+
   batches: list[tuple[np.ndarray, np.ndarray]]
   rows: np.ndarray  # int64 [count], ascending validation row ids
   segments: np.ndarray
@@ -78,11 +79,14 @@ class EvalSet:
 
 def _check_shard(batch_size: int, process_index: int, process_count: int) -> int:
   if batch_size % process_count:
-    raise ValueError(f'batch_size={batch_size} is not divisible by '
-                     f'process_count={process_count}; use a multiple of it')
+    raise ValueError(
+      f"batch_size={batch_size} is not divisible by "
+      f"process_count={process_count}; use a multiple of it"
+    )
   if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index={process_index}: must be in '
-                     f'[0, process_count={process_count})')
+    raise ValueError(
+      f"process_index={process_index}: must be in [0, process_count={process_count})"
+    )
   return batch_size // process_count
 
 
@@ -94,8 +98,16 @@ class LMData:
   `stats` maps each split name to its `SplitStats`.
   """
 
-  def __init__(self, train: TokenFile, validation: TokenFile, seq_len: int, seed: int,
-               vocab_size: int, eos_id: int, identity: str):
+  def __init__(
+    self,
+    train: TokenFile,
+    validation: TokenFile,
+    seq_len: int,
+    seed: int,
+    vocab_size: int,
+    eos_id: int,
+    identity: str,
+  ):
     self.seq_len = seq_len
     self.seed = seed
     self.vocab_size = vocab_size
@@ -104,30 +116,45 @@ class LMData:
     self.train_tokens = train.tokens
     self.validation_tokens = validation.tokens
     self.stats = {}
-    for split, token_file in (('train', train), ('validation', validation)):
+    for split, token_file in (("train", train), ("validation", validation)):
       tokens = len(token_file.tokens)
       rows = packing.num_rows(tokens, seq_len)
-      self.stats[split] = SplitStats(documents=token_file.documents, tokens=tokens,
-                                     rows=rows, wrapped_tokens=rows * seq_len - tokens)
-      logging.info('data %s: %d documents, %d tokens, %d rows of %d+1 '
-                   '(%d wrapped tokens complete the last row)', split,
-                   token_file.documents, tokens, rows, seq_len, rows * seq_len - tokens)
-    self._order = grain.MapDataset.range(self.stats['train'].rows).shuffle(seed=seed).repeat()
-    self.fingerprint = hashlib.sha256(json.dumps(
+      self.stats[split] = SplitStats(
+        documents=token_file.documents,
+        tokens=tokens,
+        rows=rows,
+        wrapped_tokens=rows * seq_len - tokens,
+      )
+      logging.info(
+        "data %s: %d documents, %d tokens, %d rows of %d+1 "
+        "(%d wrapped tokens complete the last row)",
+        split,
+        token_file.documents,
+        tokens,
+        rows,
+        seq_len,
+        rows * seq_len - tokens,
+      )
+    self._order = grain.MapDataset.range(self.stats["train"].rows).shuffle(seed=seed).repeat()
+    self.fingerprint = hashlib.sha256(
+      json.dumps(
         [identity, seq_len, len(train.tokens), len(validation.tokens), ORDER_VERSION]
-    ).encode()).hexdigest()[:16]
+      ).encode()
+    ).hexdigest()[:16]
 
   def stream_rows(self, start: int, count: int) -> np.ndarray:
     """Train row ids at positions [start, start+count) of the epoch-concatenated stream."""
-    return np.fromiter((self._order[i] for i in range(start, start + count)),
-                       dtype=np.int64, count=count)
+    return np.fromiter(
+      (self._order[i] for i in range(start, start + count)), dtype=np.int64, count=count
+    )
 
-  def train_batch(self, step: int, batch_size: int, process_index: int = 0,
-                  process_count: int = 1) -> np.ndarray:
+  def train_batch(
+    self, step: int, batch_size: int, process_index: int = 0, process_count: int = 1
+  ) -> np.ndarray:
     """This process's slice of the global batch for `step`, int32 [B/P, seq_len+1]."""
     local = _check_shard(batch_size, process_index, process_count)
     if step < 0:
-      raise ValueError(f'step={step}: must be >= 0')
+      raise ValueError(f"step={step}: must be >= 0")
     rows = self.stream_rows(step * batch_size + process_index * local, local)
     return packing.gather_rows(self.train_tokens, rows, self.seq_len).tokens
 
@@ -137,16 +164,16 @@ class LMData:
 
     A larger `max_sequences` keeps these rows and adds more.
     """
-    rows = self.stats['validation'].rows
+    rows = self.stats["validation"].rows
     count = min(max_sequences, rows)
     if count < max_sequences:
-      logging.info('data validation: only %d rows available (asked for %d)',
-                   count, max_sequences)
+      logging.info("data validation: only %d rows available (asked for %d)", count, max_sequences)
     order = grain.MapDataset.range(rows).shuffle(seed=EVAL_SEED)
     return np.sort(np.fromiter((order[i] for i in range(count)), dtype=np.int64, count=count))
 
-  def eval_batches(self, batch_size: int, max_sequences: int, process_index: int = 0,
-                   process_count: int = 1) -> EvalSet:
+  def eval_batches(
+    self, batch_size: int, max_sequences: int, process_index: int = 0, process_count: int = 1
+  ) -> EvalSet:
     """`eval_rows(max_sequences)` as an `EvalSet` of global batches of `batch_size` rows.
 
     Each process gets its contiguous slice [B/P] of every global batch.
@@ -160,8 +187,10 @@ class LMData:
     mask = np.zeros((padded, self.seq_len), dtype=np.float32)
     tokens[:count], mask[:count] = packed.tokens, packed.target_mask
     shard = slice(process_index * local, (process_index + 1) * local)
-    batches = [(tokens[start:start + batch_size][shard], mask[start:start + batch_size][shard])
-               for start in range(0, padded, batch_size)]
+    batches = [
+      (tokens[start : start + batch_size][shard], mask[start : start + batch_size][shard])
+      for start in range(0, padded, batch_size)
+    ]
 
     ends = packing.document_ends(self.validation_tokens, self.eos_id)
     documents = packing.target_documents(ends, rows, self.seq_len, len(self.validation_tokens))
@@ -172,35 +201,49 @@ class LMData:
     segments = np.full((padded, self.seq_len), -1, dtype=np.int32)
     segments[:count][valid] = inverse
     return EvalSet(
-        batches=batches, rows=rows, segments=segments,
-        segment_rows=np.broadcast_to(rows[:, None], documents.shape)[valid][first],
-        segment_documents=documents[valid][first],
-        segment_tokens=np.bincount(inverse, minlength=len(unique_keys)).astype(np.int64))
+      batches=batches,
+      rows=rows,
+      segments=segments,
+      segment_rows=np.broadcast_to(rows[:, None], documents.shape)[valid][first],
+      segment_documents=documents[valid][first],
+      segment_tokens=np.bincount(inverse, minlength=len(unique_keys)).astype(np.int64),
+    )
 
   def state(self, step: int) -> dict[str, Any]:
     """The data position to save with a checkpoint (JSON-serialisable)."""
-    return {'step': int(step), 'seed': self.seed, 'fingerprint': self.fingerprint,
-            'dataset': self.identity, 'seq_len': self.seq_len}
+    return {
+      "step": int(step),
+      "seed": self.seed,
+      "fingerprint": self.fingerprint,
+      "dataset": self.identity,
+      "seq_len": self.seq_len,
+    }
 
   def check_state(self, state: dict[str, Any]) -> int:
     """Raises ValueError unless `state` (from `state`) describes this data; returns its step."""
-    expected = self.state(int(state.get('step', 0)))
-    differences = [f'{key}: checkpoint {state.get(key)!r}, now {expected[key]!r}'
-                   for key in ('seed', 'fingerprint', 'dataset', 'seq_len')
-                   if state.get(key) != expected[key]]
+    expected = self.state(int(state.get("step", 0)))
+    differences = [
+      f"{key}: checkpoint {state.get(key)!r}, now {expected[key]!r}"
+      for key in ("seed", "fingerprint", "dataset", "seq_len")
+      if state.get(key) != expected[key]
+    ]
     if differences:
       raise ValueError(
-          'the checkpoint was trained on different data, so resuming would not '
-          'continue its data order:\n    ' + '\n    '.join(differences) +
-          '\n  restore the data.*, train.seed and model.seq_len settings (and the '
-          'corpus files) the run started with, or use a new workdir')
-    return expected['step']
+        "the checkpoint was trained on different data, so resuming would not "
+        "continue its data order:\n    "
+        + "\n    ".join(differences)
+        + "\n  restore the data.*, train.seed and model.seq_len settings (and the "
+        "corpus files) the run started with, or use a new workdir"
+      )
+    return expected["step"]
 
   def unigram_cross_entropy(self) -> float:
     """Nats/token of a unigram model of train tokens on validation targets.
 
     Both splits are capped at UNIGRAM_MAX_TOKENS so this stays cheap on huge corpora.
     """
-    return baselines.unigram_cross_entropy(self.train_tokens[:UNIGRAM_MAX_TOKENS],
-                                           self.validation_tokens[:UNIGRAM_MAX_TOKENS],
-                                           self.vocab_size)
+    return baselines.unigram_cross_entropy(
+      self.train_tokens[:UNIGRAM_MAX_TOKENS],
+      self.validation_tokens[:UNIGRAM_MAX_TOKENS],
+      self.vocab_size,
+    )

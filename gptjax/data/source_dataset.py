@@ -19,24 +19,25 @@ import io
 import os
 from collections.abc import Iterator, Sequence
 
-from absl import logging
 import tensorflow_datasets as tfds
+from absl import logging
 
 from gptjax.data import corpus, documents, paths
 
-DATASET_NAME = 'source_corpus'
-SPLITS = ('train', 'validation')
+DATASET_NAME = "source_corpus"
+SPLITS = ("train", "validation")
 
 
 @dataclasses.dataclass(eq=False)
 class SourceCorpusConfig(tfds.core.BuilderConfig):
   """Which files to read, how they become documents, and how many are held out."""
-  root: str = ''
-  pattern: str = ''  # A glob; '' means the embedded rules: .py files under root.
-  fingerprint: str = ''  # corpus.fingerprint of the file list at config time.
+
+  root: str = ""
+  pattern: str = ""  # A glob; '' means the embedded rules: .py files under root.
+  fingerprint: str = ""  # corpus.fingerprint of the file list at config time.
   validation_percent: int = 5
-  txt_documents: str = 'file'
-  jsonl_field: str = 'text'
+  txt_documents: str = "file"
+  jsonl_field: str = "text"
 
 
 def list_files(root: str, pattern: str) -> list[corpus.SourceFile]:
@@ -47,22 +48,24 @@ def list_files(root: str, pattern: str) -> list[corpus.SourceFile]:
 class SourceCorpus(tfds.core.GeneratorBasedBuilder):
   """Documents of local files, split into train/validation by a hash of their id."""
 
-  VERSION = tfds.core.Version('2.0.0')
+  VERSION = tfds.core.Version("2.0.0")
   RELEASE_NOTES = {
-      '1.0.0': 'One document per source file.',
-      '2.0.0': 'File globs, blank-line and JSON-lines documents; invalid UTF-8 '
-               'is replaced instead of skipping the file.',
+    "1.0.0": "One document per source file.",
+    "2.0.0": "File globs, blank-line and JSON-lines documents; invalid UTF-8 "
+    "is replaced instead of skipping the file.",
   }
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self,
-        description='Documents read from local files.',
-        disable_shuffling=True,  # Keep file order: the corpus reads as written.
-        features=tfds.features.FeaturesDict({
-            'text': tfds.features.Text(),
-            'path': tfds.features.Text(),  # Document id: relpath, or relpath#index.
-        }),
+      builder=self,
+      description="Documents read from local files.",
+      disable_shuffling=True,  # Keep file order: the corpus reads as written.
+      features=tfds.features.FeaturesDict(
+        {
+          "text": tfds.features.Text(),
+          "path": tfds.features.Text(),  # Document id: relpath, or relpath#index.
+        }
+      ),
     )
 
   def _split_generators(self, dl_manager):
@@ -70,31 +73,36 @@ class SourceCorpus(tfds.core.GeneratorBasedBuilder):
     config = self.builder_config
     files = list_files(config.root, config.pattern)
     if corpus.fingerprint(files) != config.fingerprint:
-      raise RuntimeError(f'files under {config.root!r} changed while preparing '
-                         f'{config.name}; rerun once they are stable')
+      raise RuntimeError(
+        f"files under {config.root!r} changed while preparing "
+        f"{config.name}; rerun once they are stable"
+      )
     return {split: self._generate_examples(files, split) for split in SPLITS}
 
-  def _generate_examples(self, files: Sequence[corpus.SourceFile], split: str
-                         ) -> Iterator[tuple[str, dict[str, str]]]:
+  def _generate_examples(
+    self, files: Sequence[corpus.SourceFile], split: str
+  ) -> Iterator[tuple[str, dict[str, str]]]:
     config = self.builder_config
     for doc_id, text in iter_documents(config, files, documents.ReadStats()):
-      if corpus.is_validation(doc_id, config.validation_percent) == (split == 'validation'):
-        yield doc_id, {'text': text, 'path': doc_id}
+      if corpus.is_validation(doc_id, config.validation_percent) == (split == "validation"):
+        yield doc_id, {"text": text, "path": doc_id}
 
 
-def iter_documents(config: SourceCorpusConfig, files: Sequence[corpus.SourceFile],
-                   stats: documents.ReadStats) -> Iterator[tuple[str, str]]:
+def iter_documents(
+  config: SourceCorpusConfig, files: Sequence[corpus.SourceFile], stats: documents.ReadStats
+) -> Iterator[tuple[str, str]]:
   """(document id, text) of every document, in file order.
 
   The id is the file's relative path, plus '#index' when a file holds several
   documents; the train/validation split is a hash of it.
   """
   for f in files:
-    several = config.txt_documents != 'file' or documents.is_jsonl(f.relpath)
-    texts = documents.read(os.path.join(config.root, f.relpath), config.txt_documents,
-                           config.jsonl_field, stats)
+    several = config.txt_documents != "file" or documents.is_jsonl(f.relpath)
+    texts = documents.read(
+      os.path.join(config.root, f.relpath), config.txt_documents, config.jsonl_field, stats
+    )
     for index, text in enumerate(texts):
-      yield (f'{f.relpath}#{index}' if several else f.relpath), text
+      yield (f"{f.relpath}#{index}" if several else f.relpath), text
 
 
 def check_documents(config: SourceCorpusConfig) -> None:
@@ -107,27 +115,38 @@ def check_documents(config: SourceCorpusConfig) -> None:
   counts = {split: 0 for split in SPLITS}
   source = config.pattern or config.root
   for doc_id, _ in iter_documents(config, list_files(config.root, config.pattern), stats):
-    counts['validation' if corpus.is_validation(doc_id, config.validation_percent)
-           else 'train'] += 1
+    counts[
+      "validation" if corpus.is_validation(doc_id, config.validation_percent) else "train"
+    ] += 1
   if stats.files_with_invalid_utf8:
-    logging.warning('source_corpus %s: %d files had invalid UTF-8; %d byte sequences '
-                    'were replaced with U+FFFD', source, stats.files_with_invalid_utf8,
-                    stats.replaced_bytes)
+    logging.warning(
+      "source_corpus %s: %d files had invalid UTF-8; %d byte sequences were replaced with U+FFFD",
+      source,
+      stats.files_with_invalid_utf8,
+      stats.replaced_bytes,
+    )
   if not sum(counts.values()):
-    raise ValueError(f'empty corpus: {source!r} holds no documents (only empty or '
-                     'blank files); point data.source at files with text')
+    raise ValueError(
+      f"empty corpus: {source!r} holds no documents (only empty or "
+      "blank files); point data.source at files with text"
+    )
   if not all(counts.values()):
     raise ValueError(
-        f'data.validation_percent={config.validation_percent} puts '
-        f'{counts["validation"]} documents of {source!r} in validation and '
-        f'{counts["train"]} in train; both splits need documents: add documents '
-        "(or split files with data.txt_documents='blank_lines') or change "
-        'data.validation_percent')
+      f"data.validation_percent={config.validation_percent} puts "
+      f"{counts['validation']} documents of {source!r} in validation and "
+      f"{counts['train']} in train; both splits need documents: add documents "
+      "(or split files with data.txt_documents='blank_lines') or change "
+      "data.validation_percent"
+    )
 
 
-def make_config(root: str, validation_percent: int, pattern: str = '',
-                txt_documents: str = 'file', jsonl_field: str = 'text'
-                ) -> SourceCorpusConfig:
+def make_config(
+  root: str,
+  validation_percent: int,
+  pattern: str = "",
+  txt_documents: str = "file",
+  jsonl_field: str = "text",
+) -> SourceCorpusConfig:
   """Builds the config (and thus the cache identity) for a directory or a glob.
 
   With `pattern` set, `root` is ignored and derived from the glob.
@@ -136,27 +155,34 @@ def make_config(root: str, validation_percent: int, pattern: str = '',
     root = corpus.glob_root(pattern)
   files = tuple(list_files(root, pattern))
   if not files:
-    what = (f'data.source={pattern!r} matches no files; check the path and quote the '
-            'glob so the shell does not expand it' if pattern else
-            f'corpus root {root!r} contains no {corpus.DEFAULT_SUFFIXES} files; point '
-            'it at a directory of source files')
+    what = (
+      f"data.source={pattern!r} matches no files; check the path and quote the "
+      "glob so the shell does not expand it"
+      if pattern
+      else f"corpus root {root!r} contains no {corpus.DEFAULT_SUFFIXES} files; point "
+      "it at a directory of source files"
+    )
     raise ValueError(what)
   files_hash = corpus.fingerprint(files)
   if pattern:
-    settings = f'{root}\0{pattern}\0{txt_documents}\0{jsonl_field}'
-    label = 'files_' + hashlib.sha256(settings.encode()).hexdigest()[:8]
+    settings = f"{root}\0{pattern}\0{txt_documents}\0{jsonl_field}"
+    label = "files_" + hashlib.sha256(settings.encode()).hexdigest()[:8]
   else:
     is_stdlib = os.path.realpath(root) == os.path.realpath(corpus.stdlib_root())
-    label = ('stdlib' if is_stdlib else 'dir') + '_' + corpus.python_version_tag()
+    label = ("stdlib" if is_stdlib else "dir") + "_" + corpus.python_version_tag()
   return SourceCorpusConfig(
-      name=f'{label}_val{validation_percent}_{files_hash}',
-      description=f'documents of {pattern or root}', root=root, pattern=pattern,
-      fingerprint=files_hash, validation_percent=validation_percent,
-      txt_documents=txt_documents, jsonl_field=jsonl_field)
+    name=f"{label}_val{validation_percent}_{files_hash}",
+    description=f"documents of {pattern or root}",
+    root=root,
+    pattern=pattern,
+    fingerprint=files_hash,
+    validation_percent=validation_percent,
+    txt_documents=txt_documents,
+    jsonl_field=jsonl_field,
+  )
 
 
-def prepare(config: SourceCorpusConfig, data_dir: str
-            ) -> tuple[str, dict[str, Sequence[dict]]]:
+def prepare(config: SourceCorpusConfig, data_dir: str) -> tuple[str, dict[str, Sequence[dict]]]:
   """Prepares the dataset once (no-op if already on disk) and opens it.
 
   Returns the dataset identity ('source_corpus/<config>:<version>', used in
@@ -166,18 +192,22 @@ def prepare(config: SourceCorpusConfig, data_dir: str
   writes into a temp directory and renames it into place, so a local reader
   never sees half a dataset (on gs:// the rename copies file by file).
   """
-  builder = SourceCorpus(config=config, data_dir=data_dir, file_format='array_record')
-  identity = f'{DATASET_NAME}/{config.name}:{builder.version}'
+  builder = SourceCorpus(config=config, data_dir=data_dir, file_format="array_record")
+  identity = f"{DATASET_NAME}/{config.name}:{builder.version}"
   if not builder.is_prepared():
     with paths.building(os.fspath(builder.data_path)):
       if not builder.is_prepared():
-        logging.info('source_corpus: preparing %s from %s into %s', identity,
-                     config.pattern or config.root, data_dir)
+        logging.info(
+          "source_corpus: preparing %s from %s into %s",
+          identity,
+          config.pattern or config.root,
+          data_dir,
+        )
         check_documents(config)
         # tfds prints 'Downloading and preparing dataset Unknown size ...' for local files,
         # where nothing is downloaded; the line above says what happens.
         with contextlib.redirect_stdout(io.StringIO()):
           builder.download_and_prepare()
-  logging.info('source_corpus: using %s in %s', identity, data_dir)
+  logging.info("source_corpus: using %s in %s", identity, data_dir)
   sources = tfds.data_source(identity, data_dir=data_dir, download=False)
   return identity, {split: sources[split] for split in SPLITS}

@@ -16,20 +16,21 @@ import tensorflow_datasets as tfds
 
 from gptjax.data import catalog, corpus, paths, source_dataset
 
-LOCAL_SUFFIXES = ('.txt', '.jsonl')
+LOCAL_SUFFIXES = (".txt", ".jsonl")
 # name, name/config, name:version or name/config:version, e.g. 'c4/en:3.1.0'.
-CATALOG_NAME = re.compile(r'^[a-z][a-z0-9_]*(/[A-Za-z0-9_.+-]+)?(:[0-9]+\.[0-9*]+\.[0-9*]+)?$')
+CATALOG_NAME = re.compile(r"^[a-z][a-z0-9_]*(/[A-Za-z0-9_.+-]+)?(:[0-9]+\.[0-9*]+\.[0-9*]+)?$")
 Sources = dict[str, Sequence[dict]]
 
 
 def kind(source: str) -> str:
   """'embedded', 'files' (a path or glob) or 'catalog' (a TFDS name)."""
-  if source == 'embedded':
-    return 'embedded'
-  if (glob.has_magic(source) or source.endswith(LOCAL_SUFFIXES)
-      or source.startswith(('/', '.', '~'))):
-    return 'files'
-  return 'catalog'
+  if source == "embedded":
+    return "embedded"
+  if (
+    glob.has_magic(source) or source.endswith(LOCAL_SUFFIXES) or source.startswith(("/", ".", "~"))
+  ):
+    return "files"
+  return "catalog"
 
 
 def problems(data_config: ml_collections.ConfigDict) -> list[str]:
@@ -37,23 +38,31 @@ def problems(data_config: ml_collections.ConfigDict) -> list[str]:
   source = data_config.source
   if not isinstance(source, str) or not source:
     return [f"data.source={source!r}: use 'embedded', a TFDS name or a local glob"]
-  if kind(source) == 'files':
+  if kind(source) == "files":
     if not source.endswith(LOCAL_SUFFIXES):
-      return [f'data.source={source!r}: local globs must end in .txt or .jsonl '
-              "(e.g. 'corpus/**/*.txt'); other names are TFDS catalog names"]
+      return [
+        f"data.source={source!r}: local globs must end in .txt or .jsonl "
+        "(e.g. 'corpus/**/*.txt'); other names are TFDS catalog names"
+      ]
     if not glob.glob(os.path.expanduser(source), recursive=True):
-      return [f'data.source={source!r}: matches no files; check the path (relative '
-              f'paths start at {os.getcwd()})']
-  elif kind(source) == 'catalog':
+      return [
+        f"data.source={source!r}: matches no files; check the path (relative "
+        f"paths start at {os.getcwd()})"
+      ]
+  elif kind(source) == "catalog":
     if not CATALOG_NAME.match(source):
-      return [f"data.source={source!r}: not a TFDS name like 'lm1b', 'c4/en' or "
-              "'c4/en:3.1.0', 'embedded', or a local glob ending in .txt or .jsonl"]
+      return [
+        f"data.source={source!r}: not a TFDS name like 'lm1b', 'c4/en' or "
+        "'c4/en:3.1.0', 'embedded', or a local glob ending in .txt or .jsonl"
+      ]
     try:
-      tfds.builder_cls(source.split(':')[0].split('/')[0])
+      tfds.builder_cls(source.split(":")[0].split("/")[0])
     except tfds.core.registered.DatasetNotFoundError:
-      return [f'data.source={source!r}: not a TFDS catalog dataset; use a name from '
-              "https://www.tensorflow.org/datasets/catalog (e.g. 'lm1b' or "
-              "'c4/en:3.1.0'), 'embedded', or a local glob ending in .txt or .jsonl"]
+      return [
+        f"data.source={source!r}: not a TFDS catalog dataset; use a name from "
+        "https://www.tensorflow.org/datasets/catalog (e.g. 'lm1b' or "
+        "'c4/en:3.1.0'), 'embedded', or a local glob ending in .txt or .jsonl"
+      ]
   return []
 
 
@@ -65,28 +74,36 @@ def open_sources(data_config: ml_collections.ConfigDict) -> tuple[str, Sources, 
   """
   data_dir = paths.resolve_data_dir(data_config.data_dir)
   source = data_config.source
-  if kind(source) == 'catalog':
+  if kind(source) == "catalog":
     identity, splits = catalog.prepare(
-        source, data_dir, data_config.download,
-        {'train': data_config.train_split, 'validation': data_config.eval_split},
-        data_config.text_field)
+      source,
+      data_dir,
+      data_config.download,
+      {"train": data_config.train_split, "validation": data_config.eval_split},
+      data_config.text_field,
+    )
     return identity, splits, data_config.text_field
-  if kind(source) == 'embedded':
+  if kind(source) == "embedded":
     config = source_dataset.make_config(corpus.stdlib_root(), data_config.validation_percent)
   else:
     config = source_dataset.make_config(
-        '', data_config.validation_percent, pattern=source,
-        txt_documents=data_config.txt_documents, jsonl_field=data_config.jsonl_field)
+      "",
+      data_config.validation_percent,
+      pattern=source,
+      txt_documents=data_config.txt_documents,
+      jsonl_field=data_config.jsonl_field,
+    )
   identity, splits = source_dataset.prepare(config, data_dir)
-  return identity, splits, 'text'
+  return identity, splits, "text"
 
 
-def text_chunks(source: Sequence[dict], text_field: str, chunk_size: int = 1024
-                ) -> Iterator[list[str]]:
+def text_chunks(
+  source: Sequence[dict], text_field: str, chunk_size: int = 1024
+) -> Iterator[list[str]]:
   """The documents of a data source in order, decoded, `chunk_size` at a time."""
   for first in range(0, len(source), chunk_size):
     records = source.__getitems__(list(range(first, min(first + chunk_size, len(source)))))
-    yield [record[text_field].decode('utf-8') for record in records]
+    yield [record[text_field].decode("utf-8") for record in records]
 
 
 def texts(source: Sequence[dict], text_field: str) -> Iterator[str]:

@@ -13,8 +13,8 @@ import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 
-from absl import logging
 import sentencepiece as spm
+from absl import logging
 
 from gptjax.data import paths
 from gptjax.data.tokenizer import SPM_FILENAME, SentencePieceTokenizer
@@ -40,7 +40,7 @@ def sample_chunks(texts: Iterable[str], sample_chars: int) -> list[str]:
     for chunk in _line_chunks(text):
       if total >= sample_chars:
         return chunks
-      chunk = chunk[:sample_chars - total]
+      chunk = chunk[: sample_chars - total]
       chunks.append(chunk)
       total += len(chunk)
   return chunks
@@ -48,13 +48,13 @@ def sample_chunks(texts: Iterable[str], sample_chars: int) -> list[str]:
 
 def _line_chunks(text: str) -> Iterator[str]:
   """Consecutive lines (newlines kept) grouped into chunks of <= CHUNK_CHARS."""
-  current = ''
+  current = ""
   for line in text.splitlines(keepends=True):
     for start in range(0, len(line), CHUNK_CHARS):
-      piece = line[start:start + CHUNK_CHARS]
+      piece = line[start : start + CHUNK_CHARS]
       if len(current) + len(piece) > CHUNK_CHARS:
         yield current
-        current = ''
+        current = ""
       current += piece
   if current:
     yield current
@@ -66,64 +66,80 @@ def train(chunks: Sequence[str], vocab_size: int, model_type: str) -> bytes:
   spm.set_random_generator_seed(0)  # Unigram's EM sampling must be repeatable.
   try:
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(chunks),
-        model_writer=model,
-        vocab_size=vocab_size,
-        model_type=model_type,
-        byte_fallback=True,
-        normalization_rule_name='identity',
-        remove_extra_whitespaces=False,
-        add_dummy_prefix=False,
-        allow_whitespace_only_pieces=True,
-        split_digits=True,
-        character_coverage=0.9995,
-        max_sentence_length=MAX_SENTENCE_BYTES,
-        input_sentence_size=0,
-        shuffle_input_sentence=False,
-        unk_id=UNK_ID, eos_id=EOS_ID, bos_id=-1, pad_id=-1,
-        num_threads=os.cpu_count() or 1,
-        minloglevel=2,
+      sentence_iterator=iter(chunks),
+      model_writer=model,
+      vocab_size=vocab_size,
+      model_type=model_type,
+      byte_fallback=True,
+      normalization_rule_name="identity",
+      remove_extra_whitespaces=False,
+      add_dummy_prefix=False,
+      allow_whitespace_only_pieces=True,
+      split_digits=True,
+      character_coverage=0.9995,
+      max_sentence_length=MAX_SENTENCE_BYTES,
+      input_sentence_size=0,
+      shuffle_input_sentence=False,
+      unk_id=UNK_ID,
+      eos_id=EOS_ID,
+      bos_id=-1,
+      pad_id=-1,
+      num_threads=os.cpu_count() or 1,
+      minloglevel=2,
     )
   except RuntimeError as e:
     raise ValueError(
-        f'SentencePiece training failed for data.vocab_size={vocab_size}, '
-        f'data.spm_model_type={model_type!r} on {len(chunks)} chunks: {e}. '
-        'If the vocabulary is too large for the sample, lower data.vocab_size '
-        'or raise data.tokenizer_sample_chars') from e
+      f"SentencePiece training failed for data.vocab_size={vocab_size}, "
+      f"data.spm_model_type={model_type!r} on {len(chunks)} chunks: {e}. "
+      "If the vocabulary is too large for the sample, lower data.vocab_size "
+      "or raise data.tokenizer_sample_chars"
+    ) from e
   return model.getvalue()
 
 
-def cache_key(dataset_identity: str, vocab_size: int, model_type: str,
-              sample_chars: int) -> str:
+def cache_key(dataset_identity: str, vocab_size: int, model_type: str, sample_chars: int) -> str:
   """Hash of everything that determines the trained model."""
-  settings = dict(dataset=dataset_identity, vocab_size=vocab_size,
-                  model_type=model_type, sample_chars=sample_chars,
-                  sentencepiece=spm.__version__, trainer=TRAINER_VERSION)
+  settings = dict(
+    dataset=dataset_identity,
+    vocab_size=vocab_size,
+    model_type=model_type,
+    sample_chars=sample_chars,
+    sentencepiece=spm.__version__,
+    trainer=TRAINER_VERSION,
+  )
   return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def load_or_train(dataset_identity: str, train_texts: Iterable[str],
-                  vocab_size: int, model_type: str, sample_chars: int
-                  ) -> SentencePieceTokenizer:
+def load_or_train(
+  dataset_identity: str,
+  train_texts: Iterable[str],
+  vocab_size: int,
+  model_type: str,
+  sample_chars: int,
+) -> SentencePieceTokenizer:
   """Returns the cached model for these settings, training it on first use.
 
   A process that finds another one training the same model waits for it and
   loads its result (`paths.building`), rather than training it a second time.
   """
   key = cache_key(dataset_identity, vocab_size, model_type, sample_chars)
-  path = os.path.join(paths.cache_root(), 'tokenizers', key, SPM_FILENAME)
+  path = os.path.join(paths.cache_root(), "tokenizers", key, SPM_FILENAME)
   if not os.path.isfile(path):
     with paths.building(path):
       if not os.path.isfile(path):  # not trained by another process while this one waited
         chunks = sample_chunks(train_texts, sample_chars)
-        logging.info('tokenizer: training SentencePiece %s vocab=%d on %d chars '
-                     '(%d chunks) of %s', model_type, vocab_size,
-                     sum(map(len, chunks)), len(chunks), dataset_identity)
+        logging.info(
+          "tokenizer: training SentencePiece %s vocab=%d on %d chars (%d chunks) of %s",
+          model_type,
+          vocab_size,
+          sum(map(len, chunks)),
+          len(chunks),
+          dataset_identity,
+        )
         start = time.perf_counter()
         proto = train(chunks, vocab_size, model_type)
-        logging.info('tokenizer: trained in %.1fs, cached at %s',
-                     time.perf_counter() - start, path)
+        logging.info("tokenizer: trained in %.1fs, cached at %s", time.perf_counter() - start, path)
         paths.atomic_write_bytes(path, proto)
         return SentencePieceTokenizer(proto, origin=path)
-  logging.info('tokenizer: reusing cached SentencePiece model %s', path)
+  logging.info("tokenizer: reusing cached SentencePiece model %s", path)
   return SentencePieceTokenizer.from_file(path)

@@ -74,8 +74,10 @@ def read_records(path: str) -> list[tuple[int, dict[str, Any]]]:
 
 def _get(path: str, line: int, record: dict[str, Any], name: str, setting: str) -> Any:
   if name not in record or record[name] is None:
-    raise TaskDataError(f"{path}:{line}: no field {name!r} (it has {sorted(record)}); "
-                        f"set finetune.{setting} to the field holding it")
+    raise TaskDataError(
+      f"{path}:{line}: no field {name!r} (it has {sorted(record)}); "
+      f"set finetune.{setting} to the field holding it"
+    )
   return record[name]
 
 
@@ -93,8 +95,9 @@ def _label(path, line, record, name, count) -> int:
   except (TypeError, ValueError):
     label = -1
   if str(value).strip() not in (str(label), f"{label}.0") or not 0 <= label < count:
-    raise TaskDataError(f"{path}:{line}: field {name!r} is {value!r}; labels are integers in "
-                        f"[0, {count})")
+    raise TaskDataError(
+      f"{path}:{line}: field {name!r} is {value!r}; labels are integers in [0, {count})"
+    )
   return label
 
 
@@ -111,6 +114,7 @@ def _choices(path, line, record, name) -> list[str]:
 @dataclasses.dataclass
 class _Budget:
   """Fits examples into `length` tokens and counts those that needed it."""
+
   length: int
   too_long: str
   path: str
@@ -123,17 +127,19 @@ class _Budget:
       return first
     if self.too_long == "refuse" or over > len(first):
       raise TaskDataError(
-          f"{self.path}:{line}: the example is {len(first) + rest_length} tokens, over the "
-          f"{self.length} that fit in model.seq_len"
-          + ("" if self.too_long == "refuse" else " even with its first text dropped")
-          + "; raise model.seq_len, shorten it"
-          + (", or set finetune.too_long='truncate'" if self.too_long == "refuse" else ""))
+        f"{self.path}:{line}: the example is {len(first) + rest_length} tokens, over the "
+        f"{self.length} that fit in model.seq_len"
+        + ("" if self.too_long == "refuse" else " even with its first text dropped")
+        + "; raise model.seq_len, shorten it"
+        + (", or set finetune.too_long='truncate'" if self.too_long == "refuse" else "")
+      )
     self.truncated += 1
     return first[over:]
 
 
-def encode_task(path: str, config: ml_collections.ConfigDict, tokenizer: Any,
-                objective: str) -> dict[str, np.ndarray]:
+def encode_task(
+  path: str, config: ml_collections.ConfigDict, tokenizer: Any, objective: str
+) -> dict[str, np.ndarray]:
   """The classify/choice examples of `path`: tokens [N, K, L+1], weights [N, K, L],
   extract [N, K], label [N], example_weights [N]."""
   f, length = config.finetune, config.model.seq_len
@@ -145,8 +151,10 @@ def encode_task(path: str, config: ml_collections.ConfigDict, tokenizer: Any,
       context = tokenizer.encode(_text(path, line, record, f.text_field, "text_field"))
       answers = [tokenizer.encode(a) for a in _choices(path, line, record, f.choices_field)]
       if sequences and len(answers) != len(sequences[0]):
-        raise TaskDataError(f"{path}:{line}: field {f.choices_field!r} has {len(answers)} "
-                            f"answers, earlier examples {len(sequences[0])}; use one count")
+        raise TaskDataError(
+          f"{path}:{line}: field {f.choices_field!r} has {len(answers)} "
+          f"answers, earlier examples {len(sequences[0])}; use one count"
+        )
       label = _label(path, line, record, f.label_field, len(answers))
       pairs = [(context, a) for a in answers]
     else:
@@ -171,16 +179,22 @@ def encode_task(path: str, config: ml_collections.ConfigDict, tokenizer: Any,
   extract_at = np.zeros((n, k), np.int32)
   for i, seqs in enumerate(sequences):
     for j, seq in enumerate(seqs):
-      tokens[i, j, :len(seq)] = seq
+      tokens[i, j, : len(seq)] = seq
       extract_at[i, j] = len(seq) - 1
   weights = (np.arange(length)[None, None] < extract_at[..., None]).astype(np.float32)
   _log_truncation(path, budget, n)
-  return {"tokens": tokens, "weights": weights, "extract": extract_at,
-          "label": np.asarray(labels, np.int32), "example_weights": np.ones(n, np.float32)}
+  return {
+    "tokens": tokens,
+    "weights": weights,
+    "extract": extract_at,
+    "label": np.asarray(labels, np.int32),
+    "example_weights": np.ones(n, np.float32),
+  }
 
 
-def encode_sft(path: str, config: ml_collections.ConfigDict, tokenizer: Any
-               ) -> dict[str, np.ndarray]:
+def encode_sft(
+  path: str, config: ml_collections.ConfigDict, tokenizer: Any
+) -> dict[str, np.ndarray]:
   """The prompt/response examples of `path` packed into rows: inputs, targets, weights and
   segment_ids, each [rows, seq_len]."""
   f, length, eos = config.finetune, config.model.seq_len, tokenizer.eos_id
@@ -209,7 +223,7 @@ def encode_sft(path: str, config: ml_collections.ConfigDict, tokenizer: Any
       out["inputs"][r, at:end] = sequence[:-1]
       out["targets"][r, at:end] = sequence[1:]
       out["segment_ids"][r, at:end] = segment
-      out["weights"][r, at + len(prompt):end] = 1  # response tokens and the closing eos
+      out["weights"][r, at + len(prompt) : end] = 1  # response tokens and the closing eos
       at = end
   _log_truncation(path, budget, sum(len(r) for r in rows))
   logging.info("%s: packed into %d rows of %d tokens", path, len(rows), length)
@@ -217,9 +231,15 @@ def encode_sft(path: str, config: ml_collections.ConfigDict, tokenizer: Any
 
 
 def _log_truncation(path: str, budget: _Budget, count: int) -> None:
-  logging.info("%s: %d examples; %d too long for model.seq_len=%d, truncated from the left of "
-               "their first text (finetune.too_long=%r)", path, count, budget.truncated,
-               budget.length, budget.too_long)
+  logging.info(
+    "%s: %d examples; %d too long for model.seq_len=%d, truncated from the left of "
+    "their first text (finetune.too_long=%r)",
+    path,
+    count,
+    budget.truncated,
+    budget.length,
+    budget.too_long,
+  )
 
 
 class TaskData:
@@ -229,8 +249,14 @@ class TaskData:
   packed row) axis.
   """
 
-  def __init__(self, train: dict[str, np.ndarray], eval_: dict[str, np.ndarray], seed: int,
-               identity: str, seq_len: int):
+  def __init__(
+    self,
+    train: dict[str, np.ndarray],
+    eval_: dict[str, np.ndarray],
+    seed: int,
+    identity: str,
+    seq_len: int,
+  ):
     self.train, self.eval, self.seed = train, eval_, seed
     self.identity, self.seq_len = identity, seq_len
     self.rows = len(next(iter(train.values())))
@@ -244,29 +270,40 @@ class TaskData:
     """Optimizer updates that visit every training row `epochs` times (the last batch rounds up)."""
     return -(-epochs * self.rows // batch_size)
 
-  def train_batch(self, step: int, batch_size: int, process_index: int = 0,
-                  process_count: int = 1) -> dict[str, np.ndarray]:
+  def train_batch(
+    self, step: int, batch_size: int, process_index: int = 0, process_count: int = 1
+  ) -> dict[str, np.ndarray]:
     """This process's slice of the global batch for `step`."""
     local = pipeline._check_shard(batch_size, process_index, process_count)
     start = step * batch_size + process_index * local
     rows = np.fromiter((self._order[i] for i in range(start, start + local)), np.int64, local)
     return {k: v[rows] for k, v in self.train.items()}
 
-  def eval_batches(self, batch_size: int, process_index: int = 0, process_count: int = 1
-                   ) -> list[dict[str, np.ndarray]]:
+  def eval_batches(
+    self, batch_size: int, process_index: int = 0, process_count: int = 1
+  ) -> list[dict[str, np.ndarray]]:
     """Every eval example once, in global batches of `batch_size` (the last padded with
     zero weights); this process's slice of each."""
     local = pipeline._check_shard(batch_size, process_index, process_count)
     count = len(next(iter(self.eval.values())))
     padded = -(-count // batch_size) * batch_size
-    arrays = {k: np.concatenate([v, np.zeros((padded - count, *v.shape[1:]), v.dtype)])
-              for k, v in self.eval.items()}
-    return [{k: v[s + process_index * local:s + (process_index + 1) * local]
-             for k, v in arrays.items()} for s in range(0, padded, batch_size)]
+    arrays = {
+      k: np.concatenate([v, np.zeros((padded - count, *v.shape[1:]), v.dtype)])
+      for k, v in self.eval.items()
+    }
+    return [
+      {k: v[s + process_index * local : s + (process_index + 1) * local] for k, v in arrays.items()}
+      for s in range(0, padded, batch_size)
+    ]
 
   def state(self, step: int) -> dict[str, Any]:
-    return {"step": int(step), "seed": self.seed, "fingerprint": self.fingerprint,
-            "dataset": self.identity, "seq_len": self.seq_len}
+    return {
+      "step": int(step),
+      "seed": self.seed,
+      "fingerprint": self.fingerprint,
+      "dataset": self.identity,
+      "seq_len": self.seq_len,
+    }
 
   check_state = pipeline.LMData.check_state  # the same fields, the same refusal
 
@@ -280,12 +317,20 @@ def load(config: ml_collections.ConfigDict, tokenizer: Any) -> TaskData:
     if config.train.objective == "sft":
       return encode_sft(path, config, tokenizer)
     return encode_task(path, config, tokenizer, config.train.objective)
+
   train, eval_ = encode(f.train_file), encode(f.eval_file)
   if config.train.objective != "sft" and train["tokens"].shape[1] != eval_["tokens"].shape[1]:
-    raise TaskDataError(f"{f.eval_file}: {eval_['tokens'].shape[1]} sequences per example, "
-                        f"{f.train_file} has {train['tokens'].shape[1]}; use the same task")
-  return TaskData(train, eval_, config.train.seed,
-                  f"{config.train.objective}|{os.path.abspath(f.train_file)}", config.model.seq_len)
+    raise TaskDataError(
+      f"{f.eval_file}: {eval_['tokens'].shape[1]} sequences per example, "
+      f"{f.train_file} has {train['tokens'].shape[1]}; use the same task"
+    )
+  return TaskData(
+    train,
+    eval_,
+    config.train.seed,
+    f"{config.train.objective}|{os.path.abspath(f.train_file)}",
+    config.model.seq_len,
+  )
 
 
 def problems(config: ml_collections.ConfigDict) -> list[str]:
@@ -296,8 +341,10 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
   for name in ("train_file", "eval_file"):
     path = os.path.expanduser(f[name])
     if not f[name] or os.path.splitext(path)[1].lower() not in FORMATS or not os.path.isfile(path):
-      errors.append(f"finetune.{name}={f[name]!r}: train.objective={config.train.objective!r} "
-                    f"needs an existing {'/'.join(FORMATS)} file")
+      errors.append(
+        f"finetune.{name}={f[name]!r}: train.objective={config.train.objective!r} "
+        f"needs an existing {'/'.join(FORMATS)} file"
+      )
   if f.too_long not in TOO_LONG:
     errors.append(f"finetune.too_long={f.too_long!r}: use one of {TOO_LONG}")
   return errors

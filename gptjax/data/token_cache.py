@@ -18,9 +18,9 @@ import os
 import time
 from collections.abc import Sequence
 
-from absl import logging
 import numpy as np
 import tqdm
+from absl import logging
 
 from gptjax.data import packing, paths, sources
 from gptjax.data.tokenizer import Tokenizer
@@ -31,6 +31,7 @@ CHUNK_DOCUMENTS = 1024  # Documents per encode_batch call: large enough for thre
 @dataclasses.dataclass(frozen=True)
 class TokenFile:
   """A split's token stream: `tokens` is a read-only memmap [num_tokens]."""
+
   tokens: np.ndarray
   documents: int
   chars: int
@@ -41,14 +42,15 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 def cache_path(dataset_identity: str, tokenizer: Tokenizer, split: str) -> str:
-  key = hashlib.sha256(f'{dataset_identity}\0{tokenizer.fingerprint()}'.encode()
-                       ).hexdigest()[:16]
-  return os.path.join(paths.cache_root(), 'tokens', key,
-                      f'{split}.{token_dtype(tokenizer.vocab_size).name}.bin')
+  key = hashlib.sha256(f"{dataset_identity}\0{tokenizer.fingerprint()}".encode()).hexdigest()[:16]
+  return os.path.join(
+    paths.cache_root(), "tokens", key, f"{split}.{token_dtype(tokenizer.vocab_size).name}.bin"
+  )
 
 
-def load_or_encode(dataset_identity: str, split: str, source: Sequence[dict],
-                   text_field: str, tokenizer: Tokenizer) -> TokenFile:
+def load_or_encode(
+  dataset_identity: str, split: str, source: Sequence[dict], text_field: str, tokenizer: Tokenizer
+) -> TokenFile:
   """The split's EOS-separated token stream, from cache or freshly encoded.
 
   A process that finds another one encoding the same split waits for it and
@@ -57,22 +59,23 @@ def load_or_encode(dataset_identity: str, split: str, source: Sequence[dict],
   path = cache_path(dataset_identity, tokenizer, split)
 
   def cached() -> bool:
-    return os.path.isfile(path) and os.path.isfile(path + '.json')
+    return os.path.isfile(path) and os.path.isfile(path + ".json")
 
   if not cached():
     with paths.building(path):
       if not cached():  # not encoded by another process while this one waited
-        _encode(source, text_field, tokenizer, path, f'tokenizing {split}')
+        _encode(source, text_field, tokenizer, path, f"tokenizing {split}")
   else:
-    logging.info('tokens: reusing cached %s stream %s', split, path)
-  with open(path + '.json') as f:
+    logging.info("tokens: reusing cached %s stream %s", split, path)
+  with open(path + ".json") as f:
     meta = json.load(f)
-  tokens = np.memmap(path, dtype=token_dtype(tokenizer.vocab_size), mode='r')
-  return TokenFile(tokens=tokens, documents=meta['documents'], chars=meta['chars'])
+  tokens = np.memmap(path, dtype=token_dtype(tokenizer.vocab_size), mode="r")
+  return TokenFile(tokens=tokens, documents=meta["documents"], chars=meta["chars"])
 
 
-def _encode(source: Sequence[dict], text_field: str, tokenizer: Tokenizer,
-            path: str, description: str) -> None:
+def _encode(
+  source: Sequence[dict], text_field: str, tokenizer: Tokenizer, path: str, description: str
+) -> None:
   """Writes the stream to a temp file, then the sidecar, then renames the stream into place.
 
   The stream's rename comes last, so the pair exists only once both are whole.
@@ -81,18 +84,26 @@ def _encode(source: Sequence[dict], text_field: str, tokenizer: Tokenizer,
   """
   os.makedirs(os.path.dirname(path), exist_ok=True)
   dtype = token_dtype(tokenizer.vocab_size)
-  tmp_path = f'{path}.tmp'
+  tmp_path = f"{path}.tmp"
   start, num_tokens, chars = time.perf_counter(), 0, 0
-  with open(tmp_path, 'wb') as out, tqdm.tqdm(total=len(source), desc=description,
-                                               unit='doc', mininterval=5) as bar:
+  with (
+    open(tmp_path, "wb") as out,
+    tqdm.tqdm(total=len(source), desc=description, unit="doc", mininterval=5) as bar,
+  ):
     for texts in sources.text_chunks(source, text_field, CHUNK_DOCUMENTS):
       chars += sum(map(len, texts))
       stream = packing.concat_documents(tokenizer.encode_batch(texts), tokenizer.eos_id)
       stream.astype(dtype).tofile(out)
       num_tokens += len(stream)
       bar.update(len(texts))
-  meta = {'documents': len(source), 'tokens': num_tokens, 'chars': chars}
-  paths.atomic_write_bytes(path + '.json', json.dumps(meta).encode())
+  meta = {"documents": len(source), "tokens": num_tokens, "chars": chars}
+  paths.atomic_write_bytes(path + ".json", json.dumps(meta).encode())
   os.replace(tmp_path, path)
-  logging.info('tokens: encoded %s: %d documents, %d chars -> %d tokens in %.1fs',
-               path, len(source), chars, num_tokens, time.perf_counter() - start)
+  logging.info(
+    "tokens: encoded %s: %d documents, %d chars -> %d tokens in %.1fs",
+    path,
+    len(source),
+    chars,
+    num_tokens,
+    time.perf_counter() - start,
+  )

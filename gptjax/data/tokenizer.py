@@ -19,10 +19,10 @@ from etils import epath
 
 from gptjax import rundir
 
-SPM_FILENAME = 'spm.model'
-BYTES_FILENAME = 'bytes.tokenizer'  # Marker file: the byte tokenizer has no state.
-HF_FILENAME = 'tokenizer.json'  # A Hugging Face `tokenizers` model, the same file the Hub ships.
-HF_EOS = '<|endoftext|>'  # GPT-2's document separator (id 50256 in GPT-2's own vocabulary)
+SPM_FILENAME = "spm.model"
+BYTES_FILENAME = "bytes.tokenizer"  # Marker file: the byte tokenizer has no state.
+HF_FILENAME = "tokenizer.json"  # A Hugging Face `tokenizers` model, the same file the Hub ships.
+HF_EOS = "<|endoftext|>"  # GPT-2's document separator (id 50256 in GPT-2's own vocabulary)
 
 
 class Tokenizer(Protocol):
@@ -56,7 +56,7 @@ class ByteTokenizer:
   eos_id = 256
 
   def encode(self, text: str) -> list[int]:
-    return list(text.encode('utf-8'))
+    return list(text.encode("utf-8"))
 
   def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
     return [self.encode(text) for text in texts]
@@ -66,7 +66,7 @@ class ByteTokenizer:
     return bytes(int(i) for i in ids if int(i) != self.eos_id)
 
   def decode(self, ids: Sequence[int]) -> str:
-    return self.decode_bytes(ids).decode('utf-8', errors='replace')
+    return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
   def token_byte_lengths(self) -> np.ndarray:
     lengths = np.ones(self.vocab_size, dtype=np.int32)
@@ -74,35 +74,38 @@ class ByteTokenizer:
     return lengths
 
   def fingerprint(self) -> str:
-    return 'bytes-v1'
+    return "bytes-v1"
 
   def save(self, directory: str) -> None:
     target = epath.Path(directory)
     target.mkdir(parents=True, exist_ok=True)
-    (target / BYTES_FILENAME).write_text('utf-8 bytes 0..255, eos=256\n')
+    (target / BYTES_FILENAME).write_text("utf-8 bytes 0..255, eos=256\n")
 
 
 class SentencePieceTokenizer:
   """A SentencePiece model used verbatim: no BOS, EOS only where we append it."""
 
-  def __init__(self, model_proto: bytes, origin: str = '<memory>'):
+  def __init__(self, model_proto: bytes, origin: str = "<memory>"):
     self._proto = model_proto
     self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
     self.vocab_size = int(self._sp.get_piece_size())
     self.eos_id = int(self._sp.eos_id())
     if self.eos_id < 0:
       raise ValueError(
-          f'data.tokenizer={origin!r}: the SentencePiece model has no EOS piece '
-          '(eos_id=-1), which gptjax needs as a document separator; retrain it '
-          "with eos_id set (e.g. --eos_id=1) or use data.tokenizer='sentencepiece'")
+        f"data.tokenizer={origin!r}: the SentencePiece model has no EOS piece "
+        "(eos_id=-1), which gptjax needs as a document separator; retrain it "
+        "with eos_id set (e.g. --eos_id=1) or use data.tokenizer='sentencepiece'"
+      )
 
   @classmethod
-  def from_file(cls, path: str) -> 'SentencePieceTokenizer':
+  def from_file(cls, path: str) -> "SentencePieceTokenizer":
     """Loads an existing `.model` file (local or gs://)."""
     model_file = epath.Path(path)
     if not model_file.is_file():
-      raise ValueError(f'data.tokenizer={path!r}: no such file; give the path '
-                       "of a SentencePiece .model file, 'sentencepiece' or 'bytes'")
+      raise ValueError(
+        f"data.tokenizer={path!r}: no such file; give the path "
+        "of a SentencePiece .model file, 'sentencepiece' or 'bytes'"
+      )
     return cls(model_file.read_bytes(), origin=path)
 
   def encode(self, text: str) -> list[int]:
@@ -129,11 +132,11 @@ class SentencePieceTokenizer:
       if sp.is_byte(i):
         lengths[i] = 1
       else:
-        lengths[i] = len(sp.id_to_piece(i).replace('\u2581', ' ').encode('utf-8'))
+        lengths[i] = len(sp.id_to_piece(i).replace("\u2581", " ").encode("utf-8"))
     return lengths
 
   def fingerprint(self) -> str:
-    return 'spm-' + hashlib.sha256(self._proto).hexdigest()[:16]
+    return "spm-" + hashlib.sha256(self._proto).hexdigest()[:16]
 
   def save(self, directory: str) -> None:
     """Writes the model whole or not at all: a resume must never read half of one."""
@@ -150,31 +153,36 @@ class HFTokenizer:
   byte-level BPE every string round-trips exactly.
   """
 
-  def __init__(self, tokenizer_json: str, origin: str = '<memory>'):
+  def __init__(self, tokenizer_json: str, origin: str = "<memory>"):
     self._json = tokenizer_json
     self._tok = tokenizers.Tokenizer.from_str(tokenizer_json)
     self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
     eos_id = self._tok.token_to_id(HF_EOS)
     if eos_id is None:
       raise ValueError(
-          f'data.tokenizer={origin!r}: the tokenizer has no {HF_EOS} token, which gptjax '
-          'needs as a document separator; add it as a special token to tokenizer.json')
+        f"data.tokenizer={origin!r}: the tokenizer has no {HF_EOS} token, which gptjax "
+        "needs as a document separator; add it as a special token to tokenizer.json"
+      )
     self.eos_id = int(eos_id)
 
   @classmethod
-  def from_path(cls, path: str) -> 'HFTokenizer':
+  def from_path(cls, path: str) -> "HFTokenizer":
     """Loads `path`: a tokenizer.json, or a directory holding one or GPT-2's
     vocab.json + merges.txt (turned into the equivalent byte-level BPE)."""
     where = epath.Path(path)
     if where.is_dir() and (where / HF_FILENAME).is_file():
       where = where / HF_FILENAME
     if where.is_file():
-      return cls(where.read_text(), origin=f'hf:{path}')
-    if where.is_dir() and (where / 'vocab.json').is_file() and (where / 'merges.txt').is_file():
-      return cls(gpt2_bpe_json(os.fspath(where / 'vocab.json'), os.fspath(where / 'merges.txt')),
-                 origin=f'hf:{path}')
-    raise ValueError(f'data.tokenizer=\'hf:{path}\': no {HF_FILENAME} there (nor vocab.json + '
-                     'merges.txt); give a tokenizer.json file or a directory holding one')
+      return cls(where.read_text(), origin=f"hf:{path}")
+    if where.is_dir() and (where / "vocab.json").is_file() and (where / "merges.txt").is_file():
+      return cls(
+        gpt2_bpe_json(os.fspath(where / "vocab.json"), os.fspath(where / "merges.txt")),
+        origin=f"hf:{path}",
+      )
+    raise ValueError(
+      f"data.tokenizer='hf:{path}': no {HF_FILENAME} there (nor vocab.json + "
+      "merges.txt); give a tokenizer.json file or a directory holding one"
+    )
 
   def encode(self, text: str) -> list[int]:
     return self._tok.encode(text, add_special_tokens=False).ids
@@ -189,7 +197,7 @@ class HFTokenizer:
     """Bytes per id: 0 for special tokens; for a byte-level model each character of a
     token stands for one byte, otherwise the UTF-8 length of the id decoded alone."""
     special = {int(i) for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
-    byte_level = (json.loads(self._json).get('decoder') or {}).get('type') == 'ByteLevel'
+    byte_level = (json.loads(self._json).get("decoder") or {}).get("type") == "ByteLevel"
     lengths = np.zeros(self.vocab_size, dtype=np.int32)
     for i in range(self.vocab_size):
       if i in special:
@@ -197,11 +205,11 @@ class HFTokenizer:
       if byte_level:
         lengths[i] = len(self._tok.id_to_token(i))
       else:
-        lengths[i] = len(self._tok.decode([i]).encode('utf-8'))
+        lengths[i] = len(self._tok.decode([i]).encode("utf-8"))
     return lengths
 
   def fingerprint(self) -> str:
-    return 'hf-' + hashlib.sha256(self._json.encode()).hexdigest()[:16]
+    return "hf-" + hashlib.sha256(self._json.encode()).hexdigest()[:16]
 
   def save(self, directory: str) -> None:
     target = epath.Path(directory)
@@ -227,8 +235,10 @@ def load_saved(directory: str) -> Tokenizer:
     return ByteTokenizer()
   if (saved / HF_FILENAME).is_file():
     return HFTokenizer((saved / HF_FILENAME).read_text(), origin=directory)
-  raise ValueError(f'no tokenizer saved in {directory!r} (expected {SPM_FILENAME}, '
-                   f'{BYTES_FILENAME} or {HF_FILENAME}); point at a run\'s WORKDIR/tokenizer')
+  raise ValueError(
+    f"no tokenizer saved in {directory!r} (expected {SPM_FILENAME}, "
+    f"{BYTES_FILENAME} or {HF_FILENAME}); point at a run's WORKDIR/tokenizer"
+  )
 
 
 def save_to_workdir(tokenizer: Tokenizer, directory: str) -> None:
@@ -245,8 +255,9 @@ def save_to_workdir(tokenizer: Tokenizer, directory: str) -> None:
     existing = load_saved(directory).fingerprint()
     if existing != tokenizer.fingerprint():
       raise ValueError(
-          f'{directory!r} holds tokenizer {existing} but the data settings give '
-          f'{tokenizer.fingerprint()}; use a new workdir or restore the data.* '
-          'settings this run was started with')
+        f"{directory!r} holds tokenizer {existing} but the data settings give "
+        f"{tokenizer.fingerprint()}; use a new workdir or restore the data.* "
+        "settings this run was started with"
+      )
     return
   tokenizer.save(directory)

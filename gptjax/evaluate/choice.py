@@ -43,18 +43,24 @@ class Scores(Protocol):
 @dataclasses.dataclass(frozen=True)
 class Shots:
   """How prompts are built; the command line has a flag per field (num_fewshot for k)."""
+
   k: int = 0  # demonstrations per prompt
   seed: int = 1234  # item i draws its demonstrations from a generator seeded with (seed, i)
   delimiter: str = "\n\n"  # after each demonstration
   target_delimiter: str = " "  # between a context and its choice
 
   def describe(self) -> dict[str, Any]:
-    return {"num_fewshot": self.k, "fewshot_seed": self.seed,
-            "fewshot_delimiter": self.delimiter, "target_delimiter": self.target_delimiter}
+    return {
+      "num_fewshot": self.k,
+      "fewshot_seed": self.seed,
+      "fewshot_delimiter": self.delimiter,
+      "target_delimiter": self.target_delimiter,
+    }
 
 
-def demonstrations(pool: Sequence[Item], k: int, seed: int, index: int, item: Item,
-                   pool_is_items: bool) -> list[Item]:
+def demonstrations(
+  pool: Sequence[Item], k: int, seed: int, index: int, item: Item, pool_is_items: bool
+) -> list[Item]:
   """The k demonstrations of item `index` (module docstring)."""
   if k == 0:
     return []
@@ -65,22 +71,30 @@ def demonstrations(pool: Sequence[Item], k: int, seed: int, index: int, item: It
   if len(picked) < k:
     picked = [int(j) for j in rng.permutation(len(pool)) if not skip(j)][:k]
   if len(picked) < k:
-    raise ValueError(f"--num_fewshot={k}: the demonstration pool has only {len(picked)} items "
-                     f"other than item {index}; lower --num_fewshot or give a larger "
-                     "--fewshot_file")
+    raise ValueError(
+      f"--num_fewshot={k}: the demonstration pool has only {len(picked)} items "
+      f"other than item {index}; lower --num_fewshot or give a larger "
+      "--fewshot_file"
+    )
   return [pool[j] for j in picked]
 
 
 def prompt(item: Item, demos: Sequence[Item], shots: Shots) -> str:
-  return "".join(d.context + shots.target_delimiter + d.choices[d.label] + shots.delimiter
-                 for d in demos) + item.context
+  return (
+    "".join(
+      d.context + shots.target_delimiter + d.choices[d.label] + shots.delimiter for d in demos
+    )
+    + item.context
+  )
 
 
 def prompts(items: Sequence[Item], shots: Shots, pool: Sequence[Item] | None = None) -> list[str]:
   """Every item's prompt; demonstrations from `pool`, or from `items` themselves if None."""
   source = items if pool is None else pool
-  return [prompt(item, demonstrations(source, shots.k, shots.seed, i, item, pool is None), shots)
-          for i, item in enumerate(items)]
+  return [
+    prompt(item, demonstrations(source, shots.k, shots.seed, i, item, pool is None), shots)
+    for i, item in enumerate(items)
+  ]
 
 
 def _mean_stderr(values: np.ndarray) -> tuple[float, float]:
@@ -89,16 +103,22 @@ def _mean_stderr(values: np.ndarray) -> tuple[float, float]:
   return float(values.mean()), sem
 
 
-def evaluate(scorer: Scores, items: Sequence[Item], shots: Shots, cloze: bool,
-             pool: Sequence[Item] | None = None) -> dict[str, Any]:
+def evaluate(
+  scorer: Scores,
+  items: Sequence[Item],
+  shots: Shots,
+  cloze: bool,
+  pool: Sequence[Item] | None = None,
+) -> dict[str, Any]:
   """The task's metrics over `items` (module docstring), with `items` (count) and `chance`."""
   texts = prompts(items, shots, pool)
-  pairs = [(text, shots.target_delimiter + c) for text, item in zip(texts, items)
-           for c in item.choices]
+  pairs = [
+    (text, shots.target_delimiter + c) for text, item in zip(texts, items) for c in item.choices
+  ]
   flat = scorer.loglikelihood(pairs)
   scores, first = [], 0
   for item in items:
-    scores.append(flat[first:first + len(item.choices)])
+    scores.append(flat[first : first + len(item.choices)])
     first += len(item.choices)
   return (cloze_metrics if cloze else choice_metrics)(items, scores)
 
@@ -109,18 +129,30 @@ def choice_metrics(items: Sequence[Item], scores: Sequence[Sequence[Score]]) -> 
     ll = np.array([s.logprob for s in item_scores])
     chars = np.array([len(c) for c in item.choices], np.float64)
     tokens = np.array([s.tokens for s in item_scores], np.float64)
-    for name, value in (("acc", ll), ("acc_norm_char", ll / chars),
-                        ("acc_norm_token", ll / tokens)):
+    for name, value in (
+      ("acc", ll),
+      ("acc_norm_char", ll / chars),
+      ("acc_norm_token", ll / tokens),
+    ):
       hits[name].append(float(np.argmax(value) == item.label))
   out: dict[str, Any] = {}
   for name, values in hits.items():
     out[name], out[f"{name}_stderr"] = _mean_stderr(values)
-  return {**out, "items": len(items),
-          "chance": float(np.mean([1 / len(item.choices) for item in items]))}
+  return {
+    **out,
+    "items": len(items),
+    "chance": float(np.mean([1 / len(item.choices) for item in items])),
+  }
 
 
 def cloze_metrics(items: Sequence[Item], scores: Sequence[Sequence[Score]]) -> dict[str, Any]:
   acc, acc_stderr = _mean_stderr([float(s.is_greedy) for [s] in scores])
   ll, ll_stderr = _mean_stderr([s.logprob for [s] in scores])
-  return {"acc": acc, "acc_stderr": acc_stderr, "ppl": math.exp(-ll),
-          "ppl_stderr": math.exp(-ll) * ll_stderr, "items": len(items), "chance": 0.0}
+  return {
+    "acc": acc,
+    "acc_stderr": acc_stderr,
+    "ppl": math.exp(-ll),
+    "ppl_stderr": math.exp(-ll) * ll_stderr,
+    "items": len(items),
+    "chance": 0.0,
+  }

@@ -50,16 +50,24 @@ class GptjaxLM(LM):
   """A gptjax run directory as an lm_eval model (model_args: workdir, step, stride,
   start_with_eos, batch_size)."""
 
-  def __init__(self, workdir: str, step: int | str | None = None, batch_size: int | str = 16,
-               stride: int | str | None = None, start_with_eos: bool | str = True,
-               max_batch_size: Any = None, device: Any = None):
+  def __init__(
+    self,
+    workdir: str,
+    step: int | str | None = None,
+    batch_size: int | str = 16,
+    stride: int | str | None = None,
+    start_with_eos: bool | str = True,
+    max_batch_size: Any = None,
+    device: Any = None,
+  ):
     del max_batch_size, device  # lm_eval passes them to every model; jax places the arrays
     super().__init__()
     self.run = load(workdir, None if step in (None, "") else int(step))
     batch = 16 if str(batch_size).startswith("auto") else int(batch_size)
     self.start_with_eos = str(start_with_eos).lower() not in ("false", "0", "no")
-    self.scorer = Scorer(self.run.model, self.run.params, self.run.tokenizer, batch,
-                         start_with_eos=self.start_with_eos)
+    self.scorer = Scorer(
+      self.run.model, self.run.params, self.run.tokenizer, batch, start_with_eos=self.start_with_eos
+    )
     self.stride = int(stride) if stride else self.run.config.model.seq_len
     perplexity.check_stride(self.stride, self.run.config.model.seq_len)
     self.decoder = Decoder(self.run.model, self.run.params, self.run.tokenizer)
@@ -72,8 +80,9 @@ class GptjaxLM(LM):
 
   def loglikelihood_rolling(self, requests: list[Any]) -> list[float]:
     with self.run.active():
-      return perplexity.rolling_loglikelihood(self.scorer, [r.args[0] for r in requests],
-                                              self.stride)
+      return perplexity.rolling_loglikelihood(
+        self.scorer, [r.args[0] for r in requests], self.stride
+      )
 
   def generate_until(self, requests: list[Any]) -> list[str]:
     """Requests with the same settings and stop strings are decoded as one batch."""
@@ -85,12 +94,15 @@ class GptjaxLM(LM):
     for (settings, until), indices in groups.items():
       room = seq_len - settings.max_new_tokens
       if room < 1:
-        raise ValueError(f"max_gen_toks={settings.max_new_tokens}: must be below the model's "
-                         f"context (model.seq_len={seq_len})")
+        raise ValueError(
+          f"max_gen_toks={settings.max_new_tokens}: must be below the model's "
+          f"context (model.seq_len={seq_len})"
+        )
       prompts = [self._prompt(requests[i].args[0])[-room:] for i in indices]
       with self.run.active():
-        completions = self.decoder.generate(prompts, settings, stop=until,
-                                            batch_size=self.batch_size)
+        completions = self.decoder.generate(
+          prompts, settings, stop=until, batch_size=self.batch_size
+        )
       for i, [completion] in zip(indices, completions):
         out[i] = completion.text
     return out
@@ -105,14 +117,20 @@ class GptjaxLM(LM):
     until = tuple(s for s in kwargs["until"] if s)
     if not kwargs["do_sample"] or kwargs["temperature"] == 0:
       return Settings(max_new_tokens=kwargs["max_gen_toks"]), until
-    return Settings(strategy="sample", temperature=float(kwargs["temperature"]),
-                    top_k=int(kwargs.get("top_k") or 0), top_p=float(kwargs.get("top_p") or 1.0),
-                    max_new_tokens=kwargs["max_gen_toks"], seed=int(kwargs.get("seed") or 0)), until
+    return Settings(
+      strategy="sample",
+      temperature=float(kwargs["temperature"]),
+      top_k=int(kwargs.get("top_k") or 0),
+      top_p=float(kwargs.get("top_p") or 1.0),
+      max_new_tokens=kwargs["max_gen_toks"],
+      seed=int(kwargs.get("seed") or 0),
+    ), until
 
 
 def main() -> None:
   """lm_eval's command line, with `gptjax` among its models."""
   from lm_eval.__main__ import cli_evaluate
+
   sys.argv[0] = "lm_eval"
   cli_evaluate()
 

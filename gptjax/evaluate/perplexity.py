@@ -31,8 +31,10 @@ from gptjax.evaluate.scoring import Request, Scorer
 
 def check_stride(stride: int, seq_len: int) -> None:
   if not 1 <= stride <= seq_len:
-    raise ValueError(f"--stride={stride}: must be in [1, model.seq_len={seq_len}]; "
-                     f"{seq_len} gives disjoint windows")
+    raise ValueError(
+      f"--stride={stride}: must be in [1, model.seq_len={seq_len}]; "
+      f"{seq_len} gives disjoint windows"
+    )
 
 
 def windows(ids: Sequence[int], seq_len: int, stride: int) -> list[Request]:
@@ -41,29 +43,33 @@ def windows(ids: Sequence[int], seq_len: int, stride: int) -> list[Request]:
   requests, start = [], 1
   while start < len(ids):
     end = min(len(ids), start + (seq_len if start == 1 else stride))
-    requests.append(Request(ids[max(0, end - seq_len - 1):start], ids[start:end]))
+    requests.append(Request(ids[max(0, end - seq_len - 1) : start], ids[start:end]))
     start = end
   return requests
 
 
-def rolling_loglikelihood(scorer: Scorer, texts: Sequence[str], stride: int | None = None
-                          ) -> list[float]:
+def rolling_loglikelihood(
+  scorer: Scorer, texts: Sequence[str], stride: int | None = None
+) -> list[float]:
   """Summed log-probability of every token of each text after an end-of-text token (no
   end-of-text target after it, as lm-evaluation-harness's loglikelihood_rolling)."""
   tokenizer = scorer.tokenizer
   documents = [[tokenizer.eos_id] + tokenizer.encode(text) for text in texts]
-  return [sum(s.logprob for s in scores)
-          for scores in _score_documents(scorer, documents, stride or scorer.seq_len)]
+  return [
+    sum(s.logprob for s in scores)
+    for scores in _score_documents(scorer, documents, stride or scorer.seq_len)
+  ]
 
 
-def _score_documents(scorer: Scorer, documents: Sequence[Sequence[int]], stride: int
-                     ) -> list[list[Any]]:
+def _score_documents(
+  scorer: Scorer, documents: Sequence[Sequence[int]], stride: int
+) -> list[list[Any]]:
   """Each document's window scores; all windows of all documents share the batches."""
   per_document = [windows(ids, scorer.seq_len, stride) for ids in documents]
   flat = scorer.score([r for requests in per_document for r in requests])
   out, first = [], 0
   for requests in per_document:
-    out.append(flat[first:first + len(requests)])
+    out.append(flat[first : first + len(requests)])
     first += len(requests)
   return out
 
@@ -81,13 +87,20 @@ def perplexity(scorer: Scorer, documents: Sequence[Sequence[int]], stride: int) 
   counts = np.array([len(ids) - 1 for ids in documents])
   total_bytes = sum(int(byte_lengths[np.asarray(ids[1:])].sum()) for ids in documents)
   loss, sem = eval_stats.cluster_ratio_mean(losses, counts, np.arange(len(documents)))
-  return {"loss": loss, "loss_sem": sem, "ppl": math.exp(loss),
-          "bits_per_byte": losses.sum() / math.log(2) / total_bytes if total_bytes else math.nan,
-          "documents": len(documents), "tokens": int(counts.sum()), "bytes": total_bytes}
+  return {
+    "loss": loss,
+    "loss_sem": sem,
+    "ppl": math.exp(loss),
+    "bits_per_byte": losses.sum() / math.log(2) / total_bytes if total_bytes else math.nan,
+    "documents": len(documents),
+    "tokens": int(counts.sum()),
+    "bytes": total_bytes,
+  }
 
 
-def document_ids(data_config: ml_collections.ConfigDict, tokenizer: Any, split: str,
-                 max_documents: int = 0) -> Iterator[np.ndarray]:
+def document_ids(
+  data_config: ml_collections.ConfigDict, tokenizer: Any, split: str, max_documents: int = 0
+) -> Iterator[np.ndarray]:
   """The documents of a split of any source training accepts, as int32 [eos, ids..., eos]
   (arrays, 4 bytes a token: a split of 100M tokens fits in memory).
 
@@ -97,16 +110,16 @@ def document_ids(data_config: ml_collections.ConfigDict, tokenizer: Any, split: 
   """
   from gptjax import data
   from gptjax.data import packing, sources, token_cache
+
   problems = data.validate(data_config)
   if problems:
     raise ValueError("invalid data settings:\n  " + "\n  ".join(problems))
   identity, splits, text_field = sources.open_sources(data_config)
-  stream = token_cache.load_or_encode(identity, split, splits[split], text_field,
-                                      tokenizer).tokens
+  stream = token_cache.load_or_encode(identity, split, splits[split], text_field, tokenizer).tokens
   ends = packing.document_ends(stream, tokenizer.eos_id)
   picked = np.arange(len(ends))
   if 0 < max_documents < len(ends):
     picked = np.sort(np.random.default_rng(0).choice(len(ends), max_documents, replace=False))
   for d in picked:
     start = ends[d - 1] + 1 if d else 0
-    yield np.concatenate([[tokenizer.eos_id], stream[start:ends[d] + 1]]).astype(np.int32)
+    yield np.concatenate([[tokenizer.eos_id], stream[start : ends[d] + 1]]).astype(np.int32)

@@ -25,7 +25,7 @@ from typing import Any
 
 from etils import epath
 
-from gptjax import metrics, rundir, run_record
+from gptjax import metrics, run_record, rundir
 from gptjax.evaluate import choice, perplexity, tasks
 from gptjax.evaluate.scoring import Scorer
 from gptjax.load import load, run_config
@@ -37,6 +37,7 @@ _SHOTS = choice.Shots()
 @dataclasses.dataclass(frozen=True)
 class Options:
   """What to evaluate and how; the command line has a flag per field, of the same name."""
+
   task: str  # 'perplexity' or a task format (tasks.FORMATS)
   step: int | None = None  # checkpoint; None: the newest
   name: str | None = None  # result name; None: module docstring
@@ -68,8 +69,9 @@ class Options:
     if self.task not in TASKS:
       errors.append(f"--task={self.task}: unknown; use one of {', '.join(TASKS)}")
     elif self.task != "perplexity" and not self.data_file:
-      errors.append(f"--task={self.task}: needs --data_file=FILE.jsonl (datasets are not "
-                    "downloaded)")
+      errors.append(
+        f"--task={self.task}: needs --data_file=FILE.jsonl (datasets are not downloaded)"
+      )
     if self.batch_size < 1:
       errors.append(f"--batch_size={self.batch_size}: must be >= 1")
     for flag in ("limit", "max_documents", "num_fewshot"):
@@ -83,8 +85,9 @@ class Options:
       raise ValueError("\n".join(errors))
 
 
-def evaluate(options: Options, scorer: Scorer, config: Any
-             ) -> tuple[dict[str, Any], dict[str, Any]]:
+def evaluate(
+  options: Options, scorer: Scorer, config: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
   """(settings, metrics) of the task `options` name, for a run with `config`."""
   if options.task == "perplexity":
     stride = options.stride or config.model.seq_len
@@ -92,31 +95,65 @@ def evaluate(options: Options, scorer: Scorer, config: Any
     data_config = config.data.copy_and_resolve_references()
     if options.source:
       data_config.source = options.source
-    settings = {"source": data_config.source, "split": options.split, "stride": stride,
-                "max_documents": options.max_documents}
-    documents = list(perplexity.document_ids(data_config, scorer.tokenizer, options.split,
-                                             options.max_documents))
+    settings = {
+      "source": data_config.source,
+      "split": options.split,
+      "stride": stride,
+      "max_documents": options.max_documents,
+    }
+    documents = list(
+      perplexity.document_ids(data_config, scorer.tokenizer, options.split, options.max_documents)
+    )
     return settings, perplexity.perplexity(scorer, documents, stride)
-  shots = choice.Shots(options.num_fewshot, options.fewshot_seed, options.fewshot_delimiter,
-                       options.target_delimiter)
+  shots = choice.Shots(
+    options.num_fewshot, options.fewshot_seed, options.fewshot_delimiter, options.target_delimiter
+  )
   items = tasks.read_items(options.task, options.data_file, options.limit)
   pool = tasks.read_items(options.task, options.fewshot_file) if options.fewshot_file else None
-  settings = {"data_file": options.data_file, "fewshot_file": options.fewshot_file,
-              "limit": options.limit, "start_with_eos": scorer.start_with_eos, **shots.describe()}
+  settings = {
+    "data_file": options.data_file,
+    "fewshot_file": options.fewshot_file,
+    "limit": options.limit,
+    "start_with_eos": scorer.start_with_eos,
+    **shots.describe(),
+  }
   return settings, choice.evaluate(scorer, items, shots, options.task in tasks.CLOZE, pool)
 
 
-def write(workdir: str, config: Any, step: int, name: str, task: str, settings: dict[str, Any],
-          values: dict[str, Any], seconds: float) -> epath.Path:
+def write(
+  workdir: str,
+  config: Any,
+  step: int,
+  name: str,
+  task: str,
+  settings: dict[str, Any],
+  values: dict[str, Any],
+  seconds: float,
+) -> epath.Path:
   """DIR/eval/STEP/NAME.json and the metrics.jsonl row (module docstring)."""
   path = epath.Path(workdir) / "eval" / str(step) / f"{name}.json"
   path.parent.mkdir(parents=True, exist_ok=True)
-  rundir.write_json(path, {"task": task, "name": name, "step": step, "settings": settings,
-                           "metrics": metrics.strict_row(values), "wall_s": seconds})
+  rundir.write_json(
+    path,
+    {
+      "task": task,
+      "name": name,
+      "step": step,
+      "settings": settings,
+      "metrics": metrics.strict_row(values),
+      "wall_s": seconds,
+    },
+  )
   last = max([r.get("step", 0) for r in metrics.read_rows(workdir)] + [step])
   writer = metrics.MetricsWriter(workdir, resume_step=last)  # keeps every row there is
-  writer.write({**run_record.position(config, step), "task": name, "settings": settings,
-                **{f"{name}/{k}": v for k, v in values.items()}})
+  writer.write(
+    {
+      **run_record.position(config, step),
+      "task": name,
+      "settings": settings,
+      **{f"{name}/{k}": v for k, v in values.items()},
+    }
+  )
   writer.close()
   return path
 
@@ -127,11 +164,17 @@ def run_dirs(workdir: str, step: int | None) -> list[str]:
   root = epath.Path(workdir)
   if not (root / "config.json").exists() and (root / "sweep.json").exists():
     if step is not None:
-      raise ValueError(f"--step={step}: {workdir} is a sweep, whose members end at different "
-                       "steps; leave --step out to evaluate each member's newest checkpoint")
+      raise ValueError(
+        f"--step={step}: {workdir} is a sweep, whose members end at different "
+        "steps; leave --step out to evaluate each member's newest checkpoint"
+      )
     members = [root / name for name in json.loads((root / "sweep.json").read_text())]
-    done = [os.fspath(m) for m in members if (m / "summary.json").exists()
-            and json.loads((m / "summary.json").read_text()).get("status") == "completed"]
+    done = [
+      os.fspath(m)
+      for m in members
+      if (m / "summary.json").exists()
+      and json.loads((m / "summary.json").read_text()).get("status") == "completed"
+    ]
     if not done:
       raise ValueError(f"--workdir={workdir}: no member of this sweep has completed yet")
     return done
@@ -143,8 +186,9 @@ def after_training(config: Any, workdir: str, step: int) -> None:
   """Scores the run's final checkpoint on each of `eval.tasks`, skipping those already
   written at `step` (so rerunning a finished run evaluates nothing twice)."""
   for task, data_file in tasks.parse_tasks(config.eval.tasks):
-    options = Options(task=task, data_file=data_file, num_fewshot=config.eval.num_fewshot,
-                      step=step)
+    options = Options(
+      task=task, data_file=data_file, num_fewshot=config.eval.num_fewshot, step=step
+    )
     if (epath.Path(workdir) / "eval" / str(step) / f"{options.result_name}.json").exists():
       continue
     evaluate_run(options, workdir)
@@ -158,17 +202,32 @@ def evaluate_run(options: Options, workdir: str) -> dict[str, Any]:
   try:
     start = time.perf_counter()
     loaded = load(workdir, options.step)
-    scorer = Scorer(loaded.model, loaded.params, loaded.tokenizer, options.batch_size,
-                    progress=True, start_with_eos=options.start_with_eos)
+    scorer = Scorer(
+      loaded.model,
+      loaded.params,
+      loaded.tokenizer,
+      options.batch_size,
+      progress=True,
+      start_with_eos=options.start_with_eos,
+    )
     with loaded.active():
       settings, values = evaluate(options, scorer, loaded.config)
     name = options.result_name
-    path = write(workdir, loaded.config, loaded.step, name, options.task, settings, values,
-                 time.perf_counter() - start)
+    path = write(
+      workdir,
+      loaded.config,
+      loaded.step,
+      name,
+      options.task,
+      settings,
+      values,
+      time.perf_counter() - start,
+    )
   finally:
     lock.release()
   for key, value in values.items():
     print(f"{name} {key}: {value:.6g}" if isinstance(value, float) else f"{name} {key}: {value}")
-  print(f"step {loaded.step}: {scorer.compiles} programs compiled; written to {path}",
-        file=sys.stderr)
+  print(
+    f"step {loaded.step}: {scorer.compiles} programs compiled; written to {path}", file=sys.stderr
+  )
   return values

@@ -49,6 +49,7 @@ PROGRESS_EVERY_S = 10.0  # seconds between progress lines on stderr
 class Request:
   """Token ids (lists or int arrays): the context (at least one id) and the continuation to
   score after it."""
+
   context: Sequence[int]
   continuation: Sequence[int]
 
@@ -63,26 +64,29 @@ class Score:
 def split_whitespace(context: str, continuation: str) -> tuple[str, str]:
   """Moves whitespace that ends `context` to the front of `continuation`."""
   stripped = context.rstrip()
-  return stripped, context[len(stripped):] + continuation
+  return stripped, context[len(stripped) :] + continuation
 
 
-def encode_pair(tokenizer: Any, context: str, continuation: str,
-                start_with_eos: bool = True) -> Request:
+def encode_pair(
+  tokenizer: Any, context: str, continuation: str, start_with_eos: bool = True
+) -> Request:
   """The token request of a text pair (module docstring: joint encoding, end-of-text first)."""
   context, continuation = split_whitespace(context, continuation)
   whole = tokenizer.encode(context + continuation)
   context_ids = tokenizer.encode(context) if context else []
   start = [tokenizer.eos_id] if start_with_eos or not context_ids else []
-  return Request(start + whole[:len(context_ids)], whole[len(context_ids):])
+  return Request(start + whole[: len(context_ids)], whole[len(context_ids) :])
 
 
-def _score_rows(model: Any, params: Any, inputs: jax.Array, targets: jax.Array, *,
-                vocab_limit: int) -> tuple[jax.Array, jax.Array]:
+def _score_rows(
+  model: Any, params: Any, inputs: jax.Array, targets: jax.Array, *, vocab_limit: int
+) -> tuple[jax.Array, jax.Array]:
   """Log-probability of each target [batch, width] and whether it is the argmax."""
   logits, _ = model.apply({"params": params}, inputs, deterministic=True)
   logits = mask_vocab(logits, vocab_limit)
-  logprobs = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), targets[..., None],
-                                 axis=-1)[..., 0]
+  logprobs = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), targets[..., None], axis=-1)[
+    ..., 0
+  ]
   return logprobs, jnp.argmax(logits, axis=-1) == targets
 
 
@@ -92,8 +96,15 @@ class Scorer:
   Call it inside the mesh context the parameters were loaded for (`Loaded.active()`).
   """
 
-  def __init__(self, model: Any, params: Any, tokenizer: Any, batch_size: int = 16,
-               progress: bool = False, start_with_eos: bool = True):
+  def __init__(
+    self,
+    model: Any,
+    params: Any,
+    tokenizer: Any,
+    batch_size: int = 16,
+    progress: bool = False,
+    start_with_eos: bool = True,
+  ):
     if batch_size < 1:
       raise ValueError(f"--batch_size={batch_size}: must be >= 1")
     self.seq_len = model.config.seq_len
@@ -114,19 +125,24 @@ class Scorer:
     return self.score(self.encode(pairs))
 
   def encode(self, pairs: Sequence[tuple[str, str]]) -> list[Request]:
-    return [encode_pair(self.tokenizer, context, continuation, self.start_with_eos)
-            for context, continuation in pairs]
+    return [
+      encode_pair(self.tokenizer, context, continuation, self.start_with_eos)
+      for context, continuation in pairs
+    ]
 
   def check(self, requests: Sequence[Request]) -> None:
     """Raises ValueError for a request that cannot be scored, before any compile."""
     for i, r in enumerate(requests):
       if len(r.context) == 0 or len(r.continuation) == 0:
         empty = "context" if len(r.context) == 0 else "continuation"
-        raise ValueError(f"request {i} has an empty {empty}; give every request at least one "
-                         "token of each")
+        raise ValueError(
+          f"request {i} has an empty {empty}; give every request at least one token of each"
+        )
       if len(r.continuation) > self.seq_len:
-        raise ValueError(f"request {i}: its continuation has {len(r.continuation)} tokens, more "
-                         f"than the model's context (model.seq_len={self.seq_len}); shorten it")
+        raise ValueError(
+          f"request {i}: its continuation has {len(r.continuation)} tokens, more "
+          f"than the model's context (model.seq_len={self.seq_len}); shorten it"
+        )
 
   def score(self, requests: Sequence[Request]) -> list[Score]:
     """Scores of token requests, in order (left-truncated to the model's context).
@@ -135,8 +151,10 @@ class Scorer:
     host's padding and summing overlap the device's forward pass.
     """
     self.check(requests)
-    rows = [np.concatenate([r.context, r.continuation]).astype(np.int32)[-(self.seq_len + 1):]
-            for r in requests]
+    rows = [
+      np.concatenate([r.context, r.continuation]).astype(np.int32)[-(self.seq_len + 1) :]
+      for r in requests
+    ]
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
     scores: list[Score | None] = [None] * len(rows)
     report = _Progress(len(rows)) if self.progress else None
@@ -145,13 +163,16 @@ class Scorer:
       dispatched = None
       if done < len(order):
         width = bucket(len(rows[order[done]]) - 1, self.seq_len)
-        chunk = [i for i in order[done:done + self.batch_size]
-                 if bucket(len(rows[i]) - 1, self.seq_len) == width]
+        chunk = [
+          i
+          for i in order[done : done + self.batch_size]
+          if bucket(len(rows[i]) - 1, self.seq_len) == width
+        ]
         inputs = np.full((self.batch_size, width), self.tokenizer.eos_id, np.int32)
         targets = np.zeros((self.batch_size, width), np.int32)
         for b, i in enumerate(chunk):
-          inputs[b, :len(rows[i]) - 1] = rows[i][:-1]
-          targets[b, :len(rows[i]) - 1] = rows[i][1:]
+          inputs[b, : len(rows[i]) - 1] = rows[i][:-1]
+          targets[b, : len(rows[i]) - 1] = rows[i][1:]
         dispatched = (chunk, self._score(self.params, inputs, targets))
         done += len(chunk)
       if pending is not None:
@@ -159,8 +180,11 @@ class Scorer:
         logprobs, greedy = jax.device_get(outputs)
         for b, i in enumerate(chunk):
           end, n = len(rows[i]) - 1, len(requests[i].continuation)
-          scores[i] = Score(logprob=float(np.sum(logprobs[b, end - n:end], dtype=np.float64)),
-                            is_greedy=bool(np.all(greedy[b, end - n:end])), tokens=n)
+          scores[i] = Score(
+            logprob=float(np.sum(logprobs[b, end - n : end], dtype=np.float64)),
+            is_greedy=bool(np.all(greedy[b, end - n : end])),
+            tokens=n,
+          )
         read += len(chunk)
         if report:
           report(read)
@@ -181,5 +205,8 @@ class _Progress:
       return
     self.last = now
     eta = (now - self.start) / done * (self.total - done)
-    print(f"scored {done:,}/{self.total:,} requests | ETA {format_duration(eta)}",
-          file=sys.stderr, flush=True)
+    print(
+      f"scored {done:,}/{self.total:,} requests | ETA {format_duration(eta)}",
+      file=sys.stderr,
+      flush=True,
+    )

@@ -39,8 +39,11 @@ def _hellaswag_text(text: str) -> str:
 
 def hellaswag(record: dict[str, Any]) -> Item:
   context = record["ctx_a"] + " " + record["ctx_b"].capitalize()
-  return Item(_hellaswag_text(record["activity_label"] + ": " + context),
-              tuple(_hellaswag_text(e) for e in record["endings"]), int(record["label"]))
+  return Item(
+    _hellaswag_text(record["activity_label"] + ": " + context),
+    tuple(_hellaswag_text(e) for e in record["endings"]),
+    int(record["label"]),
+  )
 
 
 def lambada(record: dict[str, Any]) -> Item:
@@ -50,8 +53,9 @@ def lambada(record: dict[str, Any]) -> Item:
 
 def choice(record: dict[str, Any]) -> Item:
   choices = record["choices"]
-  if not (isinstance(choices, list) and len(choices) >= 2
-          and all(isinstance(c, str) for c in choices)):
+  if not (
+    isinstance(choices, list) and len(choices) >= 2 and all(isinstance(c, str) for c in choices)
+  ):
     raise TypeError("'choices' must be a list of at least two strings")
   if not isinstance(record["context"], str):
     raise TypeError("'context' must be a string")
@@ -62,9 +66,15 @@ def choice(record: dict[str, Any]) -> Item:
 
 
 FORMATS: dict[str, Callable[[dict[str, Any]], Item]] = {
-    "hellaswag": hellaswag, "lambada": lambada, "choice": choice}
-FIELDS = {"hellaswag": ("activity_label", "ctx_a", "ctx_b", "endings", "label"),
-          "lambada": ("text",), "choice": ("context", "choices", "label")}
+  "hellaswag": hellaswag,
+  "lambada": lambada,
+  "choice": choice,
+}
+FIELDS = {
+  "hellaswag": ("activity_label", "ctx_a", "ctx_b", "endings", "label"),
+  "lambada": ("text",),
+  "choice": ("context", "choices", "label"),
+}
 CLOZE = ("lambada",)  # tasks with one right continuation and no alternatives
 
 
@@ -86,8 +96,9 @@ def read_items(task: str, path: str, limit: int = 0) -> list[Item]:
       raise ValueError(f"{where} is not JSON ({e.msg})") from None
     missing = [f for f in FIELDS[task] if not isinstance(record, dict) or f not in record]
     if missing:
-      raise ValueError(f"{where} lacks {', '.join(missing)}; a {task} record has "
-                       f"{', '.join(FIELDS[task])}")
+      raise ValueError(
+        f"{where} lacks {', '.join(missing)}; a {task} record has {', '.join(FIELDS[task])}"
+      )
     try:
       items.append(FORMATS[task](record))
     except (TypeError, ValueError, AttributeError) as e:
@@ -108,11 +119,14 @@ def parse_tasks(spec: str) -> list[tuple[str, str | None]]:
     if task == "perplexity" and not path:
       entries.append((task, None))
     elif task not in FORMATS:
-      errors.append(f"eval.tasks entry {entry!r}: unknown task {task!r}; use perplexity or "
-                    f"TASK=FILE.jsonl with TASK one of {', '.join(FORMATS)}")
+      errors.append(
+        f"eval.tasks entry {entry!r}: unknown task {task!r}; use perplexity or "
+        f"TASK=FILE.jsonl with TASK one of {', '.join(FORMATS)}"
+      )
     elif not path or not epath.Path(path).is_file():
-      errors.append(f"eval.tasks entry {entry!r}: {task} needs an existing file, as "
-                    f"{task}=FILE.jsonl")
+      errors.append(
+        f"eval.tasks entry {entry!r}: {task} needs an existing file, as {task}=FILE.jsonl"
+      )
     else:
       entries.append((task, path))
   if errors:

@@ -34,7 +34,9 @@ def _parser() -> argparse.ArgumentParser:
       options.add_arguments(p, options.TPU)
     if name == "slurm":
       options.add_arguments(p, options.SLURM)
-      p.add_argument("--script", default="", help="where to write the script (default WORKDIR/job.sbatch)")
+      p.add_argument(
+        "--script", default="", help="where to write the script (default WORKDIR/job.sbatch)"
+      )
   return parser
 
 

@@ -26,8 +26,9 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def process_env(job: Job, process_id: int, platform: str,
-                devices_per_process: int) -> dict[str, str]:
+def process_env(
+  job: Job, process_id: int, platform: str, devices_per_process: int
+) -> dict[str, str]:
   """This process's environment: the job's, plus the platform and its device count.
 
   The device count replaces any inherited one (pytest's conftest asks for 8), so every
@@ -35,10 +36,12 @@ def process_env(job: Job, process_id: int, platform: str,
   """
   env = {**os.environ, **job.env}
   if platform == "cpu":
-    inherited = re.sub(r"--xla_force_host_platform_device_count=\S+", "",
-                       env.get("XLA_FLAGS", "")).strip()
-    env["XLA_FLAGS"] = (f"{inherited} --xla_force_host_platform_device_count="
-                        f"{devices_per_process}").strip()
+    inherited = re.sub(
+      r"--xla_force_host_platform_device_count=\S+", "", env.get("XLA_FLAGS", "")
+    ).strip()
+    env["XLA_FLAGS"] = (
+      f"{inherited} --xla_force_host_platform_device_count={devices_per_process}"
+    ).strip()
     env["JAX_PLATFORMS"] = "cpu"
   elif platform == "gpu":
     env["CUDA_VISIBLE_DEVICES"] = str(process_id)
@@ -52,14 +55,26 @@ def commands(job: Job, num_processes: int, port: int) -> list[list[str]]:
   """The command of each process: the job's, with explicit coordinator flags."""
   if num_processes < 1:
     raise LaunchError(f"--num_processes={num_processes}: use 1 or more")
-  return [[sys.executable, *job.main_args(f"--coordinator_address=localhost:{port}",
-                                           f"--num_processes={num_processes}",
-                                           f"--process_id={i}")]
-          for i in range(num_processes)]
+  return [
+    [
+      sys.executable,
+      *job.main_args(
+        f"--coordinator_address=localhost:{port}",
+        f"--num_processes={num_processes}",
+        f"--process_id={i}",
+      ),
+    ]
+    for i in range(num_processes)
+  ]
 
 
-def run(job: Job, num_processes: int, platform: str = "cpu", devices_per_process: int = 1,
-        timeout_s: float | None = None) -> None:
+def run(
+  job: Job,
+  num_processes: int,
+  platform: str = "cpu",
+  devices_per_process: int = 1,
+  timeout_s: float | None = None,
+) -> None:
   """Starts the processes and waits for all of them.
 
   When one fails the others are stopped (they would otherwise wait forever in a
@@ -72,16 +87,24 @@ def run(job: Job, num_processes: int, platform: str = "cpu", devices_per_process
   procs = []
   for i, command in enumerate(commands(job, num_processes, free_port())):
     with open(os.path.join(log_dir, f"process_{i}.log"), "w") as log:
-      procs.append(subprocess.Popen(command, env=process_env(job, i, platform, devices_per_process),
-                                    stdout=log, stderr=subprocess.STDOUT))
+      procs.append(
+        subprocess.Popen(
+          command,
+          env=process_env(job, i, platform, devices_per_process),
+          stdout=log,
+          stderr=subprocess.STDOUT,
+        )
+      )
   deadline = None if timeout_s is None else time.monotonic() + timeout_s
   try:
     while True:
       codes = [p.poll() for p in procs]
       for i, code in enumerate(codes):
         if code not in (None, 0):
-          raise LaunchError(f"process {i} of {num_processes} exited with code {code}; "
-                            f"its log: {os.path.join(log_dir, f'process_{i}.log')}")
+          raise LaunchError(
+            f"process {i} of {num_processes} exited with code {code}; "
+            f"its log: {os.path.join(log_dir, f'process_{i}.log')}"
+          )
       if all(code == 0 for code in codes):
         return
       if deadline is not None and time.monotonic() > deadline:

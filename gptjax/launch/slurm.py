@@ -25,6 +25,7 @@ NODE_LOCAL = ("/tmp", "/var/tmp", "/dev/shm", "/scratch/local", "/local")
 @dataclasses.dataclass(frozen=True)
 class Cluster:
   """The allocation: nodes, GPUs per node, how tasks map to GPUs, and SLURM's bookkeeping."""
+
   job_name: str
   nodes: int
   gpus_per_node: int
@@ -55,31 +56,43 @@ def check(cluster: Cluster, job: Job) -> None:
     elif any(path == p or path.startswith(p + "/") for p in NODE_LOCAL):
       why = "it is node-local storage, so each node would see different files"
     if why:
-      raise LaunchError(f"{flag}={path!r} with --nodes={cluster.nodes}: {why}; use a path on "
-                        "the cluster's shared filesystem, e.g. /shared/you/runs")
+      raise LaunchError(
+        f"{flag}={path!r} with --nodes={cluster.nodes}: {why}; use a path on "
+        "the cluster's shared filesystem, e.g. /shared/you/runs"
+      )
 
 
 def script(cluster: Cluster, job: Job) -> str:
   """The sbatch script text; logs go to WORKDIR/logs/slurm-JOBID.out (create it first)."""
   check(cluster, job)
   per_node = cluster.gpus_per_node if cluster.tasks == "gpu" else 1
-  options = [f"--job-name={cluster.job_name}", f"--nodes={cluster.nodes}",
-             f"--ntasks-per-node={per_node}", f"--gpus-per-node={cluster.gpus_per_node}",
-             f"--cpus-per-task={cluster.cpus_per_task}", f"--time={cluster.time}",
-             f"--output={job.workdir}/logs/slurm-%j.out", "--open-mode=append", "--requeue",
-             "--dependency=singleton"]
+  options = [
+    f"--job-name={cluster.job_name}",
+    f"--nodes={cluster.nodes}",
+    f"--ntasks-per-node={per_node}",
+    f"--gpus-per-node={cluster.gpus_per_node}",
+    f"--cpus-per-task={cluster.cpus_per_task}",
+    f"--time={cluster.time}",
+    f"--output={job.workdir}/logs/slurm-%j.out",
+    "--open-mode=append",
+    "--requeue",
+    "--dependency=singleton",
+  ]
   options += [f"--partition={cluster.partition}"] * bool(cluster.partition)
   options += [f"--account={cluster.account}"] * bool(cluster.account)
-  lines = ["#!/bin/bash", *(f"#SBATCH {option}" for option in options),
-           "# jax.distributed.initialize() reads the coordinator, process count and index",
-           "# from SLURM; a requeued job reruns this and resumes from the last checkpoint.",
-           "set -euo pipefail",
-           f"if {completed_test(job.workdir)}; then",
-           f"  echo {shlex.quote(f'{job.workdir} completed; nothing to do')}; exit 0",
-           "fi",
-           *(f"export {key}={shlex.quote(value)}" for key, value in job.env.items()),
-           f"cd {shlex.quote(cluster.repo_dir)}",
-           shlex.join(["srun", "--kill-on-bad-exit=1", "python", *job.main_args()])]
+  lines = [
+    "#!/bin/bash",
+    *(f"#SBATCH {option}" for option in options),
+    "# jax.distributed.initialize() reads the coordinator, process count and index",
+    "# from SLURM; a requeued job reruns this and resumes from the last checkpoint.",
+    "set -euo pipefail",
+    f"if {completed_test(job.workdir)}; then",
+    f"  echo {shlex.quote(f'{job.workdir} completed; nothing to do')}; exit 0",
+    "fi",
+    *(f"export {key}={shlex.quote(value)}" for key, value in job.env.items()),
+    f"cd {shlex.quote(cluster.repo_dir)}",
+    shlex.join(["srun", "--kill-on-bad-exit=1", "python", *job.main_args()]),
+  ]
   return "\n".join(lines) + "\n"
 
 

@@ -23,6 +23,7 @@ REPO_DIR = "~/gptjax"  # where setup clones gptjax on each worker
 @dataclasses.dataclass(frozen=True)
 class Tpu:
   """Where and how: the TPU's name, project, zone, accelerator and the code to install."""
+
   name: str
   project: str
   zone: str
@@ -42,8 +43,9 @@ def hosts(accelerator: str) -> int:
   """
   match = re.fullmatch(r"(v\d+[a-z]*|v5litepod)-(\d+)", accelerator)
   if not match:
-    raise LaunchError(f"--accelerator={accelerator!r}: use a TPU type such as v4-8, v4-32, "
-                      "v5litepod-16 or v5p-128")
+    raise LaunchError(
+      f"--accelerator={accelerator!r}: use a TPU type such as v4-8, v4-32, v5litepod-16 or v5p-128"
+    )
   size = int(match.group(2))
   if size <= 8:
     return 1
@@ -60,8 +62,10 @@ def check(tpu: Tpu, job: Job | None) -> None:
   if tpu.provisioning not in ("on-demand", "spot", "preemptible"):
     raise LaunchError(f"--provisioning={tpu.provisioning!r}: use on-demand, spot or preemptible")
   if tpu.queued and tpu.provisioning == "preemptible":
-    raise LaunchError("--provisioning=preemptible with --queued: queued resources offer spot "
-                      "capacity instead; use --provisioning=spot")
+    raise LaunchError(
+      "--provisioning=preemptible with --queued: queued resources offer spot "
+      "capacity instead; use --provisioning=spot"
+    )
   if job is not None:
     require("--repo", tpu.repo, "https://github.com/you/gptjax.git")
     require("--revision", tpu.revision, "$(git rev-parse HEAD)")
@@ -73,9 +77,11 @@ def check(tpu: Tpu, job: Job | None) -> None:
     paths.append(("--config.data.data_dir", str(job.overrides["data.data_dir"])))
   for flag, path in paths:
     if not path.startswith("gs://"):
-      raise LaunchError(f"{flag}={path!r}: {tpu.accelerator} has {n} hosts, which must all see "
-                        f"the same files, and a VM's disk is lost when it is deleted or "
-                        f"preempted; use a gs:// path, e.g. {flag}=gs://my-bucket/runs/{tpu.name}")
+      raise LaunchError(
+        f"{flag}={path!r}: {tpu.accelerator} has {n} hosts, which must all see "
+        f"the same files, and a VM's disk is lost when it is deleted or "
+        f"preempted; use a gs:// path, e.g. {flag}=gs://my-bucket/runs/{tpu.name}"
+      )
 
 
 def _gcloud(tpu: Tpu, *args: str) -> list[str]:
@@ -95,20 +101,38 @@ def create(tpu: Tpu) -> list[str]:
   """Creates the VM, or queues a request for one."""
   if tpu.queued:
     extra = ["--spot"] if tpu.provisioning == "spot" else []
-    return _gcloud(tpu, "queued-resources", "create", tpu.name, f"--node-id={tpu.name}",
-                   f"--accelerator-type={tpu.accelerator}",
-                   f"--runtime-version={tpu.runtime_version}", *extra)
+    return _gcloud(
+      tpu,
+      "queued-resources",
+      "create",
+      tpu.name,
+      f"--node-id={tpu.name}",
+      f"--accelerator-type={tpu.accelerator}",
+      f"--runtime-version={tpu.runtime_version}",
+      *extra,
+    )
   extra = [f"--{tpu.provisioning}"] if tpu.provisioning != "on-demand" else []
-  return _gcloud(tpu, "tpu-vm", "create", tpu.name, f"--accelerator-type={tpu.accelerator}",
-                 f"--version={tpu.runtime_version}", *extra)
+  return _gcloud(
+    tpu,
+    "tpu-vm",
+    "create",
+    tpu.name,
+    f"--accelerator-type={tpu.accelerator}",
+    f"--version={tpu.runtime_version}",
+    *extra,
+  )
 
 
 def setup(tpu: Tpu) -> list[str]:
   """Installs gptjax at `revision` with jax[tpu] on every worker (rerunnable)."""
   repo, rev = shlex.quote(tpu.repo), shlex.quote(tpu.revision)
-  return _ssh(tpu, "all", f"set -e; [ -d {REPO_DIR} ] || git clone {repo} {REPO_DIR}; "
-                          f"cd {REPO_DIR}; git fetch --all --tags; git checkout {rev}; "
-                          "python3 -m pip install -e '.[tpu]'")
+  return _ssh(
+    tpu,
+    "all",
+    f"set -e; [ -d {REPO_DIR} ] || git clone {repo} {REPO_DIR}; "
+    f"cd {REPO_DIR}; git fetch --all --tags; git checkout {rev}; "
+    "python3 -m pip install -e '.[tpu]'",
+  )
 
 
 def run(tpu: Tpu, *jobs: Job) -> list[str]:
@@ -121,18 +145,30 @@ def run(tpu: Tpu, *jobs: Job) -> list[str]:
   """
   steps = []
   for job in jobs:
-    main = " ".join([*(f"{key}={shlex.quote(value)}" for key, value in job.env.items()),
-                     shlex.join(["python3", *job.main_args()])])
-    skipped, failed = (shlex.quote(f"{job.workdir}: {what}") for what in ("completed, skipped",
-                                                                         "failed"))
-    steps.append(f"if {completed_test(job.workdir)}; then echo {skipped}; "
-                 f'else {main} || echo {failed} "(exit $?)"; fi')
+    main = " ".join(
+      [
+        *(f"{key}={shlex.quote(value)}" for key, value in job.env.items()),
+        shlex.join(["python3", *job.main_args()]),
+      ]
+    )
+    skipped, failed = (
+      shlex.quote(f"{job.workdir}: {what}") for what in ("completed, skipped", "failed")
+    )
+    steps.append(
+      f"if {completed_test(job.workdir)}; then echo {skipped}; "
+      f'else {main} || echo {failed} "(exit $?)"; fi'
+    )
   pid = f"~/gptjax_{tpu.name}.pid"
   # The subshell ignores SIGHUP like nohup (its children inherit that), so it outlives the ssh.
-  start = (f"( trap '' HUP; {'; '.join(steps)} ) >> {log_path(tpu)} 2>&1 < /dev/null & "
-           f"echo $! > {pid}")
-  return _ssh(tpu, "all", f'cd {REPO_DIR} && if [ -f {pid} ] && kill -0 "$(cat {pid})" 2>/dev/null; '
-                          f'then echo "already running, pid $(cat {pid})"; else {start}; fi')
+  start = (
+    f"( trap '' HUP; {'; '.join(steps)} ) >> {log_path(tpu)} 2>&1 < /dev/null & echo $! > {pid}"
+  )
+  return _ssh(
+    tpu,
+    "all",
+    f'cd {REPO_DIR} && if [ -f {pid} ] && kill -0 "$(cat {pid})" 2>/dev/null; '
+    f'then echo "already running, pid $(cat {pid})"; else {start}; fi',
+  )
 
 
 def logs(tpu: Tpu) -> list[str]:
@@ -157,8 +193,10 @@ def delete(tpu: Tpu) -> list[str]:
 # What `status` prints: the state to run in, states worth waiting for, and the rest
 # (PREEMPTED, TERMINATED, SUSPENDED, FAILED, ...), which only a delete and create fix.
 _READY = {False: "READY", True: "ACTIVE"}
-_COMING_UP = {False: ("CREATING", "STARTING", "RESTARTING", "REPAIRING", "REIMAGING"),
-              True: ("CREATING", "ACCEPTED", "PROVISIONING", "WAITING_FOR_RESOURCES")}
+_COMING_UP = {
+  False: ("CREATING", "STARTING", "RESTARTING", "REPAIRING", "REIMAGING"),
+  True: ("CREATING", "ACCEPTED", "PROVISIONING", "WAITING_FOR_RESOURCES"),
+}
 _WAIT_S = 60
 
 
@@ -174,27 +212,31 @@ def provision(tpu: Tpu) -> list[str]:
   healthy work; a preempted one is deleted first because it keeps its name taken.
   """
   ready = _READY[tpu.queued]
-  return [f"state={_state(tpu)}",
-          'case "$state" in',
-          f"  {'|'.join([ready, *_COMING_UP[tpu.queued]])}) echo \"{tpu.name} is $state\" ;;",
-          f"  '') {shlex.join(create(tpu))} ;;",
-          f'  *) echo "{tpu.name} is $state: deleting and recreating it"',
-          f"     {shlex.join(delete(tpu))}",
-          f"     {shlex.join(create(tpu))} ;;",
-          "esac"]
+  return [
+    f"state={_state(tpu)}",
+    'case "$state" in',
+    f'  {"|".join([ready, *_COMING_UP[tpu.queued]])}) echo "{tpu.name} is $state" ;;',
+    f"  '') {shlex.join(create(tpu))} ;;",
+    f'  *) echo "{tpu.name} is $state: deleting and recreating it"',
+    f"     {shlex.join(delete(tpu))}",
+    f"     {shlex.join(create(tpu))} ;;",
+    "esac",
+  ]
 
 
 def wait_until_ready(tpu: Tpu) -> list[str]:
   """Shell lines that wait for READY (a queued resource: ACTIVE), or stop naming the state."""
   ready = _READY[tpu.queued]
-  return [f'until state={_state(tpu)}; [ "$state" = {ready} ]; do',
-          '  case "$state" in',
-          f"    {'|'.join(_COMING_UP[tpu.queued])})",
-          f'      echo "{tpu.name} is $state, waiting for {ready}"; sleep {_WAIT_S} ;;',
-          f'    *) echo "{tpu.name} is ${{state:-missing}}: rerun the sweep to recreate it" >&2',
-          "       exit 1 ;;",
-          "  esac",
-          "done"]
+  return [
+    f'until state={_state(tpu)}; [ "$state" = {ready} ]; do',
+    '  case "$state" in',
+    f"    {'|'.join(_COMING_UP[tpu.queued])})",
+    f'      echo "{tpu.name} is $state, waiting for {ready}"; sleep {_WAIT_S} ;;',
+    f'    *) echo "{tpu.name} is ${{state:-missing}}: rerun the sweep to recreate it" >&2',
+    "       exit 1 ;;",
+    "  esac",
+    "done",
+  ]
 
 
 def commands(action: str, tpu: Tpu, job: Job | None = None) -> list[list[str]]:
@@ -203,11 +245,16 @@ def commands(action: str, tpu: Tpu, job: Job | None = None) -> list[list[str]]:
   if needs_job and job is None:
     raise LaunchError(f"tpu {action} needs --config, --workdir, --repo and --revision")
   check(tpu, job if needs_job else None)
-  steps = {"create": lambda: [create(tpu)], "setup": lambda: [setup(tpu)],
-           "run": lambda: [run(tpu, job)], "logs": lambda: [logs(tpu)],
-           "status": lambda: [status(tpu)], "delete": lambda: [delete(tpu)],
-           "up": lambda: [create(tpu), setup(tpu), run(tpu, job)],
-           "relaunch": lambda: [delete(tpu), create(tpu), setup(tpu), run(tpu, job)]}
+  steps = {
+    "create": lambda: [create(tpu)],
+    "setup": lambda: [setup(tpu)],
+    "run": lambda: [run(tpu, job)],
+    "logs": lambda: [logs(tpu)],
+    "status": lambda: [status(tpu)],
+    "delete": lambda: [delete(tpu)],
+    "up": lambda: [create(tpu), setup(tpu), run(tpu, job)],
+    "relaunch": lambda: [delete(tpu), create(tpu), setup(tpu), run(tpu, job)],
+  }
   if action not in steps:
     raise LaunchError(f"tpu action {action!r}: use one of {', '.join(ACTIONS)}")
   return steps[action]()

@@ -16,7 +16,7 @@ import dataclasses
 import json
 import posixpath
 import shlex
-from typing import Mapping
+from collections.abc import Mapping
 
 from gptjax.launch import tpu as tpu_lib
 from gptjax.launch.job import Job, LaunchError, completed_test
@@ -24,15 +24,20 @@ from gptjax.launch.job import Job, LaunchError, completed_test
 MODES = ("one_slice", "vm_per_member")
 
 
-def vms(tpu: tpu_lib.Tpu, jobs: Mapping[str, Job], mode: str) -> list[tuple[tpu_lib.Tpu, list[Job]]]:
+def vms(
+  tpu: tpu_lib.Tpu, jobs: Mapping[str, Job], mode: str
+) -> list[tuple[tpu_lib.Tpu, list[Job]]]:
   """Each VM of the sweep with the members it runs, in order."""
   if mode == "one_slice":
     return [(tpu, list(jobs.values()))]
   if mode == "vm_per_member":
-    return [(dataclasses.replace(tpu, name=f"{tpu.name}-{name}"), [job])
-            for name, job in jobs.items()]
-  raise LaunchError(f"--tpu_mode={mode!r}: use one_slice (members one after another on one VM) "
-                    "or vm_per_member (a VM per member)")
+    return [
+      (dataclasses.replace(tpu, name=f"{tpu.name}-{name}"), [job]) for name, job in jobs.items()
+    ]
+  raise LaunchError(
+    f"--tpu_mode={mode!r}: use one_slice (members one after another on one VM) "
+    "or vm_per_member (a VM per member)"
+  )
 
 
 def check(tpu: tpu_lib.Tpu, sweep_dir: str, jobs: Mapping[str, Job], mode: str) -> None:
@@ -44,16 +49,20 @@ def check(tpu: tpu_lib.Tpu, sweep_dir: str, jobs: Mapping[str, Job], mode: str) 
   """
   tpu_lib.check(tpu, None)  # --name, --project, --zone, --accelerator, --provisioning
   if not sweep_dir.startswith("gs://"):
-    raise LaunchError(f"--workdir={sweep_dir!r}: a TPU sweep keeps its run directories in a "
-                      "bucket, since a VM's disk is lost when it is preempted or deleted and "
-                      "every host must see the same files; use e.g. "
-                      f"--workdir=gs://my-bucket/sweeps/{tpu.name}")
+    raise LaunchError(
+      f"--workdir={sweep_dir!r}: a TPU sweep keeps its run directories in a "
+      "bucket, since a VM's disk is lost when it is preempted or deleted and "
+      "every host must see the same files; use e.g. "
+      f"--workdir=gs://my-bucket/sweeps/{tpu.name}"
+    )
   for vm, members in vms(tpu, jobs, mode):
     for job in members:
       if posixpath.isabs(job.config):
-        raise LaunchError(f"--config={job.config!r}: the workers run it from their own checkout "
-                          f"({tpu_lib.REPO_DIR}) of --revision; pass its path inside the "
-                          "repository, e.g. --config=experiments/scaling_cpu.py")
+        raise LaunchError(
+          f"--config={job.config!r}: the workers run it from their own checkout "
+          f"({tpu_lib.REPO_DIR}) of --revision; pass its path inside the "
+          "repository, e.g. --config=experiments/scaling_cpu.py"
+        )
       tpu_lib.check(vm, job)  # --repo, --revision, a gs:// data_dir on more than one host
 
 
@@ -65,8 +74,13 @@ def _indent(lines: list[str]) -> list[str]:
   return ["  " + line for line in lines]
 
 
-def script(tpu: tpu_lib.Tpu, sweep_dir: str, sweep: Mapping[str, Mapping[str, object]],
-           jobs: Mapping[str, Job], mode: str) -> str:
+def script(
+  tpu: tpu_lib.Tpu,
+  sweep_dir: str,
+  sweep: Mapping[str, Mapping[str, object]],
+  jobs: Mapping[str, Job],
+  mode: str,
+) -> str:
   """The bash script that (re)starts the sweep; `jobs` maps member names to their Jobs.
 
   VMs are created one after another first (a queued request is only filed), then each
@@ -76,23 +90,30 @@ def script(tpu: tpu_lib.Tpu, sweep_dir: str, sweep: Mapping[str, Mapping[str, ob
   check(tpu, sweep_dir, jobs, mode)
   plan = vms(tpu, jobs, mode)
   sweep_json = posixpath.join(sweep_dir, "sweep.json")
-  lines = ["#!/bin/bash",
-           f"# {len(jobs)} members of {next(iter(jobs.values())).config} in {sweep_dir} on "
-           f"{len(plan)} {tpu.accelerator} VM(s), --tpu_mode={mode}.",
-           "# Rerun it after a preemption: VMs whose members all completed are left alone, a",
-           "# preempted VM is recreated, completed members are skipped, the rest resume.",
-           "# shellcheck disable=SC2016  # the single-quoted --command=... expands on the workers",
-           "set -euo pipefail",
-           f"printf '%s\\n' {shlex.quote(json.dumps(sweep, indent=2))} | "
-           f"{shlex.join(['gcloud', 'storage', 'cp', '-', sweep_json])}",
-           "", "# 1. Create each VM that is missing or preempted, unless its members all completed."]
+  lines = [
+    "#!/bin/bash",
+    f"# {len(jobs)} members of {next(iter(jobs.values())).config} in {sweep_dir} on "
+    f"{len(plan)} {tpu.accelerator} VM(s), --tpu_mode={mode}.",
+    "# Rerun it after a preemption: VMs whose members all completed are left alone, a",
+    "# preempted VM is recreated, completed members are skipped, the rest resume.",
+    "# shellcheck disable=SC2016  # the single-quoted --command=... expands on the workers",
+    "set -euo pipefail",
+    f"printf '%s\\n' {shlex.quote(json.dumps(sweep, indent=2))} | "
+    f"{shlex.join(['gcloud', 'storage', 'cp', '-', sweep_json])}",
+    "",
+    "# 1. Create each VM that is missing or preempted, unless its members all completed.",
+  ]
   for vm, members in plan:
     lines += [f"if ! {{ {_all_completed(members)}; }}; then", *_indent(tpu_lib.provision(vm)), "fi"]
   lines += ["", "# 2. Wait for each VM, install gptjax on all its workers and start its members."]
   for vm, members in plan:
-    lines += [f"if {_all_completed(members)}; then",
-              f"  echo {shlex.quote(f'{vm.name}: every member completed, nothing to start')}",
-              "else", *_indent(tpu_lib.wait_until_ready(vm)),
-              f"  {shlex.join(tpu_lib.setup(vm))}", f"  {shlex.join(tpu_lib.run(vm, *members))}",
-              "fi"]
+    lines += [
+      f"if {_all_completed(members)}; then",
+      f"  echo {shlex.quote(f'{vm.name}: every member completed, nothing to start')}",
+      "else",
+      *_indent(tpu_lib.wait_until_ready(vm)),
+      f"  {shlex.join(tpu_lib.setup(vm))}",
+      f"  {shlex.join(tpu_lib.run(vm, *members))}",
+      "fi",
+    ]
   return "\n".join(lines) + "\n"

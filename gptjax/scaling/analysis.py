@@ -24,6 +24,7 @@ MIN_POINTS_PARAMETRIC = 8  # 5 constants
 @dataclass(frozen=True)
 class LossVsN:
   """L(N) = E + A N^-alpha and Kaplan's (N_c / N)^alpha_N on final losses, plus the held-out check."""
+
   n: np.ndarray
   loss: np.ndarray
   sem: np.ndarray
@@ -31,7 +32,7 @@ class LossVsN:
   samples: np.ndarray  # bootstrap rows (E, A, alpha)
   kaplan: tuple[float, float]  # (N_c, alpha_N)
   kaplan_samples: np.ndarray  # bootstrap rows (N_c, alpha_N)
-  heldout: "HeldOut | None"
+  heldout: HeldOut | None
 
   @property
   def e_identified(self) -> bool:
@@ -48,6 +49,7 @@ class Prediction:
 @dataclass(frozen=True)
 class HeldOut:
   """Fit without the largest model, then predict it: the extrapolation a sweep is run for."""
+
   n: float
   loss: float
   fit: fit.SaturatingFit
@@ -113,19 +115,32 @@ def _loss_vs_n(runs: list[Run], resamples: int, seed: int) -> LossVsN:
     partial = fit.fit_saturating_power_law(n[keep], loss[keep])
     rows = fit.bootstrap_saturating(n[keep], loss[keep], partial, resamples, seed, part_sem)
     with np.errstate(over="ignore", invalid="ignore"):
-      saturating = rows[:, 0] + rows[:, 1] * largest**-rows[:, 2]
+      saturating = rows[:, 0] + rows[:, 1] * largest ** -rows[:, 2]
     kaplan_law = fit.fit_kaplan_power_law(n[keep], loss[keep])
     k_rows = fit.bootstrap_kaplan(n[keep], loss[keep], resamples, seed, part_sem)
     heldout = HeldOut(
-        n=largest, loss=float(loss[~keep][0]), fit=partial,
-        saturating=_prediction(saturating, laws.saturating_loss(largest, partial.E, partial.A,
-                                                                partial.alpha)),
-        kaplan=_prediction(laws.kaplan_loss(largest, k_rows[:, 0], k_rows[:, 1]),
-                           laws.kaplan_loss(largest, *kaplan_law)),
-        kaplan_law=kaplan_law)
-  return LossVsN(n=n, loss=loss, sem=sem, fit=law, samples=samples,
-                 kaplan=fit.fit_kaplan_power_law(n, loss), kaplan_samples=kaplan_samples,
-                 heldout=heldout)
+      n=largest,
+      loss=float(loss[~keep][0]),
+      fit=partial,
+      saturating=_prediction(
+        saturating, laws.saturating_loss(largest, partial.E, partial.A, partial.alpha)
+      ),
+      kaplan=_prediction(
+        laws.kaplan_loss(largest, k_rows[:, 0], k_rows[:, 1]),
+        laws.kaplan_loss(largest, *kaplan_law),
+      ),
+      kaplan_law=kaplan_law,
+    )
+  return LossVsN(
+    n=n,
+    loss=loss,
+    sem=sem,
+    fit=law,
+    samples=samples,
+    kaplan=fit.fit_kaplan_power_law(n, loss),
+    kaplan_samples=kaplan_samples,
+    heldout=heldout,
+  )
 
 
 def analyse(runs: list[Run], resamples: int = 200, seed: int = 0) -> Analysis:
@@ -133,8 +148,10 @@ def analyse(runs: list[Run], resamples: int = 200, seed: int = 0) -> Analysis:
   done = [r for r in runs if r.completed and math.isfinite(r.final_eval_loss)]
   result = Analysis(runs=runs)
   if len(done) < len(runs):
-    result.skipped.append(f"{len(runs) - len(done)} run(s) not completed are listed but not "
-                          f"fitted: {', '.join(r.name for r in runs if r not in done)}")
+    result.skipped.append(
+      f"{len(runs) - len(done)} run(s) not completed are listed but not "
+      f"fitted: {', '.join(r.name for r in runs if r not in done)}"
+    )
   ns = [r.n for r in done]
   log_n = np.log([r.n for r in done])
   log_d = np.log([r.tokens for r in done])
@@ -142,9 +159,10 @@ def analyse(runs: list[Run], resamples: int = 200, seed: int = 0) -> Analysis:
     result.loss_vs_n = _loss_vs_n(sorted(done, key=lambda r: r.n), resamples, seed)
   else:
     result.skipped.append(
-        f"L(N): needs >= {MIN_POINTS_LOSS_VS_N} completed runs, one per N, with D fixed or a "
-        f"function of N; have {len(ns)} runs with {len(set(ns))} distinct N"
-        + (", D varying independently of N" if len(ns) >= 3 and _independent(log_n, log_d) else ""))
+      f"L(N): needs >= {MIN_POINTS_LOSS_VS_N} completed runs, one per N, with D fixed or a "
+      f"function of N; have {len(ns)} runs with {len(set(ns))} distinct N"
+      + (", D varying independently of N" if len(ns) >= 3 and _independent(log_n, log_d) else "")
+    )
 
   if done:
     budget = isoflop.group_budgets(np.array([r.flops for r in done]))
@@ -152,8 +170,9 @@ def analyse(runs: list[Run], resamples: int = 200, seed: int = 0) -> Analysis:
     usable = [b for b, k in sizes_per_budget.items() if k >= 3]
     for b in list(usable):
       at = budget == b
-      reason = _unbracketed([r.n for r, ok in zip(done, at) if ok],
-                            [r.final_eval_loss for r, ok in zip(done, at) if ok])
+      reason = _unbracketed(
+        [r.n for r, ok in zip(done, at) if ok], [r.final_eval_loss for r, ok in zip(done, at) if ok]
+      )
       if reason:
         usable.remove(b)
         result.skipped.append(f"IsoFLOP budget C={b:.3g} left out of Approach 2: {reason}")
@@ -165,35 +184,60 @@ def analyse(runs: list[Run], resamples: int = 200, seed: int = 0) -> Analysis:
       sem = np.array([r.final_eval_sem for r in pick])
       per_token = _measured_flops_per_token(pick)
       samples, dropped = isoflop.bootstrap_isoflop(
-          n, loss, budget[at], resamples, seed,
-          loss_sem=sem if np.all(np.isfinite(sem)) else None, flops_per_token=per_token)
-      result.isoflop = Isoflop(n=n, loss=loss, budget=budget[at],
-                               fit=isoflop.fit_isoflop(n, loss, budget[at], per_token),
-                               samples=samples, dropped=dropped)
+        n,
+        loss,
+        budget[at],
+        resamples,
+        seed,
+        loss_sem=sem if np.all(np.isfinite(sem)) else None,
+        flops_per_token=per_token,
+      )
+      result.isoflop = Isoflop(
+        n=n,
+        loss=loss,
+        budget=budget[at],
+        fit=isoflop.fit_isoflop(n, loss, budget[at], per_token),
+        samples=samples,
+        dropped=dropped,
+      )
     else:
-      result.skipped.append("IsoFLOP profiles (Approach 2): need >= 2 compute budgets with >= 3 "
-                            f"sizes each; budgets (runs) here: {_budget_list(sizes_per_budget)}")
+      result.skipped.append(
+        "IsoFLOP profiles (Approach 2): need >= 2 compute budgets with >= 3 "
+        f"sizes each; budgets (runs) here: {_budget_list(sizes_per_budget)}"
+      )
 
   if len(done) >= MIN_POINTS_PARAMETRIC and _independent(log_n, log_d):
     n, d = np.exp(log_n), np.exp(log_d)
     loss = np.array([r.final_eval_loss for r in done])
     law = fit.fit_parametric(n, d, loss)
     result.parametric = Parametric(
-        n=n, d=d, loss=loss, fit=law,
-        samples=fit.bootstrap_parametric(n, d, loss, law, resamples, seed))
+      n=n,
+      d=d,
+      loss=loss,
+      fit=law,
+      samples=fit.bootstrap_parametric(n, d, loss, law, resamples, seed),
+    )
   else:
     result.skipped.append(
-        f"L(N, D) (Approach 3): needs >= {MIN_POINTS_PARAMETRIC} completed runs whose token "
-        f"counts vary independently of N; have {len(done)} runs"
-        + ("" if len(done) < 2 else ", with D fixed or tied to N"))
+      f"L(N, D) (Approach 3): needs >= {MIN_POINTS_PARAMETRIC} completed runs whose token "
+      f"counts vary independently of N; have {len(done)} runs"
+      + ("" if len(done) < 2 else ", with D fixed or tied to N")
+    )
 
-  curves = [envelope.Curve(n=float(r.n), flops=r.eval_curve.flops, tokens=r.eval_curve.tokens,
-                           loss=r.eval_curve.loss) for r in done if r.eval_curve.loss.size >= 2]
+  curves = [
+    envelope.Curve(
+      n=float(r.n), flops=r.eval_curve.flops, tokens=r.eval_curve.tokens, loss=r.eval_curve.loss
+    )
+    for r in done
+    if r.eval_curve.loss.size >= 2
+  ]
   if len(curves) >= 2:
     result.envelope = envelope.compute_envelope(curves)
   else:
-    result.skipped.append("compute envelope (Approach 1): needs >= 2 completed runs with >= 2 "
-                          f"evals each; have {len(curves)}")
+    result.skipped.append(
+      "compute envelope (Approach 1): needs >= 2 completed runs with >= 2 "
+      f"evals each; have {len(curves)}"
+    )
   return result
 
 
@@ -229,8 +273,10 @@ def _unbracketed(n: list[float], loss: list[float]) -> str:
   vertex = float(np.exp(-c1 / (2 * c2)))
   if not min(n) <= vertex <= max(n):
     side = "smallest" if vertex < min(n) else "largest"
-    return (f"the parabola's minimum N = {vertex:.3g} lies beyond the {side} size trained "
-            f"({min(n) if side == 'smallest' else max(n):.3g}); train sizes past it")
+    return (
+      f"the parabola's minimum N = {vertex:.3g} lies beyond the {side} size trained "
+      f"({min(n) if side == 'smallest' else max(n):.3g}); train sizes past it"
+    )
   return ""
 
 
@@ -244,53 +290,75 @@ def fits_json(a: Analysis) -> dict:
   if a.loss_vs_n:
     s = a.loss_vs_n
     out["loss_vs_n"] = {
-        "law": "L(N) = E + A N^-alpha", "points": int(s.n.size),
-        "E": {"value": s.fit.E, "ci95": _ci(s.samples[:, 0])},
-        "A": {"value": s.fit.A, "ci95": _ci(s.samples[:, 1])},
-        "alpha": {"value": s.fit.alpha, "ci95": _ci(s.samples[:, 2])},
-        "E_identified": s.e_identified,
-        "kaplan": {"law": "L(N) = (N_c / N)^alpha_N",
-                   "N_c": {"value": s.kaplan[0], "ci95": _ci(s.kaplan_samples[:, 0])},
-                   "alpha_N": {"value": s.kaplan[1], "ci95": _ci(s.kaplan_samples[:, 1])}},
+      "law": "L(N) = E + A N^-alpha",
+      "points": int(s.n.size),
+      "E": {"value": s.fit.E, "ci95": _ci(s.samples[:, 0])},
+      "A": {"value": s.fit.A, "ci95": _ci(s.samples[:, 1])},
+      "alpha": {"value": s.fit.alpha, "ci95": _ci(s.samples[:, 2])},
+      "E_identified": s.e_identified,
+      "kaplan": {
+        "law": "L(N) = (N_c / N)^alpha_N",
+        "N_c": {"value": s.kaplan[0], "ci95": _ci(s.kaplan_samples[:, 0])},
+        "alpha_N": {"value": s.kaplan[1], "ci95": _ci(s.kaplan_samples[:, 1])},
+      },
     }
     if s.heldout:
       h = s.heldout
       out["extrapolation"] = {
-          "held_out_n": h.n, "observed_loss": h.loss,
-          "saturating": {"predicted_loss": h.saturating.value,
-                         "predicted_ci95": list(h.saturating.ci95),
-                         "relative_error": h.relative_error(h.saturating),
-                         "fit_without_it": {"E": h.fit.E, "A": h.fit.A, "alpha": h.fit.alpha}},
-          "kaplan": {"predicted_loss": h.kaplan.value, "predicted_ci95": list(h.kaplan.ci95),
-                     "relative_error": h.relative_error(h.kaplan),
-                     "fit_without_it": {"N_c": h.kaplan_law[0], "alpha_N": h.kaplan_law[1]}}}
+        "held_out_n": h.n,
+        "observed_loss": h.loss,
+        "saturating": {
+          "predicted_loss": h.saturating.value,
+          "predicted_ci95": list(h.saturating.ci95),
+          "relative_error": h.relative_error(h.saturating),
+          "fit_without_it": {"E": h.fit.E, "A": h.fit.A, "alpha": h.fit.alpha},
+        },
+        "kaplan": {
+          "predicted_loss": h.kaplan.value,
+          "predicted_ci95": list(h.kaplan.ci95),
+          "relative_error": h.relative_error(h.kaplan),
+          "fit_without_it": {"N_c": h.kaplan_law[0], "alpha_N": h.kaplan_law[1]},
+        },
+      }
   if a.isoflop:
     f = a.isoflop.fit
     out["isoflop"] = {
-        "law": "N_opt = k_n C^a, D_opt = k_d C^b",
-        "a": {"value": f.a, "ci95": _ci(a.isoflop.samples[:, 0])},
-        "b": {"value": f.b, "ci95": _ci(a.isoflop.samples[:, 1])},
-        "k_n": f.k_n, "k_d": f.k_d, "bootstrap_dropped": a.isoflop.dropped,
-        "minima": [{"flops": m.flops, "n_opt": m.n_opt, "d_opt": m.d_opt, "loss": m.loss}
-                   for m in f.minima]}
+      "law": "N_opt = k_n C^a, D_opt = k_d C^b",
+      "a": {"value": f.a, "ci95": _ci(a.isoflop.samples[:, 0])},
+      "b": {"value": f.b, "ci95": _ci(a.isoflop.samples[:, 1])},
+      "k_n": f.k_n,
+      "k_d": f.k_d,
+      "bootstrap_dropped": a.isoflop.dropped,
+      "minima": [
+        {"flops": m.flops, "n_opt": m.n_opt, "d_opt": m.d_opt, "loss": m.loss} for m in f.minima
+      ],
+    }
   if a.parametric:
     law = a.parametric.fit.law
     names = ("E", "A", "B", "alpha", "beta")
-    out["parametric"] = {"law": "L(N, D) = E + A / N^alpha + B / D^beta",
-                         "objective": a.parametric.fit.objective,
-                         **{k: {"value": getattr(law, k), "ci95": _ci(a.parametric.samples[:, i])}
-                            for i, k in enumerate(names)}}
+    out["parametric"] = {
+      "law": "L(N, D) = E + A / N^alpha + B / D^beta",
+      "objective": a.parametric.fit.objective,
+      **{
+        k: {"value": getattr(law, k), "ci95": _ci(a.parametric.samples[:, i])}
+        for i, k in enumerate(names)
+      },
+    }
     alpha, beta = a.parametric.samples[:, 3], a.parametric.samples[:, 4]
-    out["parametric"]["frontier"] = {"a": {"value": law.beta / (law.alpha + law.beta),
-                                           "ci95": _ci(beta / (alpha + beta))},
-                                     "b": {"value": law.alpha / (law.alpha + law.beta),
-                                           "ci95": _ci(alpha / (alpha + beta))}}
+    out["parametric"]["frontier"] = {
+      "a": {"value": law.beta / (law.alpha + law.beta), "ci95": _ci(beta / (alpha + beta))},
+      "b": {"value": law.alpha / (law.alpha + law.beta), "ci95": _ci(alpha / (alpha + beta))},
+    }
   if a.envelope:
     e = a.envelope
     out["envelope"] = {
-        "law": "N_opt = k_n C^a, D_opt = k_d C^b through the crossings of learning curves; "
-               "L(C) = E + K C^-gamma",
-        "a": {"value": e.a, "ci95": list(e.a_ci95)}, "b": {"value": e.b, "ci95": list(e.b_ci95)},
-        "k_n": e.k_n, "k_d": e.k_d, "crossings": int(e.crossing_flops.size),
-        "L_of_C": {"E": e.E, "K": e.K, "gamma": e.gamma}}
+      "law": "N_opt = k_n C^a, D_opt = k_d C^b through the crossings of learning curves; "
+      "L(C) = E + K C^-gamma",
+      "a": {"value": e.a, "ci95": list(e.a_ci95)},
+      "b": {"value": e.b, "ci95": list(e.b_ci95)},
+      "k_n": e.k_n,
+      "k_d": e.k_d,
+      "crossings": int(e.crossing_flops.size),
+      "L_of_C": {"E": e.E, "K": e.K, "gamma": e.gamma},
+    }
   return out

@@ -12,11 +12,13 @@ import html
 import os
 from dataclasses import dataclass, field
 
-_CSS = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;"
-        "line-height:1.45}table{border-collapse:collapse;font-size:.9rem}"
-        "td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}"
-        "th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
-        "img{max-width:100%}code{background:#f3f3f3;padding:0 .2rem}")
+_CSS = (
+  "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;"
+  "line-height:1.45}table{border-collapse:collapse;font-size:.9rem}"
+  "td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}"
+  "th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
+  "img{max-width:100%}code{background:#f3f3f3;padding:0 .2rem}"
+)
 
 
 @dataclass
@@ -61,9 +63,11 @@ class Document:
 
   def html(self, image_dir: str) -> str:
     """Self-contained HTML: every figure is read from `image_dir` and inlined."""
-    out = ["<!doctype html><html><head><meta charset='utf-8'>",
-           f"<title>{html.escape(self.title)}</title><style>{_CSS}</style></head><body>",
-           f"<h1>{html.escape(self.title)}</h1>"]
+    out = [
+      "<!doctype html><html><head><meta charset='utf-8'>",
+      f"<title>{html.escape(self.title)}</title><style>{_CSS}</style></head><body>",
+      f"<h1>{html.escape(self.title)}</h1>",
+    ]
     for kind, body in self.blocks:
       if kind == "heading":
         out.append(f"<h2>{html.escape(body)}</h2>")
@@ -80,8 +84,10 @@ class Document:
         name, caption = body
         with open(os.path.join(image_dir, name), "rb") as f:
           data = base64.b64encode(f.read()).decode("ascii")
-        out.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
-                   f"<figcaption>{_inline(caption)}</figcaption></figure>")
+        out.append(
+          f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
+          f"<figcaption>{_inline(caption)}</figcaption></figure>"
+        )
     out.append("</body></html>")
     return "\n".join(out)
 

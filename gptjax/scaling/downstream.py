@@ -53,11 +53,18 @@ def points(runs: list[Run]) -> dict[str, list[Point]]:
       if metric is None or row[f"{name}/{metric}"] is None:
         continue
       stderr = row.get(f"{name}/{metric}_stderr")
-      out.setdefault(name, []).append(Point(
-          run=run.name, n=run.n, flops=float(row["flops"]), loss=run.final_eval_loss,
-          metric=metric, value=float(row[f"{name}/{metric}"]),
+      out.setdefault(name, []).append(
+        Point(
+          run=run.name,
+          n=run.n,
+          flops=float(row["flops"]),
+          loss=run.final_eval_loss,
+          metric=metric,
+          value=float(row[f"{name}/{metric}"]),
           stderr=math.nan if stderr is None else float(stderr),
-          chance=float(row.get(f"{name}/chance") or 0.0)))
+          chance=float(row.get(f"{name}/chance") or 0.0),
+        )
+      )
   return out
 
 
@@ -69,8 +76,11 @@ def fit_vs_loss(task_points: list[Point]) -> dict[str, float] | None:
   loss = np.array([p.loss for p in usable])
   value = np.array([p.value for p in usable])
   stderr = np.array([p.stderr for p in usable])
-  weights = (1 / np.maximum(stderr, 1e-6) if np.all(np.isfinite(stderr) & (stderr > 0))
-             else np.ones_like(loss))
+  weights = (
+    1 / np.maximum(stderr, 1e-6)
+    if np.all(np.isfinite(stderr) & (stderr > 0))
+    else np.ones_like(loss)
+  )
   b, a = np.polyfit(loss, value, 1, w=weights)  # polyfit's w multiplies residuals: 1 / sigma
   return {"a": float(a), "b": float(b), "points": len(usable)}
 
@@ -79,15 +89,18 @@ def figure(by_task: dict[str, list[Point]]) -> Any:
   """Accuracy against training FLOPs, against N and against final loss, one row per task,
   with error bars, the chance level dashed and the fit against loss where there is one."""
   from matplotlib.figure import Figure
+
   fig = Figure(figsize=(13, 3.8 * len(by_task)))
   axes = fig.subplots(len(by_task), 3, squeeze=False)
   for row, (name, task_points) in zip(axes, by_task.items()):
     value = [p.value for p in task_points]
     stderr = [p.stderr for p in task_points]
     label = f"{name} {task_points[0].metric}"
-    for ax, x, xlabel in ((row[0], [p.flops for p in task_points], "training FLOPs C"),
-                          (row[1], [p.n for p in task_points], "non-embedding parameters N"),
-                          (row[2], [p.loss for p in task_points], "final eval loss (nats/token)")):
+    for ax, x, xlabel in (
+      (row[0], [p.flops for p in task_points], "training FLOPs C"),
+      (row[1], [p.n for p in task_points], "non-embedding parameters N"),
+      (row[2], [p.loss for p in task_points], "final eval loss (nats/token)"),
+    ):
       ax.errorbar(x, value, yerr=stderr, fmt="o", capsize=3)
       ax.axhline(task_points[0].chance, color="gray", linestyle="--", label="chance")
       if ax is not row[2]:
@@ -98,8 +111,12 @@ def figure(by_task: dict[str, list[Point]]) -> Any:
     fit = fit_vs_loss(task_points)
     if fit:
       losses = np.linspace(min(p.loss for p in task_points), max(p.loss for p in task_points), 20)
-      row[2].plot(losses, fit["a"] + fit["b"] * losses, color="C1",
-                  label=f"fit: {fit['a']:.3f} {fit['b']:+.3f} x loss")
+      row[2].plot(
+        losses,
+        fit["a"] + fit["b"] * losses,
+        color="C1",
+        label=f"fit: {fit['a']:.3f} {fit['b']:+.3f} x loss",
+      )
     row[0].legend(loc="best")
     row[2].legend(loc="best")
   fig.tight_layout()

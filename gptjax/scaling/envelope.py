@@ -42,6 +42,7 @@ from gptjax.scaling import fit
 @dataclass(frozen=True)
 class Curve:
   """One run's learning curve at its evals (metrics.jsonl eval rows)."""
+
   n: float  # non-embedding parameters
   flops: np.ndarray  # cumulative training FLOPs at each eval
   tokens: np.ndarray  # cumulative training tokens at each eval
@@ -56,6 +57,7 @@ class Envelope:
   fewer than 2 crossings (the intervals: fewer than 3), e.g. when every
   handover is a run ending.
   """
+
   flops: np.ndarray  # grid of C that some run reaches
   loss: np.ndarray  # lowest loss at each C
   n: np.ndarray  # N of the run that reaches it
@@ -78,17 +80,23 @@ def _checked(curve: Curve, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
   """log FLOPs, log tokens, log loss of a curve's evals after training started."""
   flops, tokens, loss = (np.asarray(x, float) for x in (curve.flops, curve.tokens, curve.loss))
   if not flops.shape == tokens.shape == loss.shape or flops.ndim != 1:
-    raise ValueError(f"curves[{index}]: flops, tokens and loss must be 1-d and equally long; got "
-                     f"shapes {flops.shape}, {tokens.shape}, {loss.shape}")
+    raise ValueError(
+      f"curves[{index}]: flops, tokens and loss must be 1-d and equally long; got "
+      f"shapes {flops.shape}, {tokens.shape}, {loss.shape}"
+    )
   trained = flops > 0  # an eval before the first step has no place on a log axis
   flops, tokens, loss = flops[trained], tokens[trained], loss[trained]
   if flops.size < 2 or np.any(np.diff(flops) <= 0):
-    raise ValueError(f"curves[{index}]: need >= 2 evals with FLOPs > 0, strictly increasing; got "
-                     f"{flops.size} with FLOPs {flops.tolist()[:6]}")
+    raise ValueError(
+      f"curves[{index}]: need >= 2 evals with FLOPs > 0, strictly increasing; got "
+      f"{flops.size} with FLOPs {flops.tolist()[:6]}"
+    )
   for name, values in (("tokens", tokens), ("loss", loss)):
     if not np.all(np.isfinite(values)) or np.any(values <= 0):
-      raise ValueError(f"curves[{index}].{name}: every value after the first step must be finite "
-                       f"and > 0; got min {np.nanmin(values):g}")
+      raise ValueError(
+        f"curves[{index}].{name}: every value after the first step must be finite "
+        f"and > 0; got min {np.nanmin(values):g}"
+      )
   if not curve.n > 0:
     raise ValueError(f"curves[{index}].n={curve.n}: must be > 0 (non-embedding parameters)")
   return np.log(flops), np.log(tokens), np.log(loss)
@@ -108,13 +116,14 @@ def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, tuple[float, float], flo
   if x.size < 3:
     return float(slope), (np.nan, np.nan), float(intercept)
   residual = y - (slope * x + intercept)
-  se = np.sqrt(np.sum(residual**2) / (x.size - 2) / np.sum((x - x.mean())**2))
+  se = np.sqrt(np.sum(residual**2) / (x.size - 2) / np.sum((x - x.mean()) ** 2))
   half = stats.t.ppf(0.975, x.size - 2) * se
   return float(slope), (float(slope - half), float(slope + half)), float(intercept)
 
 
-def _loss_law(log_grid: np.ndarray, log_loss: np.ndarray,
-              log_crossings: np.ndarray) -> tuple[float, float, float]:
+def _loss_law(
+  log_grid: np.ndarray, log_loss: np.ndarray, log_crossings: np.ndarray
+) -> tuple[float, float, float]:
   """(E, K, gamma) of L(C) = E + K C^-gamma between the first and last crossing.
 
   Only there is the envelope a frontier: before the first crossing and after
@@ -122,8 +131,11 @@ def _loss_law(log_grid: np.ndarray, log_loss: np.ndarray,
   size-limited loss. A saturating law, not Kaplan's pure power law, because
   an envelope spanning several decades bends towards the irreducible loss.
   """
-  between = (log_grid >= log_crossings[0]) & (log_grid <= log_crossings[-1]) if (
-      log_crossings.size >= 2) else np.zeros(log_grid.size, bool)
+  between = (
+    (log_grid >= log_crossings[0]) & (log_grid <= log_crossings[-1])
+    if (log_crossings.size >= 2)
+    else np.zeros(log_grid.size, bool)
+  )
   if np.count_nonzero(between) < 3:
     return np.nan, np.nan, np.nan
   law = fit.fit_saturating_power_law(np.exp(log_grid[between]), np.exp(log_loss[between]))
@@ -133,7 +145,9 @@ def _loss_law(log_grid: np.ndarray, log_loss: np.ndarray,
 def compute_envelope(curves: Sequence[Curve], points: int = 50) -> Envelope:
   """The envelope of `curves` on `points` log-spaced values of C, and its frontier laws."""
   if len(curves) < 2:
-    raise ValueError(f"curves: {len(curves)} run(s); an envelope needs >= 2 runs of different sizes")
+    raise ValueError(
+      f"curves: {len(curves)} run(s); an envelope needs >= 2 runs of different sizes"
+    )
   if points < 2:
     raise ValueError(f"points={points}: need >= 2 grid values of C")
   logs = [_checked(curve, i) for i, curve in enumerate(curves)]
@@ -149,12 +163,14 @@ def compute_envelope(curves: Sequence[Curve], points: int = 50) -> Envelope:
   crossings: dict[tuple[int, int], list[tuple[float, float]]] = {}
   for j in np.flatnonzero(best[:-1] != best[1:]):
     old, new = best[j], best[j + 1]
-    gap = log_loss[new, j:j + 2] - log_loss[old, j:j + 2]  # >= 0 at j, <= 0 at j + 1
+    gap = log_loss[new, j : j + 2] - log_loss[old, j : j + 2]  # >= 0 at j, <= 0 at j + 1
     if not np.all(np.isfinite(gap)):
       continue  # one run ends or starts here: a handover, not a crossing
     t = gap[0] / (gap[0] - gap[1]) if gap[0] != gap[1] else 0.5
     log_c = log_grid[j] + t * (log_grid[j + 1] - log_grid[j])
-    log_d = 0.5 * sum(np.interp(log_c, log_grid[j:j + 2], log_tokens[r, j:j + 2]) for r in (old, new))
+    log_d = 0.5 * sum(
+      np.interp(log_c, log_grid[j : j + 2], log_tokens[r, j : j + 2]) for r in (old, new)
+    )
     crossings.setdefault((min(old, new), max(old, new)), []).append((log_c, log_d))
   pairs = sorted(crossings)
   log_cx = np.array([np.mean([c for c, _ in crossings[p]]) for p in pairs])
@@ -168,8 +184,20 @@ def compute_envelope(curves: Sequence[Curve], points: int = 50) -> Envelope:
   envelope_loss = log_loss[best, columns]
   loss_law = _loss_law(log_grid, envelope_loss, log_cx)
   return Envelope(
-      flops=np.exp(log_grid), loss=np.exp(envelope_loss), n=n[best],
-      tokens=np.exp(log_tokens[best, columns]), crossing_flops=np.exp(log_cx),
-      crossing_n=np.exp(log_nx), crossing_tokens=np.exp(log_dx), a=a, a_ci95=a_ci,
-      k_n=float(np.exp(log_kn)), b=b, b_ci95=b_ci, k_d=float(np.exp(log_kd)),
-      E=loss_law[0], K=loss_law[1], gamma=loss_law[2])
+    flops=np.exp(log_grid),
+    loss=np.exp(envelope_loss),
+    n=n[best],
+    tokens=np.exp(log_tokens[best, columns]),
+    crossing_flops=np.exp(log_cx),
+    crossing_n=np.exp(log_nx),
+    crossing_tokens=np.exp(log_dx),
+    a=a,
+    a_ci95=a_ci,
+    k_n=float(np.exp(log_kn)),
+    b=b,
+    b_ci95=b_ci,
+    k_d=float(np.exp(log_kd)),
+    E=loss_law[0],
+    K=loss_law[1],
+    gamma=loss_law[2],
+  )

@@ -15,10 +15,10 @@ GPT2_VOCAB = 50257  # GPT-2's byte-level BPE, also used by GPT-3
 
 # name: (n_layer, d_model, n_head, peak lr); the lr is GPT-3 Table 2.1's for the nearest size.
 GPT2_SIZES = {
-    "small": (12, 768, 12, 6e-4),
-    "medium": (24, 1024, 16, 3e-4),
-    "large": (36, 1280, 20, 2.5e-4),
-    "xl": (48, 1600, 25, 2e-4),
+  "small": (12, 768, 12, 6e-4),
+  "medium": (24, 1024, 16, 3e-4),
+  "large": (36, 1280, 20, 2.5e-4),
+  "xl": (48, 1600, 25, 2e-4),
 }
 
 # name: (n_layer, d_model, n_head, batch in sequences of 2048, peak lr, paper's n_params)
@@ -30,22 +30,23 @@ GPT2_SIZES = {
 # 24 heads of d_head 128 on d_model 2048 (24 * 128 = 3072), so it keeps d_head 128
 # with 16 heads, which also keeps the paper's 1.3B parameter count.
 GPT3_SIZES = {
-    "125m": (12, 768, 12, 256, 6.0e-4, 125e6),
-    "350m": (24, 1024, 16, 256, 3.0e-4, 350e6),
-    "760m": (24, 1536, 16, 256, 2.5e-4, 760e6),
-    "1.3b": (24, 2048, 16, 512, 2.0e-4, 1.3e9),
-    "2.7b": (32, 2560, 32, 512, 1.6e-4, 2.7e9),
-    "6.7b": (32, 4096, 32, 1024, 1.2e-4, 6.7e9),
-    "13b": (40, 5120, 40, 1024, 1.0e-4, 13.0e9),
-    "175b": (96, 12288, 96, 1536, 0.6e-4, 175.0e9),
+  "125m": (12, 768, 12, 256, 6.0e-4, 125e6),
+  "350m": (24, 1024, 16, 256, 3.0e-4, 350e6),
+  "760m": (24, 1536, 16, 256, 2.5e-4, 760e6),
+  "1.3b": (24, 2048, 16, 512, 2.0e-4, 1.3e9),
+  "2.7b": (32, 2560, 32, 512, 1.6e-4, 2.7e9),
+  "6.7b": (32, 4096, 32, 1024, 1.2e-4, 6.7e9),
+  "13b": (40, 5120, 40, 1024, 1.0e-4, 13.0e9),
+  "175b": (96, 12288, 96, 1536, 0.6e-4, 175.0e9),
 }
 GPT3_CONTEXT = 2048
 GPT3_TRAIN_TOKENS = 300e9  # every GPT-3 model saw 300B tokens
 GPT3_WARMUP_TOKENS = 375e6  # linear warmup over the first 375M tokens
 
 
-def _shape(c: ml_collections.ConfigDict, n_layer: int, d_model: int, n_head: int,
-           seq_len: int) -> None:
+def _shape(
+  c: ml_collections.ConfigDict, n_layer: int, d_model: int, n_head: int, seq_len: int
+) -> None:
   c.model.n_layer, c.model.d_model, c.model.n_head = n_layer, d_model, n_head
   c.model.d_ff = 4 * d_model
   c.model.seq_len = seq_len

@@ -41,15 +41,22 @@ GRID_A = GRID_B = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)
 
 def hoffmann_grid() -> np.ndarray:
   """The 5 * 5 * 5 * 6 * 6 = 4,500 starts, rows of (e, a, b, alpha, beta)."""
-  return np.array([(e, a, b, al, be) for al, be, e, a, b in itertools.product(
-      GRID_ALPHA, GRID_BETA, GRID_E, GRID_A, GRID_B)])
+  return np.array(
+    [
+      (e, a, b, al, be)
+      for al, be, e, a, b in itertools.product(GRID_ALPHA, GRID_BETA, GRID_E, GRID_A, GRID_B)
+    ]
+  )
 
 
 def _parametric_log_loss(theta: jax.Array, features: jax.Array) -> jax.Array:
   """log(exp(e) + exp(a - alpha log N) + exp(b - beta log D)), stable for any start."""
   log_n, log_d = features[:, 0], features[:, 1]
-  terms = [jnp.broadcast_to(theta[0], log_n.shape), theta[1] - theta[3] * log_n,
-           theta[2] - theta[4] * log_d]
+  terms = [
+    jnp.broadcast_to(theta[0], log_n.shape),
+    theta[1] - theta[3] * log_n,
+    theta[2] - theta[4] * log_d,
+  ]
   return jax.nn.logsumexp(jnp.stack(terms), axis=0)
 
 
@@ -70,6 +77,7 @@ class ParametricFit:
 @dataclass(frozen=True)
 class SaturatingFit:
   """L(N) = E + A N^-alpha."""
+
   E: float
   A: float
   alpha: float
@@ -82,51 +90,82 @@ def drop_highest_loss(k: int, loss: np.ndarray, *columns: np.ndarray) -> tuple[n
   loss = np.asarray(loss, float)
   if not 0 <= k < loss.size:
     raise ValueError(f"exclude_highest={k}: must be in [0, {loss.size - 1}] for {loss.size} points")
-  keep = np.sort(np.argsort(loss, kind="stable")[:loss.size - k])
+  keep = np.sort(np.argsort(loss, kind="stable")[: loss.size - k])
   return (loss[keep],) + tuple(np.asarray(c, float)[keep] for c in columns)
 
 
 def _check_points(**columns: np.ndarray) -> None:
   for name, values in columns.items():
     if not np.all(np.isfinite(values)) or np.any(values <= 0):
-      raise ValueError(f"{name}: every value must be finite and > 0 (a log is taken); "
-                       f"got min {np.nanmin(values):g}")
+      raise ValueError(
+        f"{name}: every value must be finite and > 0 (a log is taken); "
+        f"got min {np.nanmin(values):g}"
+      )
 
 
-def fit_parametric(n: np.ndarray, d: np.ndarray, loss: np.ndarray, *, keep: int = 32,
-                   screen_steps: int = 30, starts: np.ndarray | None = None) -> ParametricFit:
+def fit_parametric(
+  n: np.ndarray,
+  d: np.ndarray,
+  loss: np.ndarray,
+  *,
+  keep: int = 32,
+  screen_steps: int = 30,
+  starts: np.ndarray | None = None,
+) -> ParametricFit:
   """Fit L(N, D) = E + A/N^alpha + B/D^beta (Approach 3) from `starts` (default: the grid)."""
   n, d, loss = (np.asarray(x, float) for x in (n, d, loss))
   _check_points(N=n, D=d, loss=loss)
   starts = hoffmann_grid() if starts is None else np.asarray(starts, float)
   features = np.stack([np.log(n), np.log(d)], axis=1)
   screened, values, _ = lbfgs.minimise(
-      _parametric_log_loss, jnp.asarray(starts, jnp.float32), jnp.asarray(features, jnp.float32),
-      jnp.log(jnp.asarray(loss, jnp.float32)), jnp.ones(loss.size, jnp.float32),
-      max_steps=screen_steps, grad_tol=0.0, linesearch_steps=5)
+    _parametric_log_loss,
+    jnp.asarray(starts, jnp.float32),
+    jnp.asarray(features, jnp.float32),
+    jnp.log(jnp.asarray(loss, jnp.float32)),
+    jnp.ones(loss.size, jnp.float32),
+    max_steps=screen_steps,
+    grad_tol=0.0,
+    linesearch_steps=5,
+  )
   values = np.where(np.isfinite(values), values, np.inf)
   best = np.asarray(screened)[np.argsort(values, kind="stable")[:keep]]
   theta, value = _polish(_parametric_log_loss, best, features, loss, np.ones(loss.size))
-  law = ParametricLaw(E=float(np.exp(theta[0])), A=float(np.exp(theta[1])),
-                      B=float(np.exp(theta[2])), alpha=float(theta[3]), beta=float(theta[4]))
+  law = ParametricLaw(
+    E=float(np.exp(theta[0])),
+    A=float(np.exp(theta[1])),
+    B=float(np.exp(theta[2])),
+    alpha=float(theta[3]),
+    beta=float(theta[4]),
+  )
   return ParametricFit(law=law, objective=value, theta=theta, n_points=loss.size)
 
 
-def _polish(predict: lbfgs.LogPredict, starts: np.ndarray, features: np.ndarray,
-            loss: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, float]:
+def _polish(
+  predict: lbfgs.LogPredict,
+  starts: np.ndarray,
+  features: np.ndarray,
+  loss: np.ndarray,
+  weights: np.ndarray,
+) -> tuple[np.ndarray, float]:
   """Float64 L-BFGS to convergence from each start; the lowest objective wins."""
   with jax.enable_x64(True):
     theta, values, _ = lbfgs.minimise(
-        predict, jnp.asarray(starts, jnp.float64), jnp.asarray(features, jnp.float64),
-        jnp.log(jnp.asarray(loss, jnp.float64)), jnp.asarray(weights, jnp.float64),
-        max_steps=1000, grad_tol=1e-10)
+      predict,
+      jnp.asarray(starts, jnp.float64),
+      jnp.asarray(features, jnp.float64),
+      jnp.log(jnp.asarray(loss, jnp.float64)),
+      jnp.asarray(weights, jnp.float64),
+      max_steps=1000,
+      grad_tol=1e-10,
+    )
     values = np.where(np.isfinite(values), np.asarray(values), np.inf)
     best = int(np.argmin(values))
     return np.asarray(theta[best]), float(values[best])
 
 
-def bootstrap_parametric(n: np.ndarray, d: np.ndarray, loss: np.ndarray, fit: ParametricFit,
-                         resamples: int, seed: int) -> np.ndarray:
+def bootstrap_parametric(
+  n: np.ndarray, d: np.ndarray, loss: np.ndarray, fit: ParametricFit, resamples: int, seed: int
+) -> np.ndarray:
   """Refit on `resamples` resamples of the points, drawn with replacement.
 
   A resample is a vector of counts over the points, used as Huber weights, so
@@ -141,9 +180,14 @@ def bootstrap_parametric(n: np.ndarray, d: np.ndarray, loss: np.ndarray, fit: Pa
   features = np.stack([np.log(n), np.log(d)], axis=1)
   with jax.enable_x64(True):
     theta, _, _ = lbfgs.minimise(
-        _parametric_log_loss, jnp.asarray(np.tile(fit.theta, (resamples, 1)), jnp.float64),
-        jnp.asarray(features, jnp.float64), jnp.log(jnp.asarray(loss, jnp.float64)),
-        jnp.asarray(counts, jnp.float64), max_steps=1000, grad_tol=1e-10)
+      _parametric_log_loss,
+      jnp.asarray(np.tile(fit.theta, (resamples, 1)), jnp.float64),
+      jnp.asarray(features, jnp.float64),
+      jnp.log(jnp.asarray(loss, jnp.float64)),
+      jnp.asarray(counts, jnp.float64),
+      max_steps=1000,
+      grad_tol=1e-10,
+    )
     theta = np.asarray(theta)
   return np.column_stack([np.exp(theta[:, :3]), theta[:, 3:]])
 
@@ -153,14 +197,24 @@ def fit_saturating_power_law(n: np.ndarray, loss: np.ndarray) -> SaturatingFit:
   n, loss = np.asarray(n, float), np.asarray(loss, float)
   _check_points(N=n, loss=loss)
   starts = np.array(list(itertools.product(GRID_E, GRID_A, GRID_ALPHA)))
-  theta, value = _polish(_saturating_log_loss, starts, np.log(n)[:, None], loss,
-                         np.ones(loss.size))
-  return SaturatingFit(E=float(np.exp(theta[0])), A=float(np.exp(theta[1])),
-                       alpha=float(theta[2]), objective=value, theta=theta)
+  theta, value = _polish(_saturating_log_loss, starts, np.log(n)[:, None], loss, np.ones(loss.size))
+  return SaturatingFit(
+    E=float(np.exp(theta[0])),
+    A=float(np.exp(theta[1])),
+    alpha=float(theta[2]),
+    objective=value,
+    theta=theta,
+  )
 
 
-def bootstrap_saturating(n: np.ndarray, loss: np.ndarray, fit: SaturatingFit, resamples: int,
-                         seed: int, loss_sem: np.ndarray | None = None) -> np.ndarray:
+def bootstrap_saturating(
+  n: np.ndarray,
+  loss: np.ndarray,
+  fit: SaturatingFit,
+  resamples: int,
+  seed: int,
+  loss_sem: np.ndarray | None = None,
+) -> np.ndarray:
   """Refit L(N) = E + A N^-alpha on `resamples` noisy copies of the fitted curve.
 
   A parametric bootstrap, because a sweep of 5 sizes cannot be case-resampled:
@@ -180,9 +234,14 @@ def bootstrap_saturating(n: np.ndarray, loss: np.ndarray, fit: SaturatingFit, re
   eps = np.random.default_rng(seed).standard_normal((resamples, loss.size)) * sigma
   with jax.enable_x64(True):
     theta, _, _ = lbfgs.minimise(
-        _saturating_log_loss, jnp.asarray(np.tile(fit.theta, (resamples, 1)), jnp.float64),
-        jnp.asarray(np.log(n)[:, None], jnp.float64), jnp.asarray(centre + eps, jnp.float64),
-        jnp.ones(loss.size, jnp.float64), max_steps=1000, grad_tol=1e-10)
+      _saturating_log_loss,
+      jnp.asarray(np.tile(fit.theta, (resamples, 1)), jnp.float64),
+      jnp.asarray(np.log(n)[:, None], jnp.float64),
+      jnp.asarray(centre + eps, jnp.float64),
+      jnp.ones(loss.size, jnp.float64),
+      max_steps=1000,
+      grad_tol=1e-10,
+    )
     theta = np.asarray(theta)
   return np.column_stack([np.exp(theta[:, :2]), theta[:, 2]])
 
@@ -199,8 +258,9 @@ def fit_kaplan_power_law(n: np.ndarray, loss: np.ndarray) -> tuple[float, float]
   return float(np.exp(intercept / alpha_n)), float(alpha_n)
 
 
-def bootstrap_kaplan(n: np.ndarray, loss: np.ndarray, resamples: int, seed: int,
-                     loss_sem: np.ndarray | None = None) -> np.ndarray:
+def bootstrap_kaplan(
+  n: np.ndarray, loss: np.ndarray, resamples: int, seed: int, loss_sem: np.ndarray | None = None
+) -> np.ndarray:
   """Rows of (N_c, alpha_N) refitted on noisy copies of the fitted L = (N_c / N)^alpha_N.
 
   The same parametric bootstrap as bootstrap_saturating (noise from loss_sem and

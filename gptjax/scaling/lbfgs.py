@@ -23,8 +23,15 @@ LogPredict = Callable[[jax.Array, jax.Array], jax.Array]
 HUBER_DELTA = 1e-3  # Hoffmann et al.'s delta on log-loss residuals
 
 
-def objective(predict: LogPredict, theta: jax.Array, features: jax.Array, log_loss: jax.Array,
-              weights: jax.Array, delta: float = HUBER_DELTA, reduce: str = "sum") -> jax.Array:
+def objective(
+  predict: LogPredict,
+  theta: jax.Array,
+  features: jax.Array,
+  log_loss: jax.Array,
+  weights: jax.Array,
+  delta: float = HUBER_DELTA,
+  reduce: str = "sum",
+) -> jax.Array:
   """Huber(delta) of log L_pred - log L, summed over points (weights count repeats).
 
   `reduce="mean"` divides by the total weight; it exists only so tests can show
@@ -37,9 +44,17 @@ def objective(predict: LogPredict, theta: jax.Array, features: jax.Array, log_lo
 
 
 @partial(jax.jit, static_argnames=("predict", "max_steps", "linesearch_steps", "reduce"))
-def minimise(predict: LogPredict, starts: jax.Array, features: jax.Array, log_loss: jax.Array,
-             weights: jax.Array, max_steps: int = 500, grad_tol: float = 1e-9,
-             linesearch_steps: int = 20, reduce: str = "sum") -> tuple[jax.Array, jax.Array, jax.Array]:
+def minimise(
+  predict: LogPredict,
+  starts: jax.Array,
+  features: jax.Array,
+  log_loss: jax.Array,
+  weights: jax.Array,
+  max_steps: int = 500,
+  grad_tol: float = 1e-9,
+  linesearch_steps: int = 20,
+  reduce: str = "sum",
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """L-BFGS from every row of `starts` (S, k); log_loss and weights are (n,) or one row per
   start (S, n): weight rows refit bootstrap resamples, log_loss rows perturbed copies of the data.
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def relative_sigma(log_residual: np.ndarray, dof: int, loss: np.ndarray,
-                   loss_sem: np.ndarray | None) -> np.ndarray:
+def relative_sigma(
+  log_residual: np.ndarray, dof: int, loss: np.ndarray, loss_sem: np.ndarray | None
+) -> np.ndarray:
   """Per-point sd of log loss: sqrt((loss_sem / loss)^2 + tau^2).
 
   log_residual is log(fitted / measured) per point and dof the points minus
@@ -33,11 +34,15 @@ def relative_sigma(log_residual: np.ndarray, dof: int, loss: np.ndarray,
   else:
     loss_sem = np.asarray(loss_sem, float)
     if loss_sem.shape != loss.shape or not np.all(np.isfinite(loss_sem)) or np.any(loss_sem < 0):
-      raise ValueError(f"loss_sem: need one finite value >= 0 per loss ({loss.size}); got shape "
-                       f"{loss_sem.shape}, min {np.min(loss_sem, initial=np.inf):g}")
+      raise ValueError(
+        f"loss_sem: need one finite value >= 0 per loss ({loss.size}); got shape "
+        f"{loss_sem.shape}, min {np.min(loss_sem, initial=np.inf):g}"
+      )
     sem = loss_sem / loss
   if dof <= 0 and not np.any(sem > 0):
-    raise ValueError(f"loss_sem: not given, and {loss.size} points leave {dof} residual degrees "
-                     "of freedom to estimate the noise from; pass loss_sem or add points")
+    raise ValueError(
+      f"loss_sem: not given, and {loss.size} points leave {dof} residual degrees "
+      "of freedom to estimate the noise from; pass loss_sem or add points"
+    )
   excess = np.sum(log_residual**2) / dof - np.mean(sem**2) if dof > 0 else 0.0
   return np.sqrt(sem**2 + max(excess, 0.0))

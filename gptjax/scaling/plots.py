@@ -56,21 +56,36 @@ def learning_curves(a: Analysis, x: str) -> Figure:
   for r in sorted(a.runs, key=lambda r: r.n):
     train, evals = r.train_curve, r.eval_curve
     ax.plot(getattr(train, x), train.loss, color=colour(r.n), alpha=0.35, lw=0.8)
-    ax.plot(getattr(evals, x), evals.loss, "o-", color=colour(r.n), ms=3, lw=1.2,
-            label=f"{r.name} (N={r.n:.3g})")
+    ax.plot(
+      getattr(evals, x),
+      evals.loss,
+      "o-",
+      color=colour(r.n),
+      ms=3,
+      lw=1.2,
+      label=f"{r.name} (N={r.n:.3g})",
+    )
   if x == "flops" and a.envelope is not None:
     e = a.envelope
     ax.plot(e.flops, e.loss, color="black", lw=2.0, label="envelope (min over runs)")
     if np.isfinite(e.gamma):
-      ax.plot(e.flops, e.E + e.K * e.flops**-e.gamma, "--", color="crimson", lw=1.2,
-              label=f"L(C) = {e.E:.3f} + {e.K:.3g} C^-{e.gamma:.3f}")
+      ax.plot(
+        e.flops,
+        e.E + e.K * e.flops**-e.gamma,
+        "--",
+        color="crimson",
+        lw=1.2,
+        label=f"L(C) = {e.E:.3f} + {e.K:.3g} C^-{e.gamma:.3f}",
+      )
   fig.colorbar(mappable, ax=ax, label="non-embedding parameters N")
   ax.legend(fontsize=7, loc="upper right")
   if x == "tokens":
-    return _finish(fig, ax, "Learning curves against tokens", "training tokens D",
-                   "loss (nats/token)")
-  return _finish(fig, ax, "Learning curves against compute", "training FLOPs C",
-                 "loss (nats/token)")
+    return _finish(
+      fig, ax, "Learning curves against tokens", "training tokens D", "loss (nats/token)"
+    )
+  return _finish(
+    fig, ax, "Learning curves against compute", "training FLOPs C", "loss (nats/token)"
+  )
 
 
 def loss_vs_n(a: Analysis) -> Figure:
@@ -82,31 +97,56 @@ def loss_vs_n(a: Analysis) -> Figure:
   kaplan = laws.kaplan_loss(grid[None, :], s.kaplan_samples[:, :1], s.kaplan_samples[:, 1:])
   lo, hi = np.percentile(kaplan, [2.5, 97.5], axis=0)
   ax.fill_between(grid, lo, hi, color="gray", alpha=0.15)
-  ax.plot(grid, laws.kaplan_loss(grid, *s.kaplan), color="gray",
-          label=f"(N_c/N)^α_N: α_N={s.kaplan[1]:.3f}, 95% band")
+  ax.plot(
+    grid,
+    laws.kaplan_loss(grid, *s.kaplan),
+    color="gray",
+    label=f"(N_c/N)^α_N: α_N={s.kaplan[1]:.3f}, 95% band",
+  )
   if s.e_identified:
     with np.errstate(over="ignore", invalid="ignore"):
-      curves = laws.saturating_loss(grid[None, :], s.samples[:, :1], s.samples[:, 1:2],
-                                    s.samples[:, 2:3])
+      curves = laws.saturating_loss(
+        grid[None, :], s.samples[:, :1], s.samples[:, 1:2], s.samples[:, 2:3]
+      )
     lo, hi = np.nanpercentile(curves, [2.5, 97.5], axis=0)
     ax.fill_between(grid, lo, hi, color="tab:blue", alpha=0.15)
-  ax.plot(grid, laws.saturating_loss(grid, s.fit.E, s.fit.A, s.fit.alpha), color="tab:blue",
-          label=f"E + A N^-α: E={s.fit.E:.3f}, α={s.fit.alpha:.3f}"
-                + ("" if s.e_identified else " (E not identified)"))
-  ax.errorbar(s.n, s.loss, yerr=np.nan_to_num(s.sem), fmt="o", color="black", ms=4, capsize=2,
-              label="final eval loss ± s.e.")
+  ax.plot(
+    grid,
+    laws.saturating_loss(grid, s.fit.E, s.fit.A, s.fit.alpha),
+    color="tab:blue",
+    label=f"E + A N^-α: E={s.fit.E:.3f}, α={s.fit.alpha:.3f}"
+    + ("" if s.e_identified else " (E not identified)"),
+  )
+  ax.errorbar(
+    s.n,
+    s.loss,
+    yerr=np.nan_to_num(s.sem),
+    fmt="o",
+    color="black",
+    ms=4,
+    capsize=2,
+    label="final eval loss ± s.e.",
+  )
   if s.heldout:
     h = s.heldout
-    for p, colour, law, shift in ((h.kaplan, "tab:orange", "(N_c/N)^α_N", 0.9),
-                                  (h.saturating, "tab:red", "E + A N^-α", 1.1)):
-      ax.errorbar([h.n * shift], [p.value], yerr=[[max(p.value - p.ci95[0], 0.0)],
-                                          [max(p.ci95[1] - p.value, 0.0)]],
-                  fmt="x", color=colour, ms=8, capsize=3,
-                  label=f"{law} fitted without it predicts the largest "
-                        f"({100 * h.relative_error(p):+.1f}%)")
+    for p, colour, law, shift in (
+      (h.kaplan, "tab:orange", "(N_c/N)^α_N", 0.9),
+      (h.saturating, "tab:red", "E + A N^-α", 1.1),
+    ):
+      ax.errorbar(
+        [h.n * shift],
+        [p.value],
+        yerr=[[max(p.value - p.ci95[0], 0.0)], [max(p.ci95[1] - p.value, 0.0)]],
+        fmt="x",
+        color=colour,
+        ms=8,
+        capsize=3,
+        label=f"{law} fitted without it predicts the largest ({100 * h.relative_error(p):+.1f}%)",
+      )
   ax.legend(fontsize=7)
-  return _finish(fig, ax, "Final loss against model size", "non-embedding parameters N",
-                 "eval loss (nats/token)")
+  return _finish(
+    fig, ax, "Final loss against model size", "non-embedding parameters N", "eval loss (nats/token)"
+  )
 
 
 def residuals(a: Analysis) -> Figure:
@@ -116,11 +156,23 @@ def residuals(a: Analysis) -> Figure:
   if a.loss_vs_n:
     s = a.loss_vs_n
     pred = laws.saturating_loss(s.n, s.fit.E, s.fit.A, s.fit.alpha)
-    ax.errorbar(s.n, 100 * (s.loss - pred) / pred, yerr=100 * np.nan_to_num(s.sem) / pred,
-                fmt="o", capsize=2, label="L(N) = E + A N^-α")
+    ax.errorbar(
+      s.n,
+      100 * (s.loss - pred) / pred,
+      yerr=100 * np.nan_to_num(s.sem) / pred,
+      fmt="o",
+      capsize=2,
+      label="L(N) = E + A N^-α",
+    )
     pred = laws.kaplan_loss(s.n, *s.kaplan)
-    ax.plot(s.n * 1.06, 100 * (s.loss - pred) / pred, "o", mfc="none", color="gray",
-            label="L(N) = (N_c/N)^α_N")
+    ax.plot(
+      s.n * 1.06,
+      100 * (s.loss - pred) / pred,
+      "o",
+      mfc="none",
+      color="gray",
+      label="L(N) = (N_c/N)^α_N",
+    )
   if a.parametric:
     p = a.parametric
     pred = p.fit.law.loss(p.n, p.d)
@@ -131,12 +183,23 @@ def residuals(a: Analysis) -> Figure:
       at = i.budget == budget
       coef = np.polyfit(np.log(i.n[at]), i.loss[at], 2)
       pred = np.polyval(coef, np.log(i.n[at]))
-      ax.plot(i.n[at], 100 * (i.loss[at] - pred) / pred, "^", ms=4,
-              label=f"IsoFLOP parabola, C={budget:.2g}")
+      ax.plot(
+        i.n[at],
+        100 * (i.loss[at] - pred) / pred,
+        "^",
+        ms=4,
+        label=f"IsoFLOP parabola, C={budget:.2g}",
+      )
   ax.axhline(0, color="black", lw=0.8)
   ax.legend(fontsize=7)
-  return _finish(fig, ax, "Residuals of the fits", "non-embedding parameters N",
-                 "(observed - fitted) / fitted (%)", logy=False)
+  return _finish(
+    fig,
+    ax,
+    "Residuals of the fits",
+    "non-embedding parameters N",
+    "(observed - fitted) / fitted (%)",
+    logy=False,
+  )
 
 
 def isoflop_profiles(a: Analysis) -> Figure:
@@ -151,12 +214,23 @@ def isoflop_profiles(a: Analysis) -> Figure:
     coef = np.polyfit(np.log(i.n[at]), i.loss[at], 2)
     grid = np.geomspace(i.n[at].min() / 1.2, i.n[at].max() * 1.2, 100)
     ax.plot(i.n[at], i.loss[at], "o", color=colour)
-    ax.plot(grid, np.polyval(coef, np.log(grid)), color=colour, lw=1.2,
-            label=f"C = {budget:.2g} FLOPs: N* = {minimum.n_opt:.3g}")
+    ax.plot(
+      grid,
+      np.polyval(coef, np.log(grid)),
+      color=colour,
+      lw=1.2,
+      label=f"C = {budget:.2g} FLOPs: N* = {minimum.n_opt:.3g}",
+    )
     ax.plot([minimum.n_opt], [minimum.loss], "*", color=colour, ms=12, mec="black")
   ax.legend(fontsize=7)
-  return _finish(fig, ax, "IsoFLOP profiles (Approach 2)", "non-embedding parameters N",
-                 "final eval loss (nats/token)", logy=False)
+  return _finish(
+    fig,
+    ax,
+    "IsoFLOP profiles (Approach 2)",
+    "non-embedding parameters N",
+    "final eval loss (nats/token)",
+    logy=False,
+  )
 
 
 def frontier(a: Analysis) -> Figure:
@@ -178,22 +252,43 @@ def frontier(a: Analysis) -> Figure:
     band = np.exp(i.samples[:, 2:3] + i.samples[:, 0:1] * np.log(grid)[None, :])
     lo, hi = np.percentile(band, [2.5, 97.5], axis=0)
     ax.fill_between(grid, lo, hi, color="tab:purple", alpha=0.15, label="Approach 2, 95% band")
-    ax.plot(grid, i.fit.k_n * grid**i.fit.a, color="tab:purple",
-            label=f"Approach 2: N_opt ∝ C^{i.fit.a:.2f}")
-    ax.plot([m.flops for m in i.fit.minima], [m.n_opt for m in i.fit.minima], "*",
-            color="tab:purple", ms=11, mec="black", label="IsoFLOP minima")
+    ax.plot(
+      grid,
+      i.fit.k_n * grid**i.fit.a,
+      color="tab:purple",
+      label=f"Approach 2: N_opt ∝ C^{i.fit.a:.2f}",
+    )
+    ax.plot(
+      [m.flops for m in i.fit.minima],
+      [m.n_opt for m in i.fit.minima],
+      "*",
+      color="tab:purple",
+      ms=11,
+      mec="black",
+      label="IsoFLOP minima",
+    )
   if a.envelope:
     e = a.envelope
-    ax.plot(e.flops, e.n, ".", color="tab:green", ms=4, alpha=0.5, label="envelope's run (Approach 1)")
+    ax.plot(
+      e.flops, e.n, ".", color="tab:green", ms=4, alpha=0.5, label="envelope's run (Approach 1)"
+    )
     if e.crossing_flops.size:
-      ax.plot(e.crossing_flops, e.crossing_n, "D", color="tab:green", ms=5,
-              label="crossings of learning curves")
+      ax.plot(
+        e.crossing_flops,
+        e.crossing_n,
+        "D",
+        color="tab:green",
+        ms=5,
+        label="crossings of learning curves",
+      )
     if np.isfinite(e.a):
-      ax.plot(grid, e.k_n * grid**e.a, "--", color="tab:green",
-              label=f"Approach 1: N_opt ∝ C^{e.a:.2f}")
+      ax.plot(
+        grid, e.k_n * grid**e.a, "--", color="tab:green", label=f"Approach 1: N_opt ∝ C^{e.a:.2f}"
+      )
   if a.parametric:
     f = a.parametric.fit.law.frontier(grid)
     ax.plot(grid, f.n_opt, ":", color="tab:red", label=f"Approach 3: N_opt ∝ C^{f.a:.2f}")
   ax.legend(fontsize=7)
-  return _finish(fig, ax, "Compute-optimal model size", "training FLOPs C",
-                 "N_opt (non-embedding parameters)")
+  return _finish(
+    fig, ax, "Compute-optimal model size", "training FLOPs C", "N_opt (non-embedding parameters)"
+  )

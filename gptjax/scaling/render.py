@@ -15,20 +15,20 @@ from gptjax.scaling.document import Document
 from gptjax.scaling.runs import Sweep
 
 CONVENTIONS = [
-    "N is Kaplan's non-embedding parameter count (`n_params_non_embedding`: without the token "
-    "and position embeddings); the table also lists all parameters, the tied embedding counted once.",
-    "D is training tokens (`tokens` in summary.json), counted at global-batch scale.",
-    "C is training FLOPs as each run recorded them (`flops`): per token 6 x every matmul "
-    "parameter (lm head included) + 6 x n_layer x d_model x seq_len for causal attention, the "
-    "MFU convention of DESIGN §6. IsoFLOP budgets are groups of runs within 10% of each other's C.",
-    "Approach 3's frontier uses C = 6 N D (Hoffmann et al. 2022, eq. 4), which undercounts "
-    "small models whose attention and lm head are a large share of their FLOPs.",
-    "Loss is the final eval loss in nats per token on the fixed validation set; its standard "
-    "error is over validation sequences. All runs share that set, so their errors are correlated "
-    "and intervals that treat them as independent are conservative.",
-    "Intervals are 95% bootstrap percentile intervals (resamples and method in fits.json).",
-    "MFU is each run's mean over its train rows; the peak it divides by is named in that run's log "
-    "(on CPU: a matmul rate measured at startup).",
+  "N is Kaplan's non-embedding parameter count (`n_params_non_embedding`: without the token "
+  "and position embeddings); the table also lists all parameters, the tied embedding counted once.",
+  "D is training tokens (`tokens` in summary.json), counted at global-batch scale.",
+  "C is training FLOPs as each run recorded them (`flops`): per token 6 x every matmul "
+  "parameter (lm head included) + 6 x n_layer x d_model x seq_len for causal attention, the "
+  "MFU convention of DESIGN §6. IsoFLOP budgets are groups of runs within 10% of each other's C.",
+  "Approach 3's frontier uses C = 6 N D (Hoffmann et al. 2022, eq. 4), which undercounts "
+  "small models whose attention and lm head are a large share of their FLOPs.",
+  "Loss is the final eval loss in nats per token on the fixed validation set; its standard "
+  "error is over validation sequences. All runs share that set, so their errors are correlated "
+  "and intervals that treat them as independent are conservative.",
+  "Intervals are 95% bootstrap percentile intervals (resamples and method in fits.json).",
+  "MFU is each run's mean over its train rows; the peak it divides by is named in that run's log "
+  "(on CPU: a matmul rate measured at startup).",
 ]
 
 
@@ -55,11 +55,33 @@ def _runs_table(doc: Document, a: Analysis) -> None:
     loss = _num(r.final_eval_loss)
     if math.isfinite(r.final_eval_sem):
       loss += f" ± {r.final_eval_sem:.3f}"
-    rows.append([r.name, f"{r.n_params:,}", f"{r.n:,}", f"{r.tokens:,}", f"{r.flops:.3g}", loss,
-                 _num(r.wall_s / 60, 3), "n/a" if math.isnan(r.mfu) else f"{100 * r.mfu:.1f}%",
-                 r.status])
-  doc.table(["run", "params", "N (non-emb.)", "tokens D", "FLOPs C", "final eval loss ± s.e.",
-             "wall (min)", "MFU", "status"], rows)
+    rows.append(
+      [
+        r.name,
+        f"{r.n_params:,}",
+        f"{r.n:,}",
+        f"{r.tokens:,}",
+        f"{r.flops:.3g}",
+        loss,
+        _num(r.wall_s / 60, 3),
+        "n/a" if math.isnan(r.mfu) else f"{100 * r.mfu:.1f}%",
+        r.status,
+      ]
+    )
+  doc.table(
+    [
+      "run",
+      "params",
+      "N (non-emb.)",
+      "tokens D",
+      "FLOPs C",
+      "final eval loss ± s.e.",
+      "wall (min)",
+      "MFU",
+      "status",
+    ],
+    rows,
+  )
 
 
 def _headline(fits: dict) -> list[str]:
@@ -67,85 +89,131 @@ def _headline(fits: dict) -> list[str]:
   if "loss_vs_n" in fits:
     f = fits["loss_vs_n"]
     k = f["kaplan"]
-    lines.append(f"L(N) = (N_c / N)^α_N (Kaplan et al. 2020): α_N = {k['alpha_N']['value']:.3f} "
-                 f"{_ci(k['alpha_N']['ci95'])}.")
+    lines.append(
+      f"L(N) = (N_c / N)^α_N (Kaplan et al. 2020): α_N = {k['alpha_N']['value']:.3f} "
+      f"{_ci(k['alpha_N']['ci95'])}."
+    )
     if f["E_identified"]:
-      lines.append(f"L(N) = E + A N^-α: α = {f['alpha']['value']:.3f} {_ci(f['alpha']['ci95'])}, "
-                   f"E = {f['E']['value']:.3f} {_ci(f['E']['ci95'])} nats/token.")
+      lines.append(
+        f"L(N) = E + A N^-α: α = {f['alpha']['value']:.3f} {_ci(f['alpha']['ci95'])}, "
+        f"E = {f['E']['value']:.3f} {_ci(f['E']['ci95'])} nats/token."
+      )
     else:
-      lines.append(f"L(N) = E + A N^-α: E is not identified by these sizes (its interval "
-                   f"{_ci(f['E']['ci95'])} reaches 0, where the law is Kaplan's), so α = "
-                   f"{f['alpha']['value']:.3f} {_ci(f['alpha']['ci95'])} is not a useful summary.")
+      lines.append(
+        f"L(N) = E + A N^-α: E is not identified by these sizes (its interval "
+        f"{_ci(f['E']['ci95'])} reaches 0, where the law is Kaplan's), so α = "
+        f"{f['alpha']['value']:.3f} {_ci(f['alpha']['ci95'])} is not a useful summary."
+      )
   if "extrapolation" in fits:
     e = fits["extrapolation"]
-    parts = [f"{law} predicts {e[key]['predicted_loss']:.4f} {_ci(e[key]['predicted_ci95'])} "
-             f"({100 * e[key]['relative_error']:+.2f}%)"
-             for key, law in (("kaplan", "(N_c/N)^α_N"), ("saturating", "E + A N^-α"))]
-    lines.append(f"Extrapolation: fitted without the largest model (N = {e['held_out_n']:.3g}, "
-                 f"final loss {e['observed_loss']:.4f}), " + "; ".join(parts) + ".")
+    parts = [
+      f"{law} predicts {e[key]['predicted_loss']:.4f} {_ci(e[key]['predicted_ci95'])} "
+      f"({100 * e[key]['relative_error']:+.2f}%)"
+      for key, law in (("kaplan", "(N_c/N)^α_N"), ("saturating", "E + A N^-α"))
+    ]
+    lines.append(
+      f"Extrapolation: fitted without the largest model (N = {e['held_out_n']:.3g}, "
+      f"final loss {e['observed_loss']:.4f}), " + "; ".join(parts) + "."
+    )
   if "isoflop" in fits:
     f = fits["isoflop"]
-    lines.append(f"IsoFLOP (Approach 2): N_opt ∝ C^a with a = {f['a']['value']:.3f} "
-                 f"{_ci(f['a']['ci95'])}; D_opt ∝ C^b with b = {f['b']['value']:.3f} "
-                 f"{_ci(f['b']['ci95'])}.")
+    lines.append(
+      f"IsoFLOP (Approach 2): N_opt ∝ C^a with a = {f['a']['value']:.3f} "
+      f"{_ci(f['a']['ci95'])}; D_opt ∝ C^b with b = {f['b']['value']:.3f} "
+      f"{_ci(f['b']['ci95'])}."
+    )
   if "envelope" in fits and math.isfinite(fits["envelope"]["a"]["value"]):
     f = fits["envelope"]
-    lines.append(f"Compute envelope (Approach 1): N_opt ∝ C^{f['a']['value']:.3f} "
-                 f"{_ci(f['a']['ci95'])}, D_opt ∝ C^{f['b']['value']:.3f} {_ci(f['b']['ci95'])}.")
+    lines.append(
+      f"Compute envelope (Approach 1): N_opt ∝ C^{f['a']['value']:.3f} "
+      f"{_ci(f['a']['ci95'])}, D_opt ∝ C^{f['b']['value']:.3f} {_ci(f['b']['ci95'])}."
+    )
   if "parametric" in fits:
     f = fits["parametric"]
-    lines.append(f"L(N, D) (Approach 3): α = {f['alpha']['value']:.3f} {_ci(f['alpha']['ci95'])}, "
-                 f"β = {f['beta']['value']:.3f} {_ci(f['beta']['ci95'])}; frontier a = "
-                 f"{f['frontier']['a']['value']:.3f} {_ci(f['frontier']['a']['ci95'])}.")
+    lines.append(
+      f"L(N, D) (Approach 3): α = {f['alpha']['value']:.3f} {_ci(f['alpha']['ci95'])}, "
+      f"β = {f['beta']['value']:.3f} {_ci(f['beta']['ci95'])}; frontier a = "
+      f"{f['frontier']['a']['value']:.3f} {_ci(f['frontier']['a']['ci95'])}."
+    )
   return lines
 
 
 def _figures(a: Analysis) -> dict[str, tuple[object, str]]:
   """{name: (matplotlib figure, caption)} for the plots this analysis supports."""
-  figures = {"curves_tokens": (plots.learning_curves(a, "tokens"),
-                               "Learning curves against training tokens, coloured by N.")}
-  figures["curves_flops"] = (plots.learning_curves(a, "flops"), (
+  figures = {
+    "curves_tokens": (
+      plots.learning_curves(a, "tokens"),
+      "Learning curves against training tokens, coloured by N.",
+    )
+  }
+  figures["curves_flops"] = (
+    plots.learning_curves(a, "flops"),
+    (
       "Learning curves against training FLOPs; black: the compute envelope, the lowest loss "
-      "any run reached at each C" if a.envelope else "Learning curves against training FLOPs."))
+      "any run reached at each C"
+      if a.envelope
+      else "Learning curves against training FLOPs."
+    ),
+  )
   if a.loss_vs_n:
-    figures["loss_vs_n"] = (plots.loss_vs_n(a), (
+    figures["loss_vs_n"] = (
+      plots.loss_vs_n(a),
+      (
         "Final eval loss against N with Kaplan's power law (gray, 95% band) and E + A N^-α "
-        "(blue); crosses: each law fitted without the largest model, predicting it (95% interval)."))
+        "(blue); crosses: each law fitted without the largest model, predicting it (95% interval)."
+      ),
+    )
   if a.isoflop:
-    figures["isoflop"] = (plots.isoflop_profiles(a), (
+    figures["isoflop"] = (
+      plots.isoflop_profiles(a),
+      (
         "IsoFLOP profiles: final loss against N at each compute budget, a parabola in log N "
-        "and its minimum (stars)."))
+        "and its minimum (stars)."
+      ),
+    )
   if a.isoflop or a.parametric or (a.envelope and np.isfinite(a.envelope.a)):
-    figures["frontier"] = (plots.frontier(a), "Compute-optimal N against C from each approach "
-                                              "that the sweep supports.")
+    figures["frontier"] = (
+      plots.frontier(a),
+      "Compute-optimal N against C from each approach that the sweep supports.",
+    )
   if a.loss_vs_n or a.isoflop or a.parametric:
     figures["residuals"] = (plots.residuals(a), "Relative residuals of each fit against N.")
   return figures
 
 
-def write_report(sweep: Sweep, source: str, out_dir: str, resamples: int = 200,
-                 seed: int = 0, only: str = "") -> dict[str, str]:
+def write_report(
+  sweep: Sweep, source: str, out_dir: str, resamples: int = 200, seed: int = 0, only: str = ""
+) -> dict[str, str]:
   """Analyse, plot and write every report file into `out_dir`; returns {kind: path}."""
   # Degenerate bootstrap refits (an unidentified E sends alpha to extremes) overflow by design;
   # their percentiles are reported as they come out.
   with np.errstate(over="ignore", invalid="ignore"):
     a = analysis.analyse(sweep.runs, resamples=resamples, seed=seed)
     fits = analysis.fits_json(a)
-  fits["bootstrap"] = {"resamples": resamples, "seed": seed, "method": (
+  fits["bootstrap"] = {
+    "resamples": resamples,
+    "seed": seed,
+    "method": (
       "parametric: each final loss is redrawn as loss * exp(eps), eps ~ N(0, sigma), sigma from "
-      "its standard error and the fit's residuals, and the fit repeated")}
+      "its standard error and the fit's residuals, and the fit repeated"
+    ),
+  }
   fits["conventions"] = CONVENTIONS
   fits["source"] = {"path": source, "only": only, "runs": [r.name for r in sweep.runs]}
   os.makedirs(out_dir, exist_ok=True)
   doc = Document(f"Scaling report: {os.path.basename(os.path.normpath(source))}")
   done = sum(r.completed for r in sweep.runs)
-  doc.text(f"Source `{source}`" + (f", members matching `{only}`" if only else "")
-           + f": {len(sweep.runs)} runs, {done} completed"
-           + "".join(f"; {status}: {', '.join(names)}"
-                     for status, names in _not_completed(sweep.runs).items())
-           + (f"; not started: {', '.join(sweep.not_started)}" if sweep.not_started else "")
-           + f". Generated {datetime.datetime.now().isoformat(timespec='seconds')} by "
-           "`python -m gptjax.report`.")
+  doc.text(
+    f"Source `{source}`"
+    + (f", members matching `{only}`" if only else "")
+    + f": {len(sweep.runs)} runs, {done} completed"
+    + "".join(
+      f"; {status}: {', '.join(names)}" for status, names in _not_completed(sweep.runs).items()
+    )
+    + (f"; not started: {', '.join(sweep.not_started)}" if sweep.not_started else "")
+    + f". Generated {datetime.datetime.now().isoformat(timespec='seconds')} by "
+    "`python -m gptjax.report`."
+  )
   headline = _headline(fits)
   if headline:
     doc.heading("Findings")
@@ -166,9 +234,13 @@ def write_report(sweep: Sweep, source: str, out_dir: str, resamples: int = 200,
     doc.figure("loss_vs_n.png", figures["loss_vs_n"][1])
   if a.isoflop:
     doc.heading("IsoFLOP profiles")
-    doc.table(["budget C", "N_opt", "D_opt", "loss at N_opt"],
-              [[f"{m['flops']:.3g}", f"{m['n_opt']:.3g}", f"{m['d_opt']:.3g}", f"{m['loss']:.4f}"]
-               for m in fits["isoflop"]["minima"]])
+    doc.table(
+      ["budget C", "N_opt", "D_opt", "loss at N_opt"],
+      [
+        [f"{m['flops']:.3g}", f"{m['n_opt']:.3g}", f"{m['d_opt']:.3g}", f"{m['loss']:.4f}"]
+        for m in fits["isoflop"]["minima"]
+      ],
+    )
     doc.figure("isoflop.png", figures["isoflop"][1])
   if "frontier" in figures:
     doc.heading("Compute-optimal frontier")
@@ -186,41 +258,71 @@ def write_report(sweep: Sweep, source: str, out_dir: str, resamples: int = 200,
   doc.heading("Conventions")
   doc.bullets(CONVENTIONS)
 
-  paths = {"fits": os.path.join(out_dir, "fits.json"), "md": os.path.join(out_dir, "report.md"),
-           "html": os.path.join(out_dir, "report.html")}
+  paths = {
+    "fits": os.path.join(out_dir, "fits.json"),
+    "md": os.path.join(out_dir, "report.md"),
+    "html": os.path.join(out_dir, "report.html"),
+  }
   with open(paths["fits"], "w") as f:
     json.dump(_finite(fits), f, indent=2, allow_nan=False)
   with open(paths["md"], "w") as f:
     f.write(doc.markdown())
   with open(paths["html"], "w") as f:
     f.write(doc.html(out_dir))
-  paths.update({name: os.path.join(out_dir, f"{name}.png")
-                for name in [*figures, *(["downstream"] if tasks else [])]})
+  paths.update(
+    {
+      name: os.path.join(out_dir, f"{name}.png")
+      for name in [*figures, *(["downstream"] if tasks else [])]
+    }
+  )
   return paths
 
 
 def _downstream(doc: Document, tasks: dict[str, list[downstream.Point]], fits: dict) -> None:
   """The section on task accuracy (python -m gptjax.evaluate rows), and its entry in fits."""
   doc.heading("Downstream tasks")
-  doc.table(["task", "run", "N", "C", "metric", "value ± s.e.", "chance"],
-            [[name, p.run, f"{p.n:,}", f"{p.flops:.3g}", p.metric,
-              f"{p.value:.4f} ± {_num(p.stderr)}", f"{p.chance:.3f}"]
-             for name, task_points in tasks.items() for p in task_points])
-  fits["downstream"] = {name: {"metric": task_points[0].metric,
-                               "chance": task_points[0].chance,
-                               "fit_vs_loss": downstream.fit_vs_loss(task_points),
-                               "points": [vars(p) for p in task_points]}
-                        for name, task_points in tasks.items()}
-  fitted = [f"{name}: {task_points[0].metric} = {fit['a']:.3f} {fit['b']:+.3f} x loss "
-            f"({fit['points']} runs)" for name, task_points in tasks.items()
-            if (fit := fits["downstream"][name]["fit_vs_loss"])]
+  doc.table(
+    ["task", "run", "N", "C", "metric", "value ± s.e.", "chance"],
+    [
+      [
+        name,
+        p.run,
+        f"{p.n:,}",
+        f"{p.flops:.3g}",
+        p.metric,
+        f"{p.value:.4f} ± {_num(p.stderr)}",
+        f"{p.chance:.3f}",
+      ]
+      for name, task_points in tasks.items()
+      for p in task_points
+    ],
+  )
+  fits["downstream"] = {
+    name: {
+      "metric": task_points[0].metric,
+      "chance": task_points[0].chance,
+      "fit_vs_loss": downstream.fit_vs_loss(task_points),
+      "points": [vars(p) for p in task_points],
+    }
+    for name, task_points in tasks.items()
+  }
+  fitted = [
+    f"{name}: {task_points[0].metric} = {fit['a']:.3f} {fit['b']:+.3f} x loss "
+    f"({fit['points']} runs)"
+    for name, task_points in tasks.items()
+    if (fit := fits["downstream"][name]["fit_vs_loss"])
+  ]
   if fitted:
     doc.bullets(fitted)
-  doc.figure("downstream.png", (
+  doc.figure(
+    "downstream.png",
+    (
       "Task accuracy (acc_norm_char for multiple choice, acc for cloze) against training FLOPs, "
       "N and final eval loss, with standard errors; dashed: chance. Straight-line fits of "
       f"accuracy on loss (weighted by 1/s.e.^2) where a task has {downstream.FIT_MIN_POINTS} "
-      "runs or more."))
+      "runs or more."
+    ),
+  )
 
 
 def _finite(value: object) -> object:

@@ -17,13 +17,20 @@ from dataclasses import dataclass
 import numpy as np
 from etils import epath
 
-SUMMARY_FIELDS = ("n_params", "n_params_non_embedding", "tokens", "flops", "final_eval_loss",
-                  "status")
+SUMMARY_FIELDS = (
+  "n_params",
+  "n_params_non_embedding",
+  "tokens",
+  "flops",
+  "final_eval_loss",
+  "status",
+)
 
 
 @dataclass(frozen=True)
 class Curve:
   """Eval points of one run, in training order."""
+
   tokens: np.ndarray
   flops: np.ndarray
   loss: np.ndarray
@@ -80,8 +87,9 @@ def _rows(path: epath.Path) -> list[dict]:
 def _curve(rows: list[dict], loss_key: str, sem_key: str) -> Curve:
   rows = [r for r in rows if loss_key in r]
   column = lambda key: np.array([_number(r.get(key)) for r in rows])  # noqa: E731
-  return Curve(tokens=column("tokens"), flops=column("flops"), loss=column(loss_key),
-               sem=column(sem_key))
+  return Curve(
+    tokens=column("tokens"), flops=column("flops"), loss=column(loss_key), sem=column(sem_key)
+  )
 
 
 def _number(value: object) -> float:
@@ -94,26 +102,36 @@ def read_run(path: str, name: str | None = None) -> Run:
   """One run directory: its summary.json plus the curves in metrics.jsonl."""
   summary_path = epath.Path(path) / "summary.json"
   if not summary_path.exists():
-    raise RunDirError(f"{path}: no summary.json; is this a run directory (python -m gptjax.main "
-                      "--workdir=...) or a sweep directory holding them?")
+    raise RunDirError(
+      f"{path}: no summary.json; is this a run directory (python -m gptjax.main "
+      "--workdir=...) or a sweep directory holding them?"
+    )
   summary = _read_json(summary_path)
   missing = [f for f in SUMMARY_FIELDS if f not in summary]
   if missing:
-    raise RunDirError(f"{summary_path}: missing fields {missing}; DESIGN §5 lists what a "
-                      "summary holds")
+    raise RunDirError(
+      f"{summary_path}: missing fields {missing}; DESIGN §5 lists what a summary holds"
+    )
   rows = _rows(epath.Path(path) / "metrics.jsonl")
   evals = _curve(rows, "eval_loss", "eval_loss_sem")
   mfus = [r["mfu"] for r in rows if r.get("mfu") is not None]
   return Run(
-      name=name or epath.Path(path).name, path=str(path),
-      n_params=int(summary["n_params"]), n=int(summary["n_params_non_embedding"]),
-      n_layer=summary.get("n_layer"), d_model=summary.get("d_model"),
-      tokens=int(summary["tokens"]), flops=_number(summary["flops"]),
-      final_eval_loss=_number(summary["final_eval_loss"]),
-      final_eval_sem=float(evals.sem[-1]) if evals.sem.size else math.nan,
-      wall_s=_number(summary.get("wall_s")),
-      mfu=float(np.mean(mfus)) if mfus else math.nan, status=str(summary["status"]),
-      eval_curve=evals, train_curve=_curve(rows, "train_loss", "train_loss_sem"))
+    name=name or epath.Path(path).name,
+    path=str(path),
+    n_params=int(summary["n_params"]),
+    n=int(summary["n_params_non_embedding"]),
+    n_layer=summary.get("n_layer"),
+    d_model=summary.get("d_model"),
+    tokens=int(summary["tokens"]),
+    flops=_number(summary["flops"]),
+    final_eval_loss=_number(summary["final_eval_loss"]),
+    final_eval_sem=float(evals.sem[-1]) if evals.sem.size else math.nan,
+    wall_s=_number(summary.get("wall_s")),
+    mfu=float(np.mean(mfus)) if mfus else math.nan,
+    status=str(summary["status"]),
+    eval_curve=evals,
+    train_curve=_curve(rows, "train_loss", "train_loss_sem"),
+  )
 
 
 @dataclass(frozen=True)
@@ -141,12 +159,18 @@ def read_sweep(path: str, only: str = "") -> Sweep:
   if only:
     matched = [n for n in listed if fnmatch.fnmatchcase(n, only)]
     if not matched:
-      raise RunDirError(f"--only={only}: matches none of the members of {path} "
-                        f"({', '.join(listed[:6])}{', ...' if len(listed) > 6 else ''})")
+      raise RunDirError(
+        f"--only={only}: matches none of the members of {path} "
+        f"({', '.join(listed[:6])}{', ...' if len(listed) > 6 else ''})"
+      )
     listed = matched
   names = [n for n in listed if (root / n / "summary.json").exists()]
   if not names:
-    raise RunDirError(f"{path}: no run directories with a summary.json; point at a sweep "
-                      "directory whose members have started, or at one run directory")
-  return Sweep(runs=[read_run(str(root / n), n) for n in names],
-               not_started=[n for n in listed if n not in names] if sweep_json.exists() else [])
+    raise RunDirError(
+      f"{path}: no run directories with a summary.json; point at a sweep "
+      "directory whose members have started, or at one run directory"
+    )
+  return Sweep(
+    runs=[read_run(str(root / n), n) for n in names],
+    not_started=[n for n in listed if n not in names] if sweep_json.exists() else [],
+  )

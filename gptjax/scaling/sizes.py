@@ -43,14 +43,21 @@ def free_shape(n_layer: int, d_model: int) -> dict[str, int]:
   if not isinstance(n_layer, int) or n_layer < 1:
     raise ValueError(f"n_layer={n_layer!r}: must be an integer >= 1")
   if not isinstance(d_model, int) or d_model < 8 or d_model % min(d_model, D_HEAD):
-    raise ValueError(f"d_model={d_model!r}: must be a positive multiple of the head size "
-                     f"{D_HEAD}, or below {D_HEAD} for a single head")
-  return {"model.n_layer": n_layer, "model.d_model": d_model,
-          "model.n_head": max(1, d_model // D_HEAD), "model.d_ff": 4 * d_model}
+    raise ValueError(
+      f"d_model={d_model!r}: must be a positive multiple of the head size "
+      f"{D_HEAD}, or below {D_HEAD} for a single head"
+    )
+  return {
+    "model.n_layer": n_layer,
+    "model.d_model": d_model,
+    "model.n_head": max(1, d_model // D_HEAD),
+    "model.d_ff": 4 * d_model,
+  }
 
 
-def model_config(overrides: dict[str, object],
-                 base: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
+def model_config(
+  overrides: dict[str, object], base: ml_collections.ConfigDict | None = None
+) -> ml_collections.ConfigDict:
   """`base`'s model group (default: base_config()'s) with the `model.*` overrides applied."""
   model = ml_collections.ConfigDict((base or base_config()).model.to_dict())
   for key, value in overrides.items():
@@ -60,8 +67,9 @@ def model_config(overrides: dict[str, object],
   return model
 
 
-def non_embedding_params(overrides: dict[str, object],
-                         base: ml_collections.ConfigDict | None = None) -> int:
+def non_embedding_params(
+  overrides: dict[str, object], base: ml_collections.ConfigDict | None = None
+) -> int:
   """Kaplan's N of a shape given as overrides."""
   return flops.param_counts(model_config(overrides, base))["n_params_non_embedding"]
 
@@ -84,8 +92,15 @@ def _gpt3_table() -> list[tuple[float, float]]:
   base.model.vocab_size, base.model.seq_len = GPT2_VOCAB, GPT3_CONTEXT
   table = []
   for n_layer, d_model, n_head, _, lr, _ in GPT3_SIZES.values():
-    n = non_embedding_params({"model.n_layer": n_layer, "model.d_model": d_model,
-                              "model.n_head": n_head, "model.d_ff": 4 * d_model}, base)
+    n = non_embedding_params(
+      {
+        "model.n_layer": n_layer,
+        "model.d_model": d_model,
+        "model.n_head": n_head,
+        "model.d_ff": 4 * d_model,
+      },
+      base,
+    )
     table.append((float(n), lr))
   return sorted(table)
 
@@ -142,14 +157,21 @@ def train_tokens(model: ml_collections.ConfigDict, rule: str, value: float) -> i
   raise ValueError(f"token rule {rule!r}: unknown; use one of {', '.join(TOKEN_RULES)}")
 
 
-def member(shape_overrides: dict[str, int], base: ml_collections.ConfigDict, *,
-           lr_rule: str, lr_value: float, tokens_rule: str,
-           tokens_value: float) -> dict[str, object]:
+def member(
+  shape_overrides: dict[str, int],
+  base: ml_collections.ConfigDict,
+  *,
+  lr_rule: str,
+  lr_value: float,
+  tokens_rule: str,
+  tokens_value: float,
+) -> dict[str, object]:
   """One member's overrides: its shape plus the peak lr and tokens its rules give."""
   overrides: dict[str, object] = dict(shape_overrides)
   model = model_config(overrides, base)
-  overrides["optim.lr"] = peak_lr(flops.param_counts(model)["n_params_non_embedding"],
-                                  lr_rule, lr_value)
+  overrides["optim.lr"] = peak_lr(
+    flops.param_counts(model)["n_params_non_embedding"], lr_rule, lr_value
+  )
   overrides["train.tokens"] = train_tokens(model, tokens_rule, tokens_value)
   return overrides
 
@@ -158,23 +180,36 @@ def _shape_name(overrides: dict[str, object]) -> str:
   return f"l{overrides['model.n_layer']}-d{overrides['model.d_model']}"
 
 
-def ladder(shapes: list[tuple[int, int]], base: ml_collections.ConfigDict, *,
-           lr_rule: str = "gpt3", lr_value: float = 0.0, tokens_rule: str = "ratio",
-           tokens_value: float = CHINCHILLA_TOKENS_PER_PARAM) -> dict[str, dict[str, object]]:
+def ladder(
+  shapes: list[tuple[int, int]],
+  base: ml_collections.ConfigDict,
+  *,
+  lr_rule: str = "gpt3",
+  lr_value: float = 0.0,
+  tokens_rule: str = "ratio",
+  tokens_value: float = CHINCHILLA_TOKENS_PER_PARAM,
+) -> dict[str, dict[str, object]]:
   """{member name: overrides} for (n_layer, d_model) shapes; `base` supplies vocab and context.
 
   Names are 'l{n_layer}-d{d_model}', which are valid TPU VM / SLURM job names.
   """
   members = {}
   for n_layer, d_model in shapes:
-    overrides = member(free_shape(n_layer, d_model), base, lr_rule=lr_rule, lr_value=lr_value,
-                       tokens_rule=tokens_rule, tokens_value=tokens_value)
+    overrides = member(
+      free_shape(n_layer, d_model),
+      base,
+      lr_rule=lr_rule,
+      lr_value=lr_value,
+      tokens_rule=tokens_rule,
+      tokens_value=tokens_value,
+    )
     members[_shape_name(overrides)] = overrides
   return members
 
 
-def family(n_layers: list[int], base: ml_collections.ConfigDict, *, ratio: int = 64,
-           **rules) -> dict[str, dict[str, object]]:
+def family(
+  n_layers: list[int], base: ml_collections.ConfigDict, *, ratio: int = 64, **rules
+) -> dict[str, dict[str, object]]:
   """`ladder` over depths at one aspect ratio (d_model = ratio * n_layer)."""
   return ladder([(n, shape(n, ratio)["model.d_model"]) for n in n_layers], base, **rules)
 
@@ -186,9 +221,13 @@ def budget_name(compute: float) -> str:
   return f"c{digits}e{int(exponent) - (len(digits) - 1)}"
 
 
-def isoflop_family(budgets: dict[float, list[tuple[int, int]]], base: ml_collections.ConfigDict,
-                   *, lr_rule: str = "gpt3",
-                   lr_value: float = 0.0) -> dict[str, dict[str, object]]:
+def isoflop_family(
+  budgets: dict[float, list[tuple[int, int]]],
+  base: ml_collections.ConfigDict,
+  *,
+  lr_rule: str = "gpt3",
+  lr_value: float = 0.0,
+) -> dict[str, dict[str, object]]:
   """{member name: overrides} for IsoFLOP profiles (Chinchilla Approach 2).
 
   `budgets` maps each FLOP budget C to the (n_layer, d_model) shapes trained at it;
@@ -197,21 +236,31 @@ def isoflop_family(budgets: dict[float, list[tuple[int, int]]], base: ml_collect
   members = {}
   for compute, shapes in budgets.items():
     if len(shapes) < 3:
-      raise ValueError(f"budget {compute:g}: {len(shapes)} shapes; an IsoFLOP parabola needs "
-                       ">= 3 sizes per budget")
+      raise ValueError(
+        f"budget {compute:g}: {len(shapes)} shapes; an IsoFLOP parabola needs >= 3 sizes per budget"
+      )
     for n_layer, d_model in shapes:
-      overrides = member(free_shape(n_layer, d_model), base, lr_rule=lr_rule,
-                         lr_value=lr_value, tokens_rule="isoflop", tokens_value=compute)
+      overrides = member(
+        free_shape(n_layer, d_model),
+        base,
+        lr_rule=lr_rule,
+        lr_value=lr_value,
+        tokens_rule="isoflop",
+        tokens_value=compute,
+      )
       members[f"{budget_name(compute)}-{_shape_name(overrides)}"] = overrides
   return members
 
 
-def family_for_params(targets: list[float], base: ml_collections.ConfigDict,
-                      **rules) -> dict[str, dict[str, object]]:
+def family_for_params(
+  targets: list[float], base: ml_collections.ConfigDict, **rules
+) -> dict[str, dict[str, object]]:
   """`family` over the depths closest to each non-embedding parameter target."""
   ratio = rules.get("ratio", 64)
   n_layers = [shape_for_params(t, ratio)["model.n_layer"] for t in targets]
   if len(set(n_layers)) != len(n_layers):
-    raise ValueError(f"targets {targets} map to repeated depths {n_layers} at ratio {ratio}; "
-                     "space the targets further apart")
+    raise ValueError(
+      f"targets {targets} map to repeated depths {n_layers} at ratio {ratio}; "
+      "space the targets further apart"
+    )
   return family(n_layers, base, **rules)
