@@ -272,7 +272,7 @@ def import_hf(
   Everything is read and checked before anything is written, and an existing run is
   never overwritten.
   """
-  from gptjax import checkpoint, run_record
+  from gptjax import checkpoint, metrics
   from gptjax.data.tokenizer import HFTokenizer
 
   if any((epath.Path(workdir) / name).exists() for name in ("config.json", "checkpoints")):
@@ -287,9 +287,7 @@ def import_hf(
       f"model only {config.model.vocab_size} embedding rows"
     )
   tokenizer.save(os.path.join(workdir, "tokenizer"))
-  run_record.write_json(
-    epath.Path(workdir) / "config.json", json.loads(config.to_json_best_effort())
-  )
+  metrics.write_json(epath.Path(workdir) / "config.json", json.loads(config.to_json_best_effort()))
   mngr = checkpoint.manager(workdir, config)
   checkpoint.save(mngr, step, {"params": params}, config, {"converted_from": hf_dir})
   checkpoint.wait(mngr)

@@ -16,9 +16,9 @@ from gptjax.config import profile_steps
 
 
 class StepProfiler:
-  """Starts the trace before step A is dispatched and stops it once step B-1 finished.
+  """Traces steps A..B-1: from when step A-1 has finished to when step B-1 has.
 
-  Waiting for the state at the stop is the only host sync it adds, and only then.
+  Waiting for the state at those two points is the only host sync it adds.
   """
 
   def __init__(self, spec: str, workdir: str):
@@ -26,9 +26,12 @@ class StepProfiler:
     self._dir = os.path.join(workdir, "profile")
     self._active = False
 
-  def before(self, step: int) -> None:
+  def before(self, step: int, state: object) -> None:
+    """Steps are dispatched ahead of the device, so the trace starts only once the
+    steps before A have finished: it then holds steps A..B-1 and nothing else."""
     if self._steps and step == self._steps[0]:
-      jax.profiler.start_trace(self._dir)
+      jax.block_until_ready(state)
+      jax.profiler.start_trace(self._dir, create_perfetto_trace=True)
       self._active = True
 
   def after(self, step: int, state: object) -> None:

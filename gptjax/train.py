@@ -44,7 +44,6 @@ from gptjax import (
   objectives,
   optim,
   profiling,
-  run_record,
   rundir,
   sharding,
 )
@@ -703,7 +702,7 @@ def _record_start(
           }
         ),
       )
-  run_record.write_json(run_dir / "config.json", resolved)
+  metrics.write_json(run_dir / "config.json", resolved)
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -787,7 +786,7 @@ def _train(
 
   peak_tflops, peak_note = flops.device_peak(tc.peak_tflops, config.model.dtype)
   logging.info("MFU divides by %s, %d of them", peak_note, flops.peak_units())
-  record = run_record.RunRecord(
+  record = metrics.RunRecord(
     config, workdir, start_step, total_steps, peak_tflops * flops.peak_units()
   )
   zero_window = jax.device_put(Window.zeros(), sharding.replicated(program.mesh))
@@ -820,7 +819,7 @@ def _train(
       record.restart_clock()
     while step < total_steps:
       checkpoint.check_saves(mngr)
-      profiler.before(step)
+      profiler.before(step, state)
       state, window = step_fn(state, window, global_batch(step))
       step += 1
       profiler.after(step, state)

@@ -1,6 +1,7 @@
 """End-to-end training behaviour: accumulation, the run directory, exact resume."""
 
 import functools
+import gzip
 import json
 import logging
 import os
@@ -374,6 +375,10 @@ def test_profile_steps_writes_a_trace_of_those_steps(tmp_path):
   )
   traces = list((tmp_path / "run" / "profile").rglob("*.xplane.pb"))
   assert len(traces) == 1 and traces[0].stat().st_size > 0
+  (perfetto,) = (tmp_path / "run" / "profile").rglob("perfetto_trace.json.gz")
+  with gzip.open(perfetto) as f:
+    events = json.load(f)["traceEvents"]
+  assert any("windowed_train_step" in e.get("name", "") for e in events)
   plain = train.run(
     tiny_config(**{"train.steps": 4, "train.num_samples": 0}), str(tmp_path / "plain")
   )

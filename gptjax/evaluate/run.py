@@ -25,7 +25,7 @@ from typing import Any
 
 from etils import epath
 
-from gptjax import metrics, run_record, rundir
+from gptjax import metrics, rundir
 from gptjax.evaluate import choice, perplexity, tasks
 from gptjax.evaluate.scoring import Scorer
 from gptjax.load import load, run_config
@@ -148,7 +148,7 @@ def write(
   writer = metrics.MetricsWriter(workdir, resume_step=last)  # keeps every row there is
   writer.write(
     {
-      **run_record.position(config, step),
+      **metrics.position(config, step),
       "task": name,
       "settings": settings,
       **{f"{name}/{k}": v for k, v in values.items()},
