@@ -99,6 +99,7 @@ def test_every_error_is_reported_at_once():
   assert "model.n_layer=0" in message and "optim.lr=-1.0" in message
 
 
+@pytest.mark.slow
 def test_command_line_override_is_validated_before_any_work(tmp_path):
   workdir = tmp_path / "run"
   result = subprocess.run(

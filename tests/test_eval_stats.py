@@ -76,6 +76,7 @@ def test_one_cluster_has_no_sem_and_bad_shapes_are_refused():
     eval_stats.cluster_ratio_mean(np.ones(2), np.zeros(2), np.arange(2))
 
 
+@pytest.mark.slow
 def test_evaluate_keeps_per_row_losses_that_add_up_to_the_eval_row(tmp_path):
   c = config_lib.base_config()
   c.model.update(n_layer=1, d_model=32, n_head=2, d_ff=64, seq_len=16, vocab_size=64)

@@ -525,6 +525,7 @@ def test_load_names_the_steps_that_exist(saved_run, tmp_path):
     gptjax.load(str(tmp_path / "nothing"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["beam", "greedy"])
 def test_end_of_training_samples_record_their_decoding(saved_run, strategy, tmp_path):
   workdir, _ = saved_run

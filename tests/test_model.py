@@ -240,6 +240,7 @@ def test_causality_by_gradient(scan_layers: bool) -> None:
   assert np.all(strength[~future] > 0.0)
 
 
+@pytest.mark.slow
 def test_scan_layers_matches_unrolled_layers() -> None:
   """nn.scan over blocks is a performance choice; with the same weights it must give
   the same loss and gradients as the unrolled Python loop."""
@@ -322,6 +323,7 @@ def test_cached_decoding_equals_full_forward(architecture: str, scan_layers: boo
   np.testing.assert_allclose(np.concatenate(chunks, 1), full, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_init_follows_gpt2() -> None:
   """GPT-2's init (N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layer),
   zero biases, unit LayerNorm) is what keeps deep stacks trainable at the

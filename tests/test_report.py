@@ -115,6 +115,7 @@ def test_size_ladder_report_recovers_alpha_and_checks_the_largest_model(tmp_path
   assert html.count("data:image/png;base64,") == md.count("![")
 
 
+@pytest.mark.slow
 def test_a_diverged_member_is_named_and_left_out_of_the_fits(tmp_path):
   ns = [5e4, 1.5e5, 4e5, 1.2e6]
   root = _sweep(tmp_path / "ladder", {f"m{i}": (n, 3e6) for i, n in enumerate(ns)})

@@ -53,6 +53,7 @@ def copy_of(workdir, tmp_path):
   return target
 
 
+@pytest.mark.slow
 def test_a_nan_stops_the_run_as_diverged_and_keeps_the_finite_checkpoints(tmp_path):
   workdir = str(tmp_path / "nan")
   config = tiny_config(
@@ -88,6 +89,7 @@ def test_a_nan_stops_the_run_as_diverged_and_keeps_the_finite_checkpoints(tmp_pa
   assert bool(train.all_finite(state))
 
 
+@pytest.mark.slow
 def test_a_train_row_is_the_mean_of_its_window(six_step_run, tmp_path):
   per_step = [r for r in rows(six_step_run) if "train_loss" in r]
   assert [r["step"] for r in per_step] == [1, 2, 3, 4, 5, 6]

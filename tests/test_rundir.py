@@ -33,6 +33,7 @@ def test_local_and_gs_workdirs_pass_when_gcsfs_is_installed():
   rundir.check("gs://bucket/runs/x")
 
 
+@pytest.mark.slow
 def test_a_gs_workdir_without_gcsfs_fails_before_any_work(tmp_path):
   """`gptjax.main` with gcsfs unimportable (as when it is not installed) names the fix at once."""
   argv = [f"--config={ROOT}/experiments/quickstart.py", "--workdir=gs://bucket/run"]

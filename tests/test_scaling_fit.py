@@ -276,6 +276,7 @@ def test_report_fit_prints_constants_and_intervals_from_a_flops_column(tmp_path)
   assert out["objective"] > 0 and set(out["loss_vs_n"]) == {"E", "A", "alpha", "objective"}
 
 
+@pytest.mark.slow
 def test_report_fit_names_the_bad_flag(tmp_path):
   path = tmp_path / "runs.csv"
   path.write_text("N,D,loss\n1e7,1e9,3.0\n")
