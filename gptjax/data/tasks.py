@@ -296,15 +296,7 @@ class TaskData:
       for s in range(0, padded, batch_size)
     ]
 
-  def state(self, step: int) -> dict[str, Any]:
-    return {
-      "step": int(step),
-      "seed": self.seed,
-      "fingerprint": self.fingerprint,
-      "dataset": self.identity,
-      "seq_len": self.seq_len,
-    }
-
+  state = pipeline.LMData.state  # the same fields as pretraining's data position
   check_state = pipeline.LMData.check_state  # the same fields, the same refusal
 
 
