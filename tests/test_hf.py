@@ -6,6 +6,7 @@ against is an independent NumPy GPT-2 forward over those HF tensors. The tests
 against transformers itself skip when torch or transformers is missing.
 """
 
+import importlib.util
 import json
 import os
 
@@ -360,8 +361,10 @@ def test_openai_gpt_imports_as_gpt1_and_exports_back(tmp_path, hf_tokenizer):
 
 def test_gpt2_small_maps_to_the_hub_config_and_back():
   """experiments/gpt2_small.py <-> the fields of openai-community/gpt2's config.json."""
-  from experiments import gpt2_small
-
+  # Loaded by path, as --config does: plain `pytest` does not put the repo root on sys.path.
+  spec = importlib.util.spec_from_file_location("gpt2_small", f"{ROOT}/experiments/gpt2_small.py")
+  gpt2_small = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(gpt2_small)
   model = gpt2_small.get_config().model
   hub = {
     "activation_function": "gelu_new",
