@@ -148,6 +148,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.finetune.eval_file = (
     ""  # the held-out examples every eval scores (accuracy ± SE, or sft's masked loss)
   )
+  c.finetune.source = ""  # instead of the files: a TFDS catalog dataset prepared in data.data_dir ('glue/sst2', 'glue/rte', 'snli', 'piqa', ...)
+  c.finetune.train_split = (
+    "train"  # finetune.source: the TFDS split (or slice, 'train[:90%]') to train on
+  )
+  c.finetune.eval_split = "validation"  # finetune.source: the TFDS split every eval scores
   c.finetune.text_field = (
     "text"  # classify: the text (entailment: the premise); choice: the context
   )

@@ -2,7 +2,8 @@
 
 Builds exactly what training would build and reuse, and nothing else: the dataset
 (downloading a TFDS catalog dataset only with --config.data.download=True), the
-tokenizer and the token file, into the caches under data.data_dir. Run it once into
+tokenizer and the token file, into the caches under data.data_dir; for a fine-tuning
+config (train.objective other than 'lm'), its TFDS catalog task (finetune.source). Run it once into
 shared storage, so the runs of a sweep or a multi-host job only read.
 """
 
@@ -13,6 +14,7 @@ from ml_collections import config_flags
 
 from gptjax import config as config_lib
 from gptjax import console, data
+from gptjax.data import tasks
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment file (experiments/*.py).")
 
@@ -24,6 +26,9 @@ def main(argv: list[str]) -> None:
   config = _CONFIG.value
   try:
     config_lib.validate(config)
+    if config.train.objective != "lm":
+      _prepare_task(config)
+      return
     tokenizer, _ = data.load(config.data, config.model.seq_len, config.train.seed)
   except (ValueError, OSError) as e:
     raise SystemExit(f"error: {e}") from None
@@ -36,6 +41,20 @@ def main(argv: list[str]) -> None:
   print(
     f"prepared data.source={config.data.source!r} (vocabulary {tokenizer.vocab_size}); "
     "runs with the same data settings now only read it"
+  )
+
+
+def _prepare_task(config) -> None:
+  """A fine-tuning config's examples: its TFDS catalog task (files need no preparation;
+  the tokenizer is the init_from source's)."""
+  data.check(config)
+  if not config.finetune.source:
+    print("nothing to prepare: the task examples are files (finetune.train_file, eval_file)")
+    return
+  _, splits = tasks.catalog_records(config)
+  print(
+    f"prepared finetune.source={config.finetune.source!r}: "
+    + ", ".join(f"{name} {len(records)} examples" for name, records in splits.values())
   )
 
 

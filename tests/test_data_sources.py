@@ -9,8 +9,7 @@ import json
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from etils import epath
-from tensorflow_datasets.core.download import resource
+import tfds_downloads
 from test_train import tiny_config
 
 from gptjax import data, train
@@ -114,30 +113,6 @@ def test_jsonl_glob_trains_and_feeds_the_documents_in_order(tmp_path):
 DOLLY_URL = "https://github.com/databrickslabs/dolly/raw/master/data/databricks-dolly-15k.jsonl"
 
 
-def place_dolly_download(data_dir, records) -> None:
-  """Puts our own file where TFDS's download manager looks for a finished download.
-
-  The download dir holds files named after (url, registered checksum) plus an
-  .INFO file; with both present TFDS reuses the file instead of fetching it.
-  """
-  info = tfds.builder("databricks_dolly", data_dir=data_dir).url_infos[DOLLY_URL]
-  path = (
-    epath.Path(data_dir)
-    / "downloads"
-    / "databricks_dolly"
-    / resource.get_dl_fname(DOLLY_URL, info.checksum)
-  )
-  path.parent.mkdir(parents=True)
-  path.write_text("".join(json.dumps(r) + "\n" for r in records))
-  resource.write_info_file(
-    url=DOLLY_URL,
-    path=path,
-    dataset_name="databricks_dolly",
-    original_fname=info.filename,
-    url_info=info,
-  )
-
-
 @pytest.mark.slow
 def test_tfds_catalog_builder_offline(tmp_path):
   data_dir = str(tmp_path / "tfds")
@@ -159,7 +134,9 @@ def test_tfds_catalog_builder_offline(tmp_path):
   }
   with pytest.raises(ValueError, match=r"not prepared in data.data_dir=.*download=True"):
     run_tiny(tmp_path, **catalog)
-  place_dolly_download(data_dir, records)
+  tfds_downloads.place(
+    data_dir, "databricks_dolly", DOLLY_URL, "".join(json.dumps(r) + "\n" for r in records).encode()
+  )
   config, workdir = run_tiny(tmp_path, **catalog, **{"data.download": True})
   decoded, lm = fed_documents(config, workdir)
   train_split = tfds.data_source("databricks_dolly", data_dir=data_dir, split="train[:90%]")

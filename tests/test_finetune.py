@@ -3,15 +3,18 @@ the graft of a pretrained run onto a task model, and (slow) a run that learns a 
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
+import tfds_downloads
 
 import gptjax
 from gptjax import config as config_lib
 from gptjax import objectives, sharding, train
-from gptjax.data import ByteTokenizer, tasks
+from gptjax.data import ByteTokenizer, catalog, tasks
 from gptjax.load import run_config
 from gptjax.model import GPT, model_config
 
@@ -278,3 +281,129 @@ def test_a_checkpoint_resumes_only_under_its_objective_and_special_tokens():
     r"'classify'",
   ):
     checkpoint.check_resumable({"settings": old, "step": 0}, c, "old")
+
+
+SST2_URL = "https://dl.fbaipublicfiles.com/glue/data/SST-2.zip"
+PIQA_URL = "https://storage.googleapis.com/ai2-mosaic/public/physicaliqa/physicaliqa-train-dev.zip"
+
+
+def in_token_order(arrays):
+  """The examples of a task's arrays sorted by their token rows."""
+  order = sorted(range(len(arrays["tokens"])), key=lambda i: arrays["tokens"][i].tobytes())
+  return {k: v[order] for k, v in arrays.items()}
+
+
+def catalog_config(tmp_path, objective, source, **finetune):
+  c = task_config(objective, source=source, **finetune)
+  c.data.data_dir = str(tmp_path / "tfds")
+  c.data.download = True
+  return c
+
+
+@pytest.mark.slow
+def test_catalog_tasks_encode_like_the_same_examples_in_a_file(tmp_path):
+  """glue/sst2 (classify) and piqa (choice), prepared by TFDS's own builders from
+  archives this test writes, give exactly the arrays of the same examples in jsonl files;
+  unlabelled examples (-1) are skipped, and an all-unlabelled split is refused."""
+  sst2 = [{"sentence": f"film {i} {'good ' * (i % 3)}", "label": i % 2} for i in range(30)]
+  tsv = lambda rows: "sentence\tlabel\n" + "".join(f"{r['sentence']}\t{r['label']}\n" for r in rows)
+  tfds_downloads.place_zip(
+    str(tmp_path / "tfds"),
+    "glue/sst2",
+    SST2_URL,
+    {
+      "SST-2/train.tsv": tsv(sst2[:24]),
+      "SST-2/dev.tsv": tsv(sst2[24:]),
+      "SST-2/test.tsv": "index\tsentence\n0\tunlabelled\n",
+    },
+  )
+  prepared = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "gptjax.prepare",
+      f"--config={ROOT}/experiments/finetune_classify.py:sst2",
+      f"--config.data.data_dir={tmp_path / 'tfds'}",
+      "--config.data.download=True",
+    ],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    timeout=300,
+  )
+  assert prepared.stdout.strip().splitlines()[-1] == (
+    "prepared finetune.source='glue/sst2': glue/sst2[train] 24 examples, "
+    "glue/sst2[validation] 6 examples"
+  ), prepared.stderr
+  piqa = [
+    {"id": str(i), "goal": f"g{i}", "sol1": f"a{i}", "sol2": f"bb{i}", "label": i % 2}
+    for i in range(12)
+  ]
+  jsonl = lambda rows: "".join(json.dumps(r) + "\n" for r in rows)
+  tfds_downloads.place_zip(
+    str(tmp_path / "tfds"),
+    "piqa",
+    PIQA_URL,
+    {
+      f"physicaliqa-train-dev/{name}.jsonl": jsonl([{**r, "label": None} for r in rows])
+      for name, rows in (("train", piqa[:8]), ("dev", piqa[8:]))
+    }
+    | {
+      f"physicaliqa-train-dev/{name}-labels.lst": jsonl([r["label"] for r in rows])
+      for name, rows in (("train", piqa[:8]), ("dev", piqa[8:]))
+    },
+  )
+  cases = [
+    ("classify", "glue/sst2", sst2, 24, {"text_field": "sentence"}),
+    ("choice", "piqa", piqa, 8, {"text_field": "goal", "choices_field": "sol1,sol2"}),
+  ]
+  for objective, source, rows, cut, fields in cases:
+    from_catalog = tasks.load(catalog_config(tmp_path, objective, source, **fields), TOK)
+    files = task_config(
+      objective,
+      train_file=write(tmp_path / "train.jsonl", [json.dumps(r) for r in rows[:cut]]),
+      eval_file=write(tmp_path / "eval.jsonl", [json.dumps(r) for r in rows[cut:]]),
+      **fields,
+    )
+    from_files = tasks.load(files, TOK)
+    for split in ("train", "eval"):  # TFDS stores examples in its own (hashed) order
+      expected, got = (
+        in_token_order(getattr(from_files, split)),
+        in_token_order(getattr(from_catalog, split)),
+      )
+      assert sorted(got) == sorted(expected)
+      assert all(np.array_equal(got[k], expected[k]) for k in expected), (source, split)
+  sst2_test = catalog_config(
+    tmp_path, "classify", "glue/sst2", eval_split="test", text_field="sentence"
+  )
+  with pytest.raises(tasks.TaskDataError, match=r"every example is labelled -1.*eval_split"):
+    tasks.load(sst2_test, TOK)
+  with pytest.raises(
+    ValueError, match=r"super_glue/copa.*needs the module 'tensorflow'.*pip install"
+  ):
+    tasks.load(catalog_config(tmp_path, "choice", "super_glue/copa"), TOK)
+  not_there = catalog_config(tmp_path, "classify", "glue/rte")
+  not_there.data.download = False
+  with pytest.raises(ValueError, match=r"finetune.source='glue/rte'.*--config.finetune.source"):
+    tasks.load(not_there, TOK)
+  with pytest.raises(ValueError, match=r"finetune.text_field='text'.*'sentence'"):
+    tasks.load(catalog_config(tmp_path, "classify", "glue/sst2"), TOK)
+
+
+def test_catalog_task_settings_are_checked_before_any_work():
+  # TFDS's older builders (lm1b, glue, ...) register only when every package before
+  # theirs imports (h5py is a dependency for that): all of them resolve.
+  assert [catalog.name_problems(n, "finetune.source") for n in ("lm1b", "glue/rte", "snli")] == [
+    [],
+    [],
+    [],
+  ]
+  c = task_config(source="glue/sst2", train_file="a.jsonl")
+  assert tasks.problems(c) == [
+    "finetune.train_file='a.jsonl': finetune.source='glue/sst2' gives the examples; "
+    "set finetune.train_file='' (or finetune.source='' to read files)"
+  ]
+  assert tasks.problems(task_config(source="glue/no_such_task")) == []  # configs: on load
+  assert tasks.problems(task_config(source="no_such_dataset"))[0].startswith(
+    "finetune.source='no_such_dataset': not a TFDS catalog dataset"
+  )

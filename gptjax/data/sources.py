@@ -8,17 +8,13 @@ TensorFlow, so tokenization and batching never know which kind they got.
 
 import glob
 import os
-import re
 from collections.abc import Iterator, Sequence
 
 import ml_collections
-import tensorflow_datasets as tfds
 
 from gptjax.data import catalog, corpus, paths, source_dataset
 
 LOCAL_SUFFIXES = (".txt", ".jsonl")
-# name, name/config, name:version or name/config:version, e.g. 'c4/en:3.1.0'.
-CATALOG_NAME = re.compile(r"^[a-z][a-z0-9_]*(/[A-Za-z0-9_.+-]+)?(:[0-9]+\.[0-9*]+\.[0-9*]+)?$")
 Sources = dict[str, Sequence[dict]]
 
 
@@ -50,19 +46,7 @@ def problems(data_config: ml_collections.ConfigDict) -> list[str]:
         f"paths start at {os.getcwd()})"
       ]
   elif kind(source) == "catalog":
-    if not CATALOG_NAME.match(source):
-      return [
-        f"data.source={source!r}: not a TFDS name like 'lm1b', 'c4/en' or "
-        "'c4/en:3.1.0', 'embedded', or a local glob ending in .txt or .jsonl"
-      ]
-    try:
-      tfds.builder_cls(source.split(":")[0].split("/")[0])
-    except tfds.core.registered.DatasetNotFoundError:
-      return [
-        f"data.source={source!r}: not a TFDS catalog dataset; use a name from "
-        "https://www.tensorflow.org/datasets/catalog (e.g. 'lm1b' or "
-        "'c4/en:3.1.0'), 'embedded', or a local glob ending in .txt or .jsonl"
-      ]
+    return catalog.name_problems(source, "data.source")
   return []
 
 
@@ -80,7 +64,7 @@ def open_sources(data_config: ml_collections.ConfigDict) -> tuple[str, Sources, 
       data_dir,
       data_config.download,
       {"train": data_config.train_split, "validation": data_config.eval_split},
-      data_config.text_field,
+      {"text_field": data_config.text_field},
     )
     return identity, splits, data_config.text_field
   if kind(source) == "embedded":

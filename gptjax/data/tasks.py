@@ -10,6 +10,11 @@ sft       `[eos] prompt response [eos]`; the loss is on the response and the clo
           segment ids, so no example attends to another.
 
 The special tokens are embedding rows vocab_size, +1, +2 (model.special_tokens=3).
+Examples come from local files (finetune.train_file / eval_file) or from a TFDS
+catalog dataset prepared in data.data_dir (finetune.source, e.g. 'glue/sst2',
+'glue/rte', 'snli', 'piqa'), whose features the same field settings name;
+catalog examples labelled -1 (TFDS's "no label", e.g. GLUE's test splits) are
+skipped and counted.
 Too-long examples lose tokens from the left of their first text (the prompt,
 context or premise) or are refused (finetune.too_long); the count is logged.
 Every problem with a file names the file, the line and the field.
@@ -32,7 +37,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from gptjax.data import pipeline
+from gptjax.data import catalog, paths, pipeline
 
 FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv"}
 TOO_LONG = ("truncate", "refuse")
@@ -70,6 +75,69 @@ def read_records(path: str) -> list[tuple[int, dict[str, Any]]]:
   if not records:
     raise TaskDataError(f"{path}: no examples (the file is empty)")
   return records
+
+
+def _plain(value: Any) -> Any:
+  """A TFDS feature value as the file readers give it: text as str, lists of texts as
+  lists of str, integers as int."""
+  if isinstance(value, bytes):
+    return value.decode("utf-8")
+  if isinstance(value, np.ndarray) and value.ndim:
+    return [_plain(v) for v in value]
+  if isinstance(value, np.generic):
+    return value.item()
+  return value
+
+
+def catalog_records(
+  config: ml_collections.ConfigDict,
+) -> tuple[str, dict[str, tuple[str, list[tuple[int, dict[str, Any]]]]]]:
+  """The train and eval examples of `finetune.source` as (identity, {split: (name, records)}).
+
+  Each record is numbered by its index in the split, which is what the messages'
+  'line' means here. Records labelled -1 (no label) are skipped and counted.
+  """
+  f = config.finetune
+  identity, sources = catalog.prepare(
+    f.source,
+    paths.resolve_data_dir(config.data.data_dir),
+    config.data.download,
+    {"train": f.train_split, "validation": f.eval_split},
+    fields(config),
+    group="finetune",
+  )
+  out = {}
+  for split, expression in (("train", f.train_split), ("validation", f.eval_split)):
+    source, name = sources[split], f"{f.source}[{expression}]"
+    records = [(i, {k: _plain(v) for k, v in source[i].items()}) for i in range(len(source))]
+    if config.train.objective != "sft":
+      labelled = [(i, r) for i, r in records if r.get(f.label_field) != -1]
+      if len(labelled) < len(records):
+        logging.info(
+          "%s: skipped %d examples labelled -1 (no label)", name, len(records) - len(labelled)
+        )
+      if not labelled:
+        raise TaskDataError(
+          f"{name}: every example is labelled -1 (no label); choose a labelled split "
+          f"for finetune.{'train_split' if split == 'train' else 'eval_split'}"
+        )
+      records = labelled
+    out[split] = (name, records)
+  return identity, out
+
+
+def fields(config: ml_collections.ConfigDict) -> dict[str, str]:
+  """The finetune.*_field settings train.objective reads, mapped to the fields they name."""
+  f = config.finetune
+  if config.train.objective == "sft":
+    return {"prompt_field": f.prompt_field, "response_field": f.response_field}
+  names = {"text_field": f.text_field, "label_field": f.label_field}
+  if config.train.objective == "choice":
+    for i, choice in enumerate(f.choices_field.split(",")):
+      names[f"choices_field[{i}]" if "," in f.choices_field else "choices_field"] = choice.strip()
+  elif f.pair_field:
+    names["pair_field"] = f.pair_field
+  return names
 
 
 def _get(path: str, line: int, record: dict[str, Any], name: str, setting: str) -> Any:
@@ -138,15 +206,20 @@ class _Budget:
 
 
 def encode_task(
-  path: str, config: ml_collections.ConfigDict, tokenizer: Any, objective: str
+  path: str,
+  config: ml_collections.ConfigDict,
+  tokenizer: Any,
+  objective: str,
+  records: list[tuple[int, dict[str, Any]]] | None = None,
 ) -> dict[str, np.ndarray]:
-  """The classify/choice examples of `path`: tokens [N, K, L+1], weights [N, K, L],
-  extract [N, K], label [N], example_weights [N]."""
+  """The classify/choice examples of `path` (or `records`, read elsewhere and named
+  `path` in messages): tokens [N, K, L+1], weights [N, K, L], extract [N, K],
+  label [N], example_weights [N]."""
   f, length = config.finetune, config.model.seq_len
   start, delim, extract = (config.model.vocab_size + i for i in range(3))
   budget = _Budget(length, f.too_long, path)
   sequences, labels = [], []
-  for line, record in read_records(path):
+  for line, record in read_records(path) if records is None else records:
     if objective == "choice":
       context = tokenizer.encode(_text(path, line, record, f.text_field, "text_field"))
       answers = [tokenizer.encode(a) for a in _choices(path, line, record, f.choices_field)]
@@ -193,15 +266,18 @@ def encode_task(
 
 
 def encode_sft(
-  path: str, config: ml_collections.ConfigDict, tokenizer: Any
+  path: str,
+  config: ml_collections.ConfigDict,
+  tokenizer: Any,
+  records: list[tuple[int, dict[str, Any]]] | None = None,
 ) -> dict[str, np.ndarray]:
-  """The prompt/response examples of `path` packed into rows: inputs, targets, weights and
-  segment_ids, each [rows, seq_len]."""
+  """The prompt/response examples of `path` (or `records`) packed into rows: inputs,
+  targets, weights and segment_ids, each [rows, seq_len]."""
   f, length, eos = config.finetune, config.model.seq_len, tokenizer.eos_id
   budget = _Budget(length, f.too_long, path)
   rows: list[list[tuple[list[int], list[int], int]]] = []  # (prompt, response, line) per row
   free: list[int] = []
-  for line, record in read_records(path):
+  for line, record in read_records(path) if records is None else records:
     prompt = tokenizer.encode(_text(path, line, record, f.prompt_field, "prompt_field"))
     response = tokenizer.encode(_text(path, line, record, f.response_field, "response_field"))
     prompt = budget.fit(line, prompt, len(response) + 1)  # + [eos] before; the closing eos
@@ -301,28 +377,31 @@ class TaskData:
 
 
 def load(config: ml_collections.ConfigDict, tokenizer: Any) -> TaskData:
-  """The task files of `config.finetune` for `config.train.objective`, encoded."""
-  f = config.finetune
+  """The task examples of `config.finetune` (files or a catalog dataset) for
+  `config.train.objective`, encoded."""
+  f, objective = config.finetune, config.train.objective
+  if f.source:
+    identity, splits = catalog_records(config)
+  else:
+    identity = os.path.abspath(os.path.expanduser(f.train_file))
+    splits = {
+      split: (os.path.expanduser(path), None)
+      for split, path in (("train", f.train_file), ("validation", f.eval_file))
+    }
 
-  def encode(path):
-    path = os.path.expanduser(path)
-    if config.train.objective == "sft":
-      return encode_sft(path, config, tokenizer)
-    return encode_task(path, config, tokenizer, config.train.objective)
+  def encode(name, records):
+    if objective == "sft":
+      return encode_sft(name, config, tokenizer, records)
+    return encode_task(name, config, tokenizer, objective, records)
 
-  train, eval_ = encode(f.train_file), encode(f.eval_file)
-  if config.train.objective != "sft" and train["tokens"].shape[1] != eval_["tokens"].shape[1]:
+  (train_name, _), (eval_name, _) = splits["train"], splits["validation"]
+  train, eval_ = encode(*splits["train"]), encode(*splits["validation"])
+  if objective != "sft" and train["tokens"].shape[1] != eval_["tokens"].shape[1]:
     raise TaskDataError(
-      f"{f.eval_file}: {eval_['tokens'].shape[1]} sequences per example, "
-      f"{f.train_file} has {train['tokens'].shape[1]}; use the same task"
+      f"{eval_name}: {eval_['tokens'].shape[1]} sequences per example, "
+      f"{train_name} has {train['tokens'].shape[1]}; use the same task"
     )
-  return TaskData(
-    train,
-    eval_,
-    config.train.seed,
-    f"{config.train.objective}|{os.path.abspath(f.train_file)}",
-    config.model.seq_len,
-  )
+  return TaskData(train, eval_, config.train.seed, f"{objective}|{identity}", config.model.seq_len)
 
 
 def problems(config: ml_collections.ConfigDict) -> list[str]:
@@ -332,11 +411,20 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
     return errors
   for name in ("train_file", "eval_file"):
     path = os.path.expanduser(f[name])
-    if not f[name] or os.path.splitext(path)[1].lower() not in FORMATS or not os.path.isfile(path):
+    if f.source and f[name]:
+      errors.append(
+        f"finetune.{name}={f[name]!r}: finetune.source={f.source!r} gives the examples; "
+        f"set finetune.{name}='' (or finetune.source='' to read files)"
+      )
+    elif not f.source and (
+      not f[name] or os.path.splitext(path)[1].lower() not in FORMATS or not os.path.isfile(path)
+    ):
       errors.append(
         f"finetune.{name}={f[name]!r}: train.objective={config.train.objective!r} "
-        f"needs an existing {'/'.join(FORMATS)} file"
+        f"needs an existing {'/'.join(FORMATS)} file, or finetune.source (a TFDS dataset)"
       )
+  if f.source:
+    errors.extend(catalog.name_problems(f.source, "finetune.source"))
   if f.too_long not in TOO_LONG:
     errors.append(f"finetune.too_long={f.too_long!r}: use one of {TOO_LONG}")
   return errors
