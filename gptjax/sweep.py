@@ -1,6 +1,8 @@
 """Runs every member of a sweep: `python -m gptjax.sweep --config=FILE --workdir=SWEEP_DIR`.
 
-FILE defines `get_config()` and `get_sweep()` ({member name: {"group.field": value}}).
+FILE defines `get_config()` and `get_sweep()` ({member name: {"group.field": value}});
+`--config=FILE:ARG` calls both with ARG, as `gptjax.main --config=FILE:ARG` calls
+get_config(ARG), and every member runs with --config=FILE:ARG.
 Each member trains in its own `python -m gptjax.main` process in SWEEP_DIR/<name>,
 so one member's crash, memory or compile cache cannot touch another's. The sweep is
 idempotent: members whose summary.json says "completed" are skipped and the rest
@@ -69,26 +71,32 @@ _POLL_S = 0.2
 _PROGRESS_EVERY_S = 60.0  # the table is also printed on every status change
 
 
-def _load_experiment(path: str):
-  spec = importlib.util.spec_from_file_location("sweep_experiment", path)
-  if spec is None or not os.path.exists(path):
+def _load_experiment(spec: str):
+  """The experiment module of `spec` ('FILE' or 'FILE:ARG') and a function calling one of
+  its functions with ARG when there is one, as --config=FILE:ARG calls get_config(ARG)."""
+  path, _, arg = spec.partition(":")
+  loader = importlib.util.spec_from_file_location("sweep_experiment", path)
+  if loader is None or not os.path.exists(path):
     raise LaunchError(
-      f"--config={path}: no such file; pass an experiment file, e.g. "
+      f"--config={spec}: no such file; pass an experiment file, e.g. "
       "--config=experiments/scaling_tiny.py"
     )
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = importlib.util.module_from_spec(loader)
+  loader.loader.exec_module(module)
   if not hasattr(module, "get_sweep"):
     raise LaunchError(
-      f"--config={path}: defines no get_sweep(); add one returning "
+      f"--config={spec}: defines no get_sweep(); add one returning "
       "{member name: {'group.field': value}}"
     )
-  return module
+  return lambda name: getattr(module, name)(*([arg] if arg else []))
 
 
 def load_sweep(path: str) -> dict[str, dict[str, object]]:
   """The experiment file's get_sweep(), checked to be {name: {"group.field": value}}."""
-  sweep = _load_experiment(path).get_sweep()
+  try:
+    sweep = _load_experiment(path)("get_sweep")
+  except (OSError, ValueError) as e:  # e.g. the sweep of a source directory that is not there
+    raise LaunchError(f"--config={path}: {e}") from None
   for name, overrides in sweep.items():
     for key in overrides:
       if key.count(".") != 1:
@@ -101,11 +109,11 @@ def load_sweep(path: str) -> dict[str, dict[str, object]]:
 def planned_flops(path: str, sweep: dict[str, dict[str, object]]) -> dict[str, float]:
   """Each member's training FLOPs, after checking its config: a bad member fails the sweep
   before any member trains, and the ETA weighs members by their cost, not their count."""
-  module = _load_experiment(path)
+  call = _load_experiment(path)
   planned = {}
   for name, overrides in sweep.items():
     try:
-      c = config_lib.override(module.get_config(), overrides)
+      c = config_lib.override(call("get_config"), overrides)
       config_lib.validate(c)
       data.check(c)
       eval_tasks.check_tasks(c.eval.tasks)

@@ -17,6 +17,7 @@ from gptjax.scaling.laws import ParametricLaw
 
 LAW = ParametricLaw(E=1.7, A=400.0, B=410.0, alpha=0.34, beta=0.28)
 EMBEDDING = 50_000
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _write_run(path, n: float, d: float, evals: int = 4, status: str = "completed") -> None:
@@ -227,3 +228,53 @@ def test_a_sweep_on_gcs_is_reported_in_place(tmp_path, gcs_bucket):
   assert fits["loss_vs_n"]["alpha"]["value"] == pytest.approx(
     json.load(open(_render(local)["fits"]))["loss_vs_n"]["alpha"]["value"], rel=1e-9
   )
+
+
+@pytest.mark.slow
+def test_finetune_ladder_members_and_report_place_accuracy_at_the_sources_compute(tmp_path):
+  """`experiments/finetune_ladder.py:SWEEP` makes one member per completed source run (its
+  shape, its checkpoint); the report puts each fine-tuned run at its source's FLOPs at the
+  step it started from, and keeps task runs out of the loss fits."""
+  from gptjax import config as config_lib
+  from gptjax import sweep
+  from gptjax.scaling import sizes
+
+  root = _sweep(tmp_path / "pre", {"small": (1e5, 3e6), "large": (4e5, 3e6)}, not_started=["x"])
+  for name, d_model in (("small", 64), ("large", 128)):
+    c = config_lib.base_config()
+    c.model.update(d_model=d_model, d_ff=4 * d_model, n_head=2)
+    pathlib.Path(root, name, "config.json").write_text(c.to_json())
+  members = sweep.load_sweep(f"{ROOT}/experiments/finetune_ladder.py:{root}")
+  assert members == sizes.finetune_family(root)
+  assert list(members) == ["small", "large"]  # sweep.json's order; 'x' never started
+  assert members["large"]["train.init_from"] == f"run:{root}/large"
+  assert (members["large"]["model.d_model"], members["large"]["model.d_ff"]) == (128, 512)
+
+  tuned = tmp_path / "tuned"
+  tuned.mkdir()
+  for name, accuracy in (("small", 0.7), ("large", 0.9)):
+    source_flops = [r["flops"] for r in map(json.loads, open(f"{root}/{name}/metrics.jsonl"))]
+    step = [r["step"] for r in map(json.loads, open(f"{root}/{name}/metrics.jsonl"))][3]
+    (tuned / name).mkdir()
+    summary = {
+      **json.load(open(f"{root}/{name}/summary.json")),
+      "init_from": f"run:{root}/{name}@{step}",
+      "final_eval_loss": 0.5,
+      "final_eval_accuracy": accuracy,
+      "final_eval_accuracy_se": 0.02,
+    }
+    (tuned / name / "summary.json").write_text(json.dumps(summary))
+    assert source_flops[3] < summary["flops"]  # an earlier checkpoint than the source's end
+  paths = _render(str(tuned))
+  fits = json.load(open(paths["fits"]))
+  by_run = {p["run"]: p for p in fits["finetuned"]}
+  for name in ("small", "large"):
+    rows = [json.loads(line) for line in open(f"{root}/{name}/metrics.jsonl")]
+    assert by_run[name]["source_flops"] == rows[3]["flops"]
+    assert (
+      by_run[name]["source_loss"]
+      == json.load(open(f"{root}/{name}/summary.json"))["final_eval_loss"]
+    )
+  assert (by_run["small"]["accuracy"], by_run["large"]["accuracy"]) == (0.7, 0.9)
+  assert "finetuned" in paths and "loss_vs_n" not in fits and "curves_tokens" not in paths
+  assert "Fine-tuning over pretrained sizes" in open(paths["md"]).read()

@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from gptjax.scaling import analysis, downstream, plots
+from gptjax.scaling import analysis, downstream, finetuned, plots
 from gptjax.scaling.analysis import Analysis
 from gptjax.scaling.document import Document
 from gptjax.scaling.runs import Sweep
@@ -187,8 +187,10 @@ def write_report(
   """Analyse, plot and write every report file into `out_dir`; returns {kind: path}."""
   # Degenerate bootstrap refits (an unidentified E sends alpha to extremes) overflow by design;
   # their percentiles are reported as they come out.
+  # Fine-tuning runs scored on a task have a task loss: they get their own section, not fits.
+  lm_runs = [r for r in sweep.runs if not r.task]
   with np.errstate(over="ignore", invalid="ignore"):
-    a = analysis.analyse(sweep.runs, resamples=resamples, seed=seed)
+    a = analysis.analyse(lm_runs, resamples=resamples, seed=seed)
     fits = analysis.fits_json(a)
   fits["bootstrap"] = {
     "resamples": resamples,
@@ -218,17 +220,21 @@ def write_report(
   if headline:
     doc.heading("Findings")
     doc.bullets(headline)
-  doc.heading("Runs")
-  _runs_table(doc, a)
-
-  with np.errstate(over="ignore", invalid="ignore"):
-    figures = _figures(a)
-  for name, (fig, _) in figures.items():
-    fig.savefig(os.path.join(out_dir, f"{name}.png"), dpi=110)
-
-  doc.heading("Learning curves")
-  doc.figure("curves_tokens.png", figures["curves_tokens"][1])
-  doc.figure("curves_flops.png", figures["curves_flops"][1])
+  figures = {}
+  if lm_runs:
+    doc.heading("Runs")
+    _runs_table(doc, a)
+    with np.errstate(over="ignore", invalid="ignore"):
+      figures = _figures(a)
+    for name, (fig, _) in figures.items():
+      fig.savefig(os.path.join(out_dir, f"{name}.png"), dpi=110)
+    doc.heading("Learning curves")
+    doc.figure("curves_tokens.png", figures["curves_tokens"][1])
+    doc.figure("curves_flops.png", figures["curves_flops"][1])
+  finetuned_points = finetuned.points(sweep.runs)
+  if finetuned_points:
+    _finetuned(doc, finetuned_points, fits)
+    finetuned.figure(finetuned_points).savefig(os.path.join(out_dir, "finetuned.png"), dpi=110)
   if a.loss_vs_n:
     doc.heading("Loss against model size")
     doc.figure("loss_vs_n.png", figures["loss_vs_n"][1])
@@ -272,7 +278,11 @@ def write_report(
   paths.update(
     {
       name: os.path.join(out_dir, f"{name}.png")
-      for name in [*figures, *(["downstream"] if tasks else [])]
+      for name in [
+        *figures,
+        *(["downstream"] if tasks else []),
+        *(["finetuned"] if finetuned_points else []),
+      ]
     }
   )
   return paths
@@ -322,6 +332,31 @@ def _downstream(doc: Document, tasks: dict[str, list[downstream.Point]], fits: d
       f"accuracy on loss (weighted by 1/s.e.^2) where a task has {downstream.FIT_MIN_POINTS} "
       "runs or more."
     ),
+  )
+
+
+def _finetuned(doc: Document, finetuned_points: list[finetuned.Point], fits: dict) -> None:
+  """The section on fine-tuned accuracy against the source's pretraining, and its fits entry."""
+  doc.heading("Fine-tuning over pretrained sizes")
+  doc.table(
+    ["run", "source", "source N", "source C", "source eval loss", "accuracy ± s.e."],
+    [
+      [
+        p.run,
+        p.source,
+        f"{p.source_n:,}",
+        f"{p.source_flops:.3g}",
+        _num(p.source_loss),
+        f"{p.accuracy:.4f} ± {_num(p.accuracy_se, 2)}",
+      ]
+      for p in sorted(finetuned_points, key=lambda p: p.source_flops)
+    ],
+  )
+  fits["finetuned"] = [vars(p) for p in finetuned_points]
+  doc.figure(
+    "finetuned.png",
+    "Fine-tuned eval accuracy (± binomial s.e.) against the pretraining FLOPs of the checkpoint "
+    "each run started from, and against that source's final eval loss.",
   )
 
 

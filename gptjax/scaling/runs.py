@@ -54,6 +54,14 @@ class Run:
   status: str
   eval_curve: Curve
   train_curve: Curve  # train loss at log rows (sem is nan)
+  init_from: str = ""  # the source of a run that started from another's parameters
+  accuracy: float = math.nan  # a classify/choice fine-tuning run's final eval accuracy
+  accuracy_se: float = math.nan  # and its binomial standard error
+
+  @property
+  def task(self) -> bool:
+    """A fine-tuning run scored on a task: its eval loss is a task loss, not the LM's."""
+    return math.isfinite(self.accuracy)
 
   @property
   def completed(self) -> bool:
@@ -131,6 +139,9 @@ def read_run(path: str, name: str | None = None) -> Run:
     status=str(summary["status"]),
     eval_curve=evals,
     train_curve=_curve(rows, "train_loss", "train_loss_sem"),
+    init_from=str(summary.get("init_from") or ""),
+    accuracy=_number(summary.get("final_eval_accuracy")),
+    accuracy_se=_number(summary.get("final_eval_accuracy_se")),
   )
 
 

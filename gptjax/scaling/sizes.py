@@ -11,11 +11,13 @@ says which convention it follows instead of hand-picking numbers per size.
 from __future__ import annotations
 
 import math
+import os
 
 import ml_collections
 
-from gptjax import flops
+from gptjax import flops, init_from
 from gptjax.config import base_config
+from gptjax.scaling import runs
 from gptjax.scaling.families import GPT2_VOCAB, GPT3_CONTEXT, GPT3_SIZES
 
 RATIOS = (64, 128)
@@ -264,3 +266,24 @@ def family_for_params(
       "space the targets further apart"
     )
   return family(n_layers, base, **rules)
+
+
+def finetune_family(source: str) -> dict[str, dict[str, object]]:
+  """One fine-tuning member per completed run of the sweep (or run) directory `source`.
+
+  Each member starts from its run's newest checkpoint (`train.init_from=run:DIR`) with
+  that run's model shape, and takes the run's name, so fine-tuned accuracy can be set
+  against the pretraining compute of the model it came from (the report does that).
+  """
+  completed = [r for r in runs.read_sweep(source).runs if r.completed]
+  if not completed:
+    raise ValueError(f"{source}: no completed runs to fine-tune; finish its sweep first")
+  members = {}
+  for run in completed:
+    spec = f"run:{run.path if '://' in run.path else os.path.abspath(run.path)}"
+    model = init_from.source_model(spec)
+    members[run.name] = {
+      "train.init_from": spec,
+      **{f"model.{field}": model[field] for field in init_from.SHAPE_FIELDS},
+    }
+  return members
