@@ -3,7 +3,9 @@ number, pinned to published sizes and to the real flax parameter trees."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
 
 import flax.linen as nn
 import jax
@@ -107,6 +109,21 @@ def test_device_peak_is_measured_on_cpu() -> None:
   peak, note = flops.device_peak(0.0)
   assert peak > 0.0 and math.isfinite(peak)
   assert "measured" in note.lower()
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the cached peak is CPU-only")
+def test_cpu_peak_is_measured_once_per_host_and_read_back(isolated_cache) -> None:
+  """The CPU peak is cached under $GPTJAX_CACHE by host, so MFU does not move with one start's
+  load: what the cache file holds is what every later start uses."""
+  first, path = flops.cpu_peak_tflops()
+  assert path == os.path.join(isolated_cache, flops.CPU_PEAK_FILE)
+  entries = json.load(open(path))
+  assert list(entries.values()) == [first] and first > 0
+  (key,) = entries
+  json.dump({key: 0.5, "another host": 9.0}, open(path, "w"))
+  assert flops.cpu_peak_tflops()[0] == 0.5
+  peak, note = flops.device_peak(0.0)
+  assert peak == 0.5 and path in note and "500.0 GFLOP/s" in note
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,7 @@ CONVENTIONS = [
   "and intervals that treat them as independent are conservative.",
   "Intervals are 95% bootstrap percentile intervals (resamples and method in fits.json).",
   "MFU is each run's mean over its train rows; the peak it divides by is named in that run's log "
-  "(on CPU: a matmul rate measured at startup).",
+  "(on CPU: a matmul rate measured once per host and cached).",
 ]
 
 
