@@ -19,6 +19,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from typing import Any
@@ -27,9 +28,31 @@ import jax
 import ml_collections
 from absl import logging
 from etils import epath
-from tensorboardX import SummaryWriter
 
 from gptjax import flops, rundir
+
+
+def _summary_writer_class() -> type:
+  """tensorboardX's SummaryWriter, imported without the optional libraries it would load.
+
+  tensorboardX imports torch (to accept torch tensors), google-cloud-storage and boto3
+  (to write to buckets itself) whenever they are installed: seconds of every run's start
+  on a CPU. gptjax hands it Python floats and writes locally (copying to gs:// itself),
+  so while it loads, those imports fail as if the libraries were absent, which
+  tensorboardX handles. Libraries something else already imported stay as they are.
+  """
+  masked = [m for m in ("torch", "boto3", "google.cloud.storage") if m not in sys.modules]
+  sys.modules.update(dict.fromkeys(masked))
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    for m in masked:
+      if sys.modules.get(m, 0) is None:
+        del sys.modules[m]
+  return SummaryWriter
+
+
+SummaryWriter = _summary_writer_class()
 
 # Each upload rewrites the whole file: every 30 s keeps that cheap and the bucket current.
 REMOTE_SYNC_S = 30.0
