@@ -1,0 +1,126 @@
+"""Training throughput on this machine: tokens/s, MFU and step-time percentiles per shape.
+
+    python benchmarks/throughput.py [--shapes=4/4/128/64/12,4/4/256/256/16,9/6/384/256/16]
+        [--scan=both] [--steps=40] [--text=README.md]
+
+A shape is layers/heads/width/context/batch. The defaults are the three shapes of
+issue 18: nanoGPT's CPU shakespeare-char recipe (0.8M), the quick start's (3.2M) and
+a 16M model, float32, byte-level tokens of --text (any local text; speed does not
+depend on which). Each shape runs the real jitted train step of `train.build`
+(AdamW, donated state, the window sums) on one device; the first --warmup steps are
+left out (compilation and first-touch allocation). Step times are wall seconds per
+step with the step's result awaited, so they include dispatch; tokens/s is tokens
+over the summed step times. MFU divides the FLOPs-per-token convention of
+gptjax.flops by the cached CPU peak (or the accelerator's datasheet peak).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from gptjax import config as config_lib
+from gptjax import flops, sharding, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_SHAPES = flags.DEFINE_list(
+  "shapes",
+  ["4/4/128/64/12", "4/4/256/256/16", "9/6/384/256/16"],
+  "layers/heads/width/context/batch of each model timed.",
+)
+_SCAN = flags.DEFINE_enum(
+  "scan", "both", ["both", "true", "false"], "model.scan_layers to time: one setting or both."
+)
+_STEPS = flags.DEFINE_integer("steps", 40, "Timed steps per shape.")
+_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps first (the first compiles).")
+_TEXT = flags.DEFINE_string(
+  "text", os.path.join(ROOT, "README.md"), "Local text to take bytes from."
+)
+
+
+def shape_config(shape: str, scan_layers: bool) -> config_lib.ml_collections.ConfigDict:
+  """The run config of one 'layers/heads/width/context/batch' shape, float32, bytes."""
+  n_layer, n_head, d_model, seq_len, batch = (int(v) for v in shape.split("/"))
+  c = config_lib.base_config()
+  c.model.update(
+    n_layer=n_layer,
+    n_head=n_head,
+    d_model=d_model,
+    d_ff=4 * d_model,
+    seq_len=seq_len,
+    vocab_size=256,
+    scan_layers=scan_layers,
+  )
+  c.train.batch_size = batch
+  c.train.steps = _WARMUP.value + _STEPS.value
+  c.mesh.ici.data = 1
+  config_lib.validate(c)
+  return c
+
+
+def batches(text: bytes, batch: int, seq_len: int, count: int) -> list[np.ndarray]:
+  """`count` batches of consecutive byte windows [batch, seq_len + 1] of `text`, cycled."""
+  ids = np.frombuffer(text, np.uint8).astype(np.int32)
+  need = count * batch * (seq_len + 1)
+  ids = np.resize(ids, need)  # repeats the text when it is shorter
+  return list(ids.reshape(count, batch, seq_len + 1))
+
+
+def time_shape(shape: str, scan_layers: bool, text: bytes) -> dict[str, float]:
+  c = shape_config(shape, scan_layers)
+  mesh = sharding.make_mesh(c.mesh, jax.devices()[:1])
+  program = train.build(c, mesh, eos_id=0)
+  state = program.init(jax.random.PRNGKey(0))
+  window = jax.device_put(train.Window.zeros(), sharding.replicated(mesh))
+  steps = _WARMUP.value + _STEPS.value
+  feed = [
+    {"tokens": jax.device_put(b, program.batch_shardings["tokens"])}
+    for b in batches(text, c.train.batch_size, c.model.seq_len, steps)
+  ]
+  times = []
+  for i, batch in enumerate(feed):
+    start = time.perf_counter()
+    state, window = program.train_step(state, window, batch)
+    jax.block_until_ready(window)
+    if i >= _WARMUP.value:
+      times.append(time.perf_counter() - start)
+  tokens = c.train.batch_size * c.model.seq_len
+  tok_s = tokens * len(times) / sum(times)
+  peak, _ = flops.device_peak(0.0, c.model.dtype)
+  return {
+    "params": flops.param_counts(c.model)["n_params"],
+    "tok_s": tok_s,
+    "mfu": tok_s * flops.flops_per_token(c.model) / (peak * 1e12) if peak else float("nan"),
+    "p50_ms": 1e3 * float(np.percentile(times, 50)),
+    "p90_ms": 1e3 * float(np.percentile(times, 90)),
+    "loss": float(window.loss_sum / window.steps),
+  }
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  with open(_TEXT.value, "rb") as f:
+    text = f.read()
+  settings = {"both": (True, False), "true": (True,), "false": (False,)}[_SCAN.value]
+  _, peak_note = flops.device_peak(0.0, "float32")
+  print(f"{jax.devices()[0].device_kind}; MFU peak: {peak_note}")
+  print(
+    f"{'shape (L/H/W/T/B)':<18} {'scan':>5} {'params':>10} {'tok/s':>9} {'MFU':>6} "
+    f"{'p50 ms':>8} {'p90 ms':>8} {'mean loss':>9}"
+  )
+  for shape in _SHAPES.value:
+    for scan_layers in settings:
+      r = time_shape(shape, scan_layers, text)
+      print(
+        f"{shape:<18} {str(scan_layers):>5} {r['params']:>10,} {r['tok_s']:>9,.0f} "
+        f"{100 * r['mfu']:>5.1f}% {r['p50_ms']:>8.1f} {r['p90_ms']:>8.1f} {r['loss']:>9.4f}",
+        flush=True,
+      )
+
+
+if __name__ == "__main__":
+  app.run(main)
