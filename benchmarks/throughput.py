@@ -1,12 +1,15 @@
 """Training throughput on this machine: tokens/s, MFU and step-time percentiles per shape.
 
     python benchmarks/throughput.py [--shapes=4/4/128/64/12,4/4/256/256/16,9/6/384/256/16]
-        [--scan=both] [--steps=40] [--text=README.md]
+        [--layers=loop,unrolled,blocks] [--steps=40] [--text=README.md]
 
 A shape is layers/heads/width/context/batch. The defaults are the three shapes of
 issue 18: nanoGPT's CPU shakespeare-char recipe (0.8M), the quick start's (3.2M) and
 a 16M model, float32, byte-level tokens of --text (any local text; speed does not
-depend on which). Each shape runs the real jitted train step of `train.build`
+depend on which). --layers picks how the blocks are compiled: `loop` (nn.scan, one
+block in a loop: model.scan_unroll=1, the default before it existed), `unrolled`
+(nn.scan unrolled: scan_unroll=n_layer, the same stacked parameters) and `blocks`
+(model.scan_layers=False: one module per block). Each shape runs the real jitted train step of `train.build`
 (AdamW, donated state, the window sums) on one device; the first --warmup steps are
 left out (compilation and first-touch allocation). Step times are wall seconds per
 step with the step's result awaited, so they include dispatch; tokens/s is tokens
@@ -32,9 +35,12 @@ _SHAPES = flags.DEFINE_list(
   ["4/4/128/64/12", "4/4/256/256/16", "9/6/384/256/16"],
   "layers/heads/width/context/batch of each model timed.",
 )
-_SCAN = flags.DEFINE_enum(
-  "scan", "both", ["both", "true", "false"], "model.scan_layers to time: one setting or both."
-)
+LAYERS = {  # --layers name -> (model.scan_layers, model.scan_unroll or None for n_layer)
+  "loop": (True, 1),
+  "unrolled": (True, None),
+  "blocks": (False, 1),
+}
+_LAYERS = flags.DEFINE_list("layers", list(LAYERS), f"How the blocks are compiled: {list(LAYERS)}.")
 _STEPS = flags.DEFINE_integer("steps", 40, "Timed steps per shape.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps first (the first compiles).")
 _TEXT = flags.DEFINE_string(
@@ -42,9 +48,10 @@ _TEXT = flags.DEFINE_string(
 )
 
 
-def shape_config(shape: str, scan_layers: bool) -> config_lib.ml_collections.ConfigDict:
+def shape_config(shape: str, layers: str) -> config_lib.ml_collections.ConfigDict:
   """The run config of one 'layers/heads/width/context/batch' shape, float32, bytes."""
   n_layer, n_head, d_model, seq_len, batch = (int(v) for v in shape.split("/"))
+  scan_layers, unroll = LAYERS[layers]
   c = config_lib.base_config()
   c.model.update(
     n_layer=n_layer,
@@ -54,6 +61,7 @@ def shape_config(shape: str, scan_layers: bool) -> config_lib.ml_collections.Con
     seq_len=seq_len,
     vocab_size=256,
     scan_layers=scan_layers,
+    scan_unroll=unroll or n_layer,
   )
   c.train.batch_size = batch
   c.train.steps = _WARMUP.value + _STEPS.value
@@ -70,8 +78,8 @@ def batches(text: bytes, batch: int, seq_len: int, count: int) -> list[np.ndarra
   return list(ids.reshape(count, batch, seq_len + 1))
 
 
-def time_shape(shape: str, scan_layers: bool, text: bytes) -> dict[str, float]:
-  c = shape_config(shape, scan_layers)
+def time_shape(shape: str, layers: str, text: bytes) -> dict[str, float]:
+  c = shape_config(shape, layers)
   mesh = sharding.make_mesh(c.mesh, jax.devices()[:1])
   program = train.build(c, mesh, eos_id=0)
   state = program.init(jax.random.PRNGKey(0))
@@ -105,18 +113,20 @@ def main(argv: list[str]) -> None:
   del argv
   with open(_TEXT.value, "rb") as f:
     text = f.read()
-  settings = {"both": (True, False), "true": (True,), "false": (False,)}[_SCAN.value]
+  unknown = sorted(set(_LAYERS.value) - set(LAYERS))
+  if unknown:
+    raise app.UsageError(f"--layers: unknown {unknown}; use {list(LAYERS)}")
   _, peak_note = flops.device_peak(0.0, "float32")
   print(f"{jax.devices()[0].device_kind}; MFU peak: {peak_note}")
   print(
-    f"{'shape (L/H/W/T/B)':<18} {'scan':>5} {'params':>10} {'tok/s':>9} {'MFU':>6} "
+    f"{'shape (L/H/W/T/B)':<18} {'layers':>8} {'params':>10} {'tok/s':>9} {'MFU':>6} "
     f"{'p50 ms':>8} {'p90 ms':>8} {'mean loss':>9}"
   )
   for shape in _SHAPES.value:
-    for scan_layers in settings:
-      r = time_shape(shape, scan_layers, text)
+    for layers in _LAYERS.value:
+      r = time_shape(shape, layers, text)
       print(
-        f"{shape:<18} {str(scan_layers):>5} {r['params']:>10,} {r['tok_s']:>9,.0f} "
+        f"{shape:<18} {layers:>8} {r['params']:>10,} {r['tok_s']:>9,.0f} "
         f"{100 * r['mfu']:>5.1f}% {r['p50_ms']:>8.1f} {r['p90_ms']:>8.1f} {r['loss']:>9.4f}",
         flush=True,
       )

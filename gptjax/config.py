@@ -51,6 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.scan_layers = (
     True  # nn.scan over blocks: one compiled block, parameters stacked on a 'layers' axis
   )
+  c.model.scan_unroll = 0  # with scan_layers: layers per loop iteration; 0 = all on CPU, 1 on accelerators (gptjax.model.scan_unroll)
   c.model.remat_policy = "none"  # 'none', 'dots_with_no_batch_dims_saveable' or 'nothing_saveable'
   c.model.attention_impl = (
     "xla"  # jax.nn.dot_product_attention implementation: 'xla' (anywhere) or 'cudnn' (GPU)
@@ -310,6 +311,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     )
   _choice(errors, "model.architecture", m.architecture, ARCHITECTURES)
   _choice(errors, "model.remat_policy", m.remat_policy, REMAT_POLICIES)
+  _positive(errors, "model.scan_unroll", m.scan_unroll, allow_zero=True)
   _choice(errors, "model.attention_impl", m.attention_impl, ATTENTION_IMPLS)
   _choice(errors, "model.dtype", m.dtype, DTYPES)
   _choice(errors, "model.param_dtype", m.param_dtype, DTYPES)

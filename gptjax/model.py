@@ -297,6 +297,7 @@ class GPT(nn.Module):
         split_rngs={"params": True, "dropout": True},
         in_axes=(0, nn.broadcast, nn.broadcast),
         length=cfg.n_layer,
+        unroll=scan_unroll(cfg),
         metadata_params={nn.PARTITION_NAME: "layers"},
       )
       x, new_entries = stack(cfg, deterministic, name="blocks")(x, cache, index, mask)
@@ -349,6 +350,21 @@ class TaskHead(nn.Module):
     return jnp.einsum(
       "...d,dc->...c", features.astype(jnp.float32), kernel.astype(jnp.float32)
     ) + bias.astype(jnp.float32)
+
+
+def scan_unroll(cfg: ml_collections.ConfigDict) -> int:
+  """Layers per iteration of the scan over blocks (model.scan_unroll; 0 = by backend).
+
+  Unrolling changes only the compiled program: the parameters stay stacked on the
+  'layers' axis, so checkpoints, sharding and numerics are those of the scan. On CPU
+  the loop's per-iteration slices and copies of the stacked parameters cost more than
+  a longer compile (benchmarks/throughput.py), so 0 unrolls every layer there and
+  keeps the loop (one compiled block) on accelerators, where compile time grows with
+  depth and the loop costs little.
+  """
+  if cfg.scan_unroll:
+    return min(cfg.scan_unroll, cfg.n_layer)
+  return cfg.n_layer if jax.default_backend() == "cpu" else 1
 
 
 def model_config(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -262,6 +262,22 @@ def test_scan_layers_matches_unrolled_layers() -> None:
   np.testing.assert_allclose(scan_loss, loop_loss, rtol=1e-6, atol=1e-6)
   assert_trees_close(scan_grads, stack_layers(loop_grads, n_layer=2), rtol=1e-5, atol=1e-6)
 
+  # Unrolling the scan (model.scan_unroll) keeps the stacked layout and the math; the jaxpr
+  # shows the loop really has one iteration per layer, or one in all.
+  for unroll, iterations in ((1, 2), (2, 1)):
+    model = tiny_model(scan_layers=True, scan_unroll=unroll)
+    assert jax.tree.map(np.shape, nn.unbox(boxed_shapes(model))) == jax.tree.map(
+      np.shape, scan_params
+    )
+    loss, grads = value_and_grad(model, scan_params)
+    np.testing.assert_allclose(loss, loop_loss, rtol=1e-6, atol=1e-6)
+    assert_trees_close(grads, stack_layers(loop_grads, n_layer=2), rtol=1e-5, atol=1e-6)
+    jaxpr = jax.make_jaxpr(lambda p, t, m=model: m.apply({"params": p}, t))(
+      scan_params, jnp.zeros((1, SEQ_LEN), jnp.int32)
+    )
+    (scan,) = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan"]
+    assert scan.params["length"] // scan.params["unroll"] == iterations
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("scan_layers", [True, False])
