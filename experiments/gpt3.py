@@ -6,10 +6,11 @@ Each size takes the paper's n_layer, d_model, n_head (d_head = d_model/n_head),
 context 2048, batch size in tokens and peak learning rate. Batch arithmetic:
 the paper's 0.5M/1M/2M/3.2M-token batches are 256/512/1024/1536 sequences of 2048
 (as Megatron-LM reads them), e.g. 1.3b: 512 x 2048 = 1,048,576 tokens per update;
-train.steps follows from train.tokens = 300B. Warmup covers 375M tokens.
-Differences from the paper: dense attention in every layer (GPT-3 alternated dense
-and locally banded sparse layers), no batch-size ramp, and the cosine decay ends
-at 10% of the peak on the last step rather than at 260B tokens.
+train.steps follows from train.tokens = 300B. The learning rate warms up over 375M
+tokens and decays (cosine) to 10% of the peak at 260B tokens, flat after that
+(optim.warmup_tokens, optim.decay_tokens). Differences from the paper: dense attention
+in every layer (GPT-3 alternated dense and locally banded sparse layers) and no
+batch-size ramp.
 """
 
 from gptjax.scaling import families

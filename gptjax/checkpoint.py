@@ -48,7 +48,15 @@ RESUME_FIELDS = tuple(
   )
 ) + ("train.batch_size", "train.objective")
 # What checkpoints written before a resume field existed were trained with.
-RESUME_DEFAULTS = {"model.special_tokens": 0, "train.objective": "lm"}
+RESUME_DEFAULTS = {
+  "model.special_tokens": 0,
+  "train.objective": "lm",
+  "optim.warmup_tokens": 0,
+  "optim.schedule": "cosine",
+  "optim.decay_tokens": 0,
+  "optim.decay_fraction": 0.2,
+  "optim.decay_shape": "linear",
+}
 # Settings that define the learning-rate schedule and the update rule: changing them on
 # resume silently bends the run (a longer train.steps restarts the cosine), so it needs
 # train.extend=True.
@@ -57,7 +65,12 @@ SCHEDULE_FIELDS = ("train.steps", "train.tokens") + tuple(
   for name in (
     "lr",
     "warmup_steps",
+    "warmup_tokens",
+    "schedule",
     "min_lr_ratio",
+    "decay_tokens",
+    "decay_fraction",
+    "decay_shape",
     "b1",
     "b2",
     "eps",

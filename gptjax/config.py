@@ -94,8 +94,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-3  # peak learning rate, reached at the end of warmup
   c.optim.warmup_steps = 50  # linear warmup from 0 to lr
-  c.optim.schedule = "cosine"  # decay after warmup: 'cosine' or 'linear' (GPT-1's fine-tuning)
-  c.optim.min_lr_ratio = 0.1  # the decay ends at lr * min_lr_ratio on the last step
+  c.optim.warmup_tokens = (
+    0  # > 0: warm up over this many tokens instead (rounded up to whole updates)
+  )
+  c.optim.schedule = "cosine"  # after warmup: 'cosine', 'linear' (GPT-1's fine-tuning), 'wsd' (warmup-stable-decay) or 'constant'
+  c.optim.min_lr_ratio = 0.1  # the decay ends at lr * min_lr_ratio on its last update
+  c.optim.decay_tokens = 0  # > 0: the decay ends where the tokens seen reach this (flat after; GPT-3: 260B), else on the last update
+  c.optim.decay_fraction = 0.2  # wsd: the share of the updates (to the decay's end) that decay, after the stable phase (0 = constant)
+  c.optim.decay_shape = (
+    "linear"  # wsd: the decay's shape, 'linear' or '1-sqrt' (Hägele et al. 2024)
+  )
   c.optim.b1 = 0.9  # AdamW beta1
   c.optim.b2 = 0.95  # AdamW beta2
   c.optim.eps = 1e-8  # AdamW epsilon
@@ -394,7 +402,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if o.lr <= 0:
     errors.append(f"optim.lr={o.lr!r}: must be > 0")
   _positive(errors, "optim.warmup_steps", o.warmup_steps, allow_zero=True)
-  _choice(errors, "optim.schedule", o.schedule, ("cosine", "linear"))
+  _choice(errors, "optim.schedule", o.schedule, ("cosine", "linear", "wsd", "constant"))
+  _choice(errors, "optim.decay_shape", o.decay_shape, ("linear", "1-sqrt"))
+  if not 0.0 <= o.decay_fraction <= 1.0:
+    errors.append(f"optim.decay_fraction={o.decay_fraction!r}: must be in [0, 1]")
+  for name in ("warmup_tokens", "decay_tokens"):
+    if not isinstance(o[name], (int, float)) or o[name] < 0:
+      errors.append(f"optim.{name}={o[name]!r}: must be a token count >= 0 (0 = off)")
   if not 0.0 <= o.min_lr_ratio <= 1.0:
     errors.append(f"optim.min_lr_ratio={o.min_lr_ratio!r}: must be in [0, 1]")
   for name in ("b1", "b2"):

@@ -1,4 +1,4 @@
-"""The optimizer: AdamW with warmup + cosine decay, weight decay by structure, and clipping.
+"""The optimizer: AdamW with warmup and a decay schedule, weight decay by structure, clipping.
 
 Gradient accumulation is not an optax wrapper here: train.py sums micro-batch
 gradients inside one jitted step, so one optimizer update is one step and the
@@ -7,35 +7,80 @@ schedule counts updates.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 from jax.sharding import PartitionSpec
+
+from gptjax.config import train_steps
 
 _LAYERS = "layers"  # nn.scan's stacking axis: not a dimension of the weight itself
 _EMBEDDING_AXES = ("vocab", "length")  # wte is (vocab, embed), wpe is (length, embed)
 
 
-def learning_rate(optim: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+SCHEDULES = ("cosine", "linear", "wsd", "constant")
+DECAY_SHAPES = ("linear", "1-sqrt")
+
+
+def warmup_steps(optim: ml_collections.ConfigDict, tokens_per_step: int) -> int:
+  """Warmup updates: optim.warmup_tokens rounded up to whole updates when set (so the peak
+  is where the tokens seen first reach it), else optim.warmup_steps."""
+  if optim.warmup_tokens > 0:
+    return math.ceil(optim.warmup_tokens / tokens_per_step)
+  return optim.warmup_steps
+
+
+def learning_rate(
+  optim: ml_collections.ConfigDict, total_steps: int, tokens_per_step: int
+) -> optax.Schedule:
   """The learning rate of update s (0-based).
 
-  Warmup gives update s lr * (s + 1) / warmup_steps, so no update is spent at
-  lr 0; cosine (or, with optim.schedule='linear', linear) decay then reaches exactly lr * min_lr_ratio on the last update
-  (for runs longer than warmup_steps + 1; shorter ones end at or before the peak).
+  Warmup gives update s lr * (s + 1) / warmup, so no update is spent at lr 0. The
+  decay then ends at exactly lr * min_lr_ratio on its last update: the run's last
+  update, or with optim.decay_tokens the update where the tokens seen first reach
+  it, flat after that (GPT-3: 10% at 260B of 300B tokens). 'cosine' and 'linear'
+  decay from the peak on; 'wsd' (warmup-stable-decay, Hägele et al. 2024) holds the
+  peak and decays over the last optim.decay_fraction of the updates (to the decay's
+  end), linearly or as
+  1 - sqrt; 'constant' holds the peak. Runs no longer than the warmup end at or
+  before the peak.
   """
-  warmup = min(optim.warmup_steps, total_steps)
-  decay_steps = max(total_steps - 1 - warmup, 1)
-  if optim.schedule == "linear":  # GPT-1's fine-tuning decay
-    decay = optax.linear_schedule(optim.lr, optim.lr * optim.min_lr_ratio, decay_steps)
+  warmup = min(warmup_steps(optim, tokens_per_step), total_steps)
+  end = math.ceil(optim.decay_tokens / tokens_per_step) if optim.decay_tokens > 0 else total_steps
+  floor = optim.lr * optim.min_lr_ratio
+  if optim.schedule == "constant":
+    phases = [optax.constant_schedule(optim.lr)]
+  elif optim.schedule == "wsd":
+    length = min(round(optim.decay_fraction * end), end - warmup)
+    phases = [optax.constant_schedule(optim.lr)]
+    if length:
+      power = 0.5 if optim.decay_shape == "1-sqrt" else 1.0
+      span = max(length - 1, 1)
+      phases.append(
+        lambda s: optim.lr - (optim.lr - floor) * (jnp.clip(s / span, 0.0, 1.0) ** power)
+      )
+    boundaries = [end - length - warmup] if length else []
+    phases = [optax.join_schedules(phases, boundaries)] if boundaries else phases
+  elif optim.schedule == "linear":  # GPT-1's fine-tuning decay
+    phases = [optax.linear_schedule(optim.lr, floor, max(end - 1 - warmup, 1))]
   else:
-    decay = optax.cosine_decay_schedule(optim.lr, decay_steps, alpha=optim.min_lr_ratio)
+    phases = [optax.cosine_decay_schedule(optim.lr, max(end - 1 - warmup, 1), optim.min_lr_ratio)]
   if warmup == 0:
-    return decay
+    return phases[0]
   ramp = optax.linear_schedule(optim.lr / warmup, optim.lr, max(warmup - 1, 1))
-  return optax.join_schedules([ramp, decay], [warmup])
+  return optax.join_schedules([ramp, phases[0]], [warmup])
+
+
+def schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  """The learning rate of a run's updates (learning_rate with the run's length and batch)."""
+  return learning_rate(
+    config.optim, train_steps(config), config.train.batch_size * config.model.seq_len
+  )
 
 
 def decays(axes: Sequence[str | None], decay_embeddings: bool) -> bool:
@@ -80,15 +125,14 @@ def _dict_path(path: tuple[Any, ...]) -> tuple[str, ...]:
   return tuple(p.key for p in path if isinstance(p, jax.tree_util.DictKey))
 
 
-def make(
-  optim: ml_collections.ConfigDict, total_steps: int, param_axes: Any
-) -> optax.GradientTransformation:
-  """The full update rule; the schedule is exposed again via learning_rate().
+def make(config: ml_collections.ConfigDict, param_axes: Any) -> optax.GradientTransformation:
+  """The full update rule of a run; the schedule is exposed again via schedule().
 
   `param_axes` (the parameters' logical PartitionSpecs) decides which decay.
   """
+  optim = config.optim
   adamw = optax.adamw(
-    learning_rate(optim, total_steps),
+    schedule(config),
     b1=optim.b1,
     b2=optim.b2,
     eps=optim.eps,

@@ -264,7 +264,6 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, eos_id: int) -> Program
   """
   model = GPT(model_config(config.model))
   document_eos_id = eos_id if config.data.document_mask else None
-  total_steps = train_steps(config)
   axis_rules = sharding.rules(config.mesh)
   objective = objectives.make(
     config.train.objective,
@@ -281,7 +280,7 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, eos_id: int) -> Program
       jax.random.PRNGKey(0),
     )
   )
-  tx = optim.make(config.optim, total_steps, param_axes)
+  tx = optim.make(config, param_axes)
   init_fn = functools.partial(
     _init_state, model=model, objective=objective, tx=tx, num_outputs=config.finetune.num_classes
   )
@@ -301,7 +300,7 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, eos_id: int) -> Program
     windowed_train_step,
     objective=objective,
     tx=tx,
-    schedule=optim.learning_rate(config.optim, total_steps),
+    schedule=optim.schedule(config),
     grad_accum_steps=config.train.grad_accum_steps,
     use_dropout=config.model.dropout > 0 or config.model.attn_dropout > 0,
     grad_shardings=state_shardings.params,
@@ -720,8 +719,8 @@ def _schedule_change(
 ) -> dict[str, list[float]]:
   """train.extend: logs how the learning rate moves at `step` under the new schedule."""
   old = override(config, meta.get("schedule", {}))
-  before = float(optim.learning_rate(old.optim, train_steps(old))(step))
-  after = float(optim.learning_rate(config.optim, train_steps(config))(step))
+  before = float(optim.schedule(old)(step))
+  after = float(optim.schedule(config)(step))
   logging.warning(
     "train.extend: the schedule is recomputed for %d steps (was %d): the "
     "learning rate of step %d goes from %.3e to %.3e",

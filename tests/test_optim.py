@@ -3,6 +3,8 @@ the exact AdamW + clipping update against a numpy reference."""
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -11,9 +13,10 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
-from gptjax import optim
+from gptjax import config, optim
 from gptjax.config import base_config
 from gptjax.model import GPT, model_config
+from gptjax.scaling import families
 
 KERNELS = {"qkv_kernel", "out_kernel", "fc_kernel", "proj_kernel"}
 NEVER_DECAYED = {"qkv_bias", "out_bias", "fc_bias", "proj_bias", "scale", "bias"}
@@ -39,6 +42,13 @@ def model_param_axes(scan_layers: bool) -> dict:
 def optim_config(**overrides) -> ml_collections.ConfigDict:
   c = base_config().optim
   c.update(overrides)
+  return c
+
+
+def run_config(optim_group: ml_collections.ConfigDict, steps: int) -> ml_collections.ConfigDict:
+  """A whole run config with this optim group, `steps` updates long."""
+  c = base_config()
+  c.optim, c.train.steps, c.train.tokens = optim_group, steps, 0
   return c
 
 
@@ -104,7 +114,9 @@ def test_learning_rate_schedule() -> None:
   shape every GPT recipe (and the scaling-law runs) assumes. Update s (0-based) gets
   lr * (s + 1) / warmup_steps, so no update is wasted at lr 0 (optim.py's contract)."""
   lr, warmup, total, ratio = 6e-4, 10, 110, 0.1
-  sched = optim.learning_rate(optim_config(lr=lr, warmup_steps=warmup, min_lr_ratio=ratio), total)
+  sched = optim.learning_rate(
+    optim_config(lr=lr, warmup_steps=warmup, min_lr_ratio=ratio), total, tokens_per_step=1
+  )
   values = np.array([float(sched(s)) for s in range(total)])
   assert values[0] > 0.0
   np.testing.assert_allclose(values[:warmup], lr * np.arange(1, warmup + 1) / warmup, rtol=1e-6)
@@ -122,7 +134,7 @@ def test_learning_rate_schedule() -> None:
 
 def test_schedule_without_warmup_starts_at_peak() -> None:
   """warmup_steps=0 means the very first update runs at the peak learning rate."""
-  sched = optim.learning_rate(optim_config(lr=1e-3, warmup_steps=0, min_lr_ratio=0.1), 50)
+  sched = optim.learning_rate(optim_config(lr=1e-3, warmup_steps=0, min_lr_ratio=0.1), 50, 1)
   np.testing.assert_allclose(float(sched(0)), 1e-3, rtol=1e-6)
   np.testing.assert_allclose(float(sched(49)), 1e-4, rtol=1e-6)
 
@@ -175,9 +187,9 @@ def test_zero_gradient_step_is_pure_decoupled_decay(warmup_steps: int) -> None:
     "fc_bias": PartitionSpec("mlp"),
     "scale": PartitionSpec("embed"),
   }
-  tx = optim.make(cfg, total_steps=100, param_axes=axes)
+  tx = optim.make(run_config(cfg, steps=100), param_axes=axes)
   lr_0 = 1e-2 / max(warmup_steps, 1)
-  assert float(optim.learning_rate(cfg, 100)(0)) == pytest.approx(lr_0, rel=1e-6)
+  assert float(optim.schedule(run_config(cfg, steps=100))(0)) == pytest.approx(lr_0, rel=1e-6)
   params = {
     "fc_kernel": jnp.array([[2.0, -3.0], [0.5, 4.0]]),
     "fc_bias": jnp.array([1.0, -2.0]),
@@ -223,7 +235,9 @@ def test_update_matches_numpy_adamw_with_clipping(clip_norm: float) -> None:
     "wte": PartitionSpec("vocab", "embed"),
   }
   got = run_optimizer(
-    optim.make(cfg, total_steps=10, param_axes=axes), jax.tree.map(jnp.asarray, params), grads_seq
+    optim.make(run_config(cfg, steps=10), param_axes=axes),
+    jax.tree.map(jnp.asarray, params),
+    grads_seq,
   )
   kwargs = dict(lr=1e-2, b1=0.9, b2=0.95, eps=1e-8, wd=0.1)
   expected = numpy_adamw(params, grads_seq, decayed, clip=clip_norm, **kwargs)
@@ -232,3 +246,62 @@ def test_update_matches_numpy_adamw_with_clipping(clip_norm: float) -> None:
     np.testing.assert_allclose(got[k], expected[k], rtol=1e-5, atol=1e-6, err_msg=k)
   # The reference itself distinguishes clipped from unclipped, so the test can fail.
   assert max(np.abs(expected[k] - other[k]).max() for k in params) > 1e-3
+
+
+def test_wsd_holds_the_peak_then_decays_over_its_fraction() -> None:
+  """Warmup-stable-decay: the peak from the end of warmup until the last decay_fraction of
+  the updates, then linear or 1 - sqrt to lr * min_lr_ratio on the last update; fraction 0
+  is exactly the constant schedule."""
+  lr, warmup, total, ratio = 1e-3, 10, 100, 0.1
+  for shape, power in (("linear", 1.0), ("1-sqrt", 0.5)):
+    c = optim_config(
+      lr=lr, warmup_steps=warmup, min_lr_ratio=ratio, schedule="wsd", decay_fraction=0.2
+    )
+    c.decay_shape = shape
+    values = np.array([float(optim.learning_rate(c, total, 1)(s)) for s in range(total + 5)])
+    np.testing.assert_allclose(values[:warmup], lr * np.arange(1, warmup + 1) / warmup, rtol=1e-6)
+    np.testing.assert_allclose(values[warmup - 1 : 81], lr, rtol=1e-6)  # stable: updates 9..80
+    t = np.arange(20) / 19  # 20 decaying updates, 80..99
+    np.testing.assert_allclose(values[80:100], lr - (lr - lr * ratio) * t**power, rtol=1e-5)
+    np.testing.assert_allclose(values[99:], lr * ratio, rtol=1e-6)  # flat after the end
+  wsd0 = optim_config(lr=lr, warmup_steps=warmup, schedule="wsd", decay_fraction=0.0)
+  constant = optim_config(lr=lr, warmup_steps=warmup, schedule="constant")
+  np.testing.assert_array_equal(
+    [float(optim.learning_rate(wsd0, total, 1)(s)) for s in range(total)],
+    [float(optim.learning_rate(constant, total, 1)(s)) for s in range(total)],
+  )
+
+
+def test_gpt3_125m_schedule_in_tokens() -> None:
+  """GPT-3 (Brown et al. 2020): warmup over 375M tokens, cosine to 10% at 260B tokens, flat to
+  300B. With 125M's 0.5M-token batch the peak is on the update after which the tokens seen
+  first reach 375M, 10% on the one where they first reach 260B, and the same after that."""
+  c = families.gpt3("125m")  # the paper's token counts are the family's settings
+  assert (c.optim.warmup_tokens, c.optim.decay_tokens) == (375_000_000, 260_000_000_000)
+  per_step = c.train.batch_size * c.model.seq_len
+  assert per_step == 524_288
+  lr = optim.schedule(c)
+  peak_at = math.ceil(375e6 / per_step) - 1  # 0-based update
+  assert peak_at * per_step < 375e6 <= (peak_at + 1) * per_step
+  assert float(lr(peak_at)) == pytest.approx(6e-4, rel=1e-6)
+  assert float(lr(peak_at - 1)) < 6e-4 and float(lr(peak_at + 1)) == pytest.approx(6e-4, rel=1e-6)
+  floor_at = math.ceil(260e9 / per_step) - 1
+  assert floor_at * per_step < 260e9 <= (floor_at + 1) * per_step
+  assert float(lr(floor_at)) == pytest.approx(6e-5, rel=1e-5)
+  # float32 cannot tell the last few cosine updates from the floor, so the end is pinned
+  # 20,000 updates before it, where one update more or less moves the value by 1e-4.
+  s, span = floor_at - 20_000, floor_at - (peak_at + 1)
+  cosine = 0.5 * (1 + math.cos(math.pi * (s - peak_at - 1) / span))
+  assert float(lr(s)) - 6e-5 == pytest.approx(5.4e-4 * cosine, rel=2e-5)
+  last = config.train_steps(c) - 1
+  assert (last + 1) * per_step >= 300e9 and float(lr(last)) == pytest.approx(6e-5, rel=1e-5)
+
+
+def test_schedule_settings_are_checked() -> None:
+  c = base_config()
+  c.optim.update(dict(schedule="step", decay_fraction=1.5, decay_shape="cos", warmup_tokens=-1))
+  with pytest.raises(ValueError) as e:
+    config.validate(c)
+  for field in ("optim.schedule='step'", "optim.decay_fraction=1.5", "optim.decay_shape='cos'"):
+    assert field in str(e.value)
+  assert "optim.warmup_tokens=-1: must be a token count >= 0" in str(e.value)

@@ -102,18 +102,17 @@ def cli(workdir, **overrides) -> list[str]:
 @pytest.mark.slow
 def test_grad_accumulation_matches_one_big_batch():
   """4 micro-batches of b must be the same update as one batch of 4b (3 steps)."""
-  c = tiny_config()
+  c = tiny_config(**{"train.steps": 3, "train.tokens": 0})
   model = GPT(model_config(c.model))
   tx = optim.make(
-    c.optim,
-    3,
+    c,
     nn.get_partition_spec(
       jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, 32), np.int32))[
         "params"
       ]
     ),
   )
-  schedule = optim.learning_rate(c.optim, 3)
+  schedule = optim.schedule(c)
   objective = objectives.make("lm", model)
   state = jax.jit(
     lambda r: nn.unbox(train._init_state(r, model=model, objective=objective, tx=tx))

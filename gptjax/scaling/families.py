@@ -41,7 +41,8 @@ GPT3_SIZES = {
 }
 GPT3_CONTEXT = 2048
 GPT3_TRAIN_TOKENS = 300e9  # every GPT-3 model saw 300B tokens
-GPT3_WARMUP_TOKENS = 375e6  # linear warmup over the first 375M tokens
+GPT3_WARMUP_TOKENS = 375_000_000  # linear warmup over the first 375M tokens
+GPT3_DECAY_TOKENS = 260_000_000_000  # cosine decay to 10% of the peak at 260B tokens, flat after
 
 
 def _shape(
@@ -91,5 +92,7 @@ def gpt3(size: str) -> ml_collections.ConfigDict:
   c.train.steps = 0
   c.train.tokens = int(GPT3_TRAIN_TOKENS)
   c.optim.lr = lr
-  c.optim.warmup_steps = round(GPT3_WARMUP_TOKENS / (c.train.batch_size * GPT3_CONTEXT))
+  c.optim.warmup_tokens = GPT3_WARMUP_TOKENS
+  c.optim.decay_tokens = GPT3_DECAY_TOKENS
+  c.optim.min_lr_ratio = 0.1
   return c
