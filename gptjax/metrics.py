@@ -208,8 +208,13 @@ class RunRecord:
       self._previous_wall = json.loads(self._summary_path.read_text()).get("wall_s", 0.0)
     self._last_row = (start_step, time.perf_counter())
     self.last_eval_step: int | None = None
+    counts = flops.param_counts(config.model)
+    if config.train.objective in ("classify", "choice"):  # GPT-1's linear head: kernel and bias
+      outputs = config.finetune.num_classes if config.train.objective == "classify" else 1
+      counts["n_params_task_head"] = (config.model.d_model + 1) * outputs
+      counts["n_params"] += counts["n_params_task_head"]
     self.summary = {
-      **flops.param_counts(config.model),
+      **counts,
       **{k: config.model[k] for k in ("n_layer", "d_model", "n_head", "seq_len", "vocab_size")},
       "init_from": config.train.init_from,
       **self.position(start_step),

@@ -218,6 +218,9 @@ def test_fine_tuning_a_pretrained_run_learns_a_context_dependent_task(tmp_path):
   assert first["step"] == 0 and first["eval_accuracy"] == expected["eval_accuracy"]
   np.testing.assert_allclose(first["eval_lm_loss"], expected["eval_lm_loss"], rtol=1e-6)
   np.testing.assert_allclose(first["eval_loss"], np.log(2), rtol=1e-6)  # the head starts at 0
+  # The summary counts every trained parameter: the GPT (special rows included) and the head.
+  assert summary["n_params"] == sum(x.size for x in jax.tree.leaves(fresh))
+  assert summary["n_params_task_head"] == (64 + 1) * 2
 
 
 @pytest.mark.slow
