@@ -46,9 +46,9 @@ RESUME_FIELDS = tuple(
     "param_dtype",
     "special_tokens",
   )
-) + ("train.batch_size", "train.objective")
+) + ("train.batch_size", "train.objective", "distill.teacher")
 # What checkpoints written before a resume field existed were trained with.
-RESUME_DEFAULTS = {"model.special_tokens": 0, "train.objective": "lm"}
+RESUME_DEFAULTS = {"model.special_tokens": 0, "train.objective": "lm", "distill.teacher": ""}
 # Settings that define the learning-rate schedule and the update rule: changing them on
 # resume silently bends the run (a longer train.steps restarts the cosine), so it needs
 # train.extend=True.
