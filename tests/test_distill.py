@@ -279,13 +279,13 @@ def test_a_resumed_distillation_equals_an_uninterrupted_one(teacher_run, tmp_pat
   for a, b in zip(jax.tree.leaves(final[0]), jax.tree.leaves(final[1])):
     np.testing.assert_array_equal(a, b)
   assert summary["teacher"] == f"run:{os.path.abspath(teacher_run)}@4"
-  # The teacher's forward FLOPs, counted from its real parameter tree: every matrix but
-  # the position embedding is a matmul's, plus causal attention at the student's length.
+  # The teacher's forward FLOPs, counted from its real parameter tree: 2 per weight of each
+  # kernel and the (tied) output embedding, plus causal attention at the student's length.
   teacher = gptjax.load(teacher_run)
   matmul = sum(
     leaf.size
     for path, leaf in jax.tree_util.tree_leaves_with_path(teacher.params)
-    if leaf.ndim >= 2 and "wpe" not in jax.tree_util.keystr(path)
+    if jax.tree_util.keystr(path).endswith(("kernel']", "['wte']"))
   )
   forward = 2 * matmul + 2 * 2 * 48 * STUDENT["model.seq_len"]
   row = train_rows(straight)[-1]
