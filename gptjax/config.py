@@ -21,7 +21,10 @@ ATTENTION_IMPLS = ("xla", "cudnn")
 DTYPES = ("float32", "bfloat16")
 MESH_AXES = ("data", "fsdp", "tensor")
 OBJECTIVES = ("lm", "sft", "classify", "choice", "distill")  # the losses of gptjax/objectives.py
-KL_DIRECTIONS = ("forward", "reverse")  # distill.kl: KL(teacher || student) or KL(student || teacher)
+KL_DIRECTIONS = (
+  "forward",
+  "reverse",
+)  # distill.kl: KL(teacher || student) or KL(student || teacher)
 INIT_FROM_KINDS = ("run", "hf")  # train.init_from sources: a gptjax run, a Hugging Face directory
 
 
@@ -170,10 +173,14 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.distill = ml_collections.ConfigDict()
   c.distill.teacher = ""  # distill: 'run:DIR', 'run:DIR@STEP' or 'hf:DIR', the frozen teacher (same grammar as train.init_from)
-  c.distill.temperature = 1.0  # T: both distributions are softmax(logits / T); the soft loss is scaled by T^2
+  c.distill.temperature = (
+    1.0  # T: both distributions are softmax(logits / T); the soft loss is scaled by T^2
+  )
   c.distill.alpha = 0.5  # weight of the soft loss; the data's cross-entropy gets 1 - alpha
   c.distill.kl = "forward"  # 'forward': KL(teacher || student); 'reverse': KL(student || teacher)
-  c.distill.teacher_dtype = "float32"  # dtype the teacher's parameters are held in: 'float32' or 'bfloat16'
+  c.distill.teacher_dtype = (
+    "float32"  # dtype the teacher's parameters are held in: 'float32' or 'bfloat16'
+  )
 
   c.eval = ml_collections.ConfigDict()
   c.eval.tasks = ""  # after training: comma-separated 'perplexity' or TASK=FILE.jsonl (hellaswag, lambada, choice), each scored like python -m gptjax.evaluate
@@ -256,8 +263,7 @@ def parse_init_from(spec: str, field: str = "train.init_from") -> tuple[str, str
     rest, _, step_text = rest.rpartition("@")
     if not step_text.isdigit():
       raise ValueError(
-        f"{field}={spec!r}: the step after '@' must be an integer, "
-        "e.g. run:runs/quickstart@600"
+        f"{field}={spec!r}: the step after '@' must be an integer, e.g. run:runs/quickstart@600"
       )
     step = int(step_text)
   if kind not in INIT_FROM_KINDS or not rest:

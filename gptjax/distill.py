@@ -101,4 +101,3 @@ def load_params(config: ml_collections.ConfigDict, shardings: Any) -> Any:
     f"{flops_per_token(config):,}",
   )
   return params
-

@@ -93,9 +93,7 @@ def load_params(config: ml_collections.ConfigDict, shardings: Any) -> Any:
 
   `config.train.init_from` must be resolved (`resolve`).
   """
-  params = read_params(
-    config.train.init_from, config.model, shardings, config.model.param_dtype
-  )
+  params = read_params(config.train.init_from, config.model, shardings, config.model.param_dtype)
   logging.info(
     "train.init_from: parameters from %s (fresh optimizer, step 0)", config.train.init_from
   )

@@ -104,7 +104,7 @@ def make(
       "distill",
       {"tokens": ("batch", "length")},
       functools.partial(_distill_loss, model, distill, document_eos_id),
-      lambda batch: {"kl": _lm_counts(batch)["lm"], **_lm_counts(batch)},
+      _distill_counts,
       {term: weight for term, weight in weights.items() if weight},  # alpha = 0 is exactly lm
       teacher=distill.teacher,
     )
@@ -228,7 +228,7 @@ def _distill_loss(
   )
   kl = kl_divergence(logits, teacher_logits, distill.temperature, distill.kl, distill.vocab_size)
   lm = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
-  return {"lm": lm.sum(axis=-1).sum(), "kl": kl.sum()}, {"kl": lm.size, "lm": lm.size}
+  return {"lm": lm.sum(axis=-1).sum(), "kl": kl.sum()}, _distill_counts(batch)
 
 
 def loss_sums(
@@ -299,6 +299,11 @@ def _task_counts(batch: Batch) -> Terms:
 def _lm_counts(batch: Batch) -> Terms:
   tokens = batch["tokens"]
   return {"lm": tokens.shape[0] * (tokens.shape[1] - 1)}  # a Python int: exact
+
+
+def _distill_counts(batch: Batch) -> Terms:
+  """Both terms count every next-token target, as lm does."""
+  return dict.fromkeys(("kl", "lm"), _lm_counts(batch)["lm"])
 
 
 def _sft_counts(batch: Batch) -> Terms:

@@ -79,10 +79,10 @@ def train_step(
   Each micro-batch's summed loss terms are divided by the terms' counts over the
   whole global batch (the unmasked targets, the real examples), so the summed
   micro-batch gradients are exactly the gradient of the global masked mean,
-  however unevenly the masks fall across micro-batches. `teacher` holds the frozen
-  teacher's parameters under distill: an input of the loss, never updated. The running sum is pinned
+  however unevenly the masks fall across micro-batches. The running sum is pinned
   to the parameters' shardings (`grad_shardings`); left to itself, XLA may keep a
-  replicated float32 copy of every gradient on each device.
+  replicated float32 copy of every gradient on each device. `teacher` is the frozen
+  teacher's parameters under distill: an input of the loss, never updated.
   """
 
   def constrain(grads):
@@ -276,9 +276,7 @@ def build(
   total_steps = train_steps(config)
   axis_rules = sharding.rules(config.mesh)
   teacher = (
-    GPT(model_config(distill.model_config(config)))
-    if config.train.objective == "distill"
-    else None
+    GPT(model_config(distill.model_config(config))) if config.train.objective == "distill" else None
   )
   objective = objectives.make(
     config.train.objective,
@@ -880,9 +878,7 @@ def _train(
       run_eval(0)  # a fine-tuning curve starts at its source model
     if step < total_steps:
       compile_start = time.perf_counter()
-      step_fn = program.train_step.lower(
-        state, zero_window, global_batch(step), *frozen
-      ).compile()
+      step_fn = program.train_step.lower(state, zero_window, global_batch(step), *frozen).compile()
       logging.info("compiled the train step in %.1f s", time.perf_counter() - compile_start)
       record.restart_clock()
     while step < total_steps:

@@ -116,7 +116,9 @@ def test_a_student_equal_to_its_teacher_has_zero_kl_and_zero_soft_gradient():
 def teacher_params(config, shardings=None):
   """Random parameters of the teacher `config` names, laid out by `shardings`."""
   model = GPT(model_config(distill.model_config(config)))
-  init = lambda r: nn.unbox(model.init(r, jnp.zeros((1, model.config.seq_len), jnp.int32)))["params"]
+  init = lambda r: nn.unbox(model.init(r, jnp.zeros((1, model.config.seq_len), jnp.int32)))[
+    "params"
+  ]
   return jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(5))
 
 
