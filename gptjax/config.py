@@ -21,10 +21,7 @@ ATTENTION_IMPLS = ("xla", "cudnn")
 DTYPES = ("float32", "bfloat16")
 MESH_AXES = ("data", "fsdp", "tensor")
 OBJECTIVES = ("lm", "sft", "classify", "choice", "distill")  # the losses of gptjax/objectives.py
-KL_DIRECTIONS = (
-  "forward",
-  "reverse",
-)  # distill.kl: KL(teacher || student) or KL(student || teacher)
+KL_DIRECTIONS = ("forward", "reverse")  # distill.kl: KL(teacher || student), or reversed
 INIT_FROM_KINDS = ("run", "hf")  # train.init_from sources: a gptjax run, a Hugging Face directory
 
 
@@ -173,14 +170,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.distill = ml_collections.ConfigDict()
   c.distill.teacher = ""  # distill: 'run:DIR', 'run:DIR@STEP' or 'hf:DIR', the frozen teacher (same grammar as train.init_from)
-  c.distill.temperature = (
-    1.0  # T: both distributions are softmax(logits / T); the soft loss is scaled by T^2
-  )
+  c.distill.temperature = 1.0  # T: softmax(logits / T) on both sides; the KL is scaled by T^2
   c.distill.alpha = 0.5  # weight of the soft loss; the data's cross-entropy gets 1 - alpha
   c.distill.kl = "forward"  # 'forward': KL(teacher || student); 'reverse': KL(student || teacher)
-  c.distill.teacher_dtype = (
-    "float32"  # dtype the teacher's parameters are held in: 'float32' or 'bfloat16'
-  )
+  c.distill.teacher_dtype = "float32"  # the teacher's parameters: 'float32' or 'bfloat16'
 
   c.eval = ml_collections.ConfigDict()
   c.eval.tasks = ""  # after training: comma-separated 'perplexity' or TASK=FILE.jsonl (hellaswag, lambada, choice), each scored like python -m gptjax.evaluate
