@@ -304,3 +304,54 @@ def test_a_student_with_another_tokenizer_is_refused_before_it_writes(teacher_ru
   with pytest.raises(ValueError, match=r"the teacher's tokenizer \(bytes-v1, 257 ids\) is not"):
     train.run(c, str(workdir))
   assert not workdir.exists() or not any(workdir.iterdir())
+
+
+# ---- the report on a fabricated distillation sweep ----------------------------------
+
+
+def write_run(path, n, loss, teacher="", evals=((4, None),)):
+  """A completed run directory (summary.json, metrics.jsonl) of N params on 1,024 tokens."""
+  os.makedirs(path)
+  rows = [
+    {
+      "step": step,
+      "tokens": 256 * step,
+      "flops": 6 * n * 256 * step,
+      "eval_loss": value,
+      "eval_loss_sem": 0.01,
+    }
+    for step, value in ((s, loss if v is None else v) for s, v in evals)
+  ]
+  (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  summary = {
+    "n_params": n + 1000, "n_params_non_embedding": n, "n_layer": 1, "d_model": 32,
+    "tokens": 1024, "flops": 6 * n * 1024, "final_train_loss": loss, "final_eval_loss": loss,
+    "wall_s": 1.0, "status": "completed", "teacher": teacher,
+  }  # fmt: skip
+  (path / "summary.json").write_text(json.dumps(summary))
+
+
+@pytest.mark.slow
+def test_the_report_sets_distilled_students_beside_scratch_and_fits_scratch_alone(tmp_path):
+  teacher_dir = tmp_path / "teacher"
+  write_run(teacher_dir, 10**6, 2.0, evals=((2, 2.1), (4, 2.0)))
+  spec = f"run:{teacher_dir}@2"  # the students read step 2: its eval loss is 2.1
+  root = tmp_path / "sweep"
+  scratch = {1000: 3.0, 2000: 2.8, 4000: 2.65, 8000: 2.55}
+  members = {f"n{n}": (n, loss, "") for n, loss in scratch.items()}
+  members |= {"n1000-distilled": (1000, 2.9, spec), "n2000-distilled": (2000, 2.81, spec)}
+  for name, (n, loss, teacher) in members.items():
+    write_run(root / name, n, loss, teacher)
+  (root / "sweep.json").write_text(json.dumps({name: {} for name in members}))
+  from gptjax import report
+
+  paths = report.run_render(report.parser().parse_args(["render", str(root), "--bootstrap", "20"]))
+  fits = json.loads(open(paths["fits"]).read())
+  assert [(d["n"], d["teacher_loss"], d["scratch_loss"], d["distilled_loss"]) for d in
+          fits["distillation"]] == [(1000, 2.1, 3.0, 2.9), (2000, 2.1, 2.8, 2.81)]  # fmt: skip
+  assert fits["distillation"][0]["gain"] == pytest.approx(0.1)
+  assert fits["distillation"][0]["gain_se"] == pytest.approx(0.01 * np.sqrt(2))
+  assert "loss_vs_n" in fits  # four scratch sizes, one each: the distilled twins stay out
+  markdown = open(paths["md"]).read()
+  assert "## Distillation" in markdown and os.path.getsize(paths["distillation"]) > 0
+  assert "beat scratch by more than 2 s.e. at 1 of 2 sizes" in markdown

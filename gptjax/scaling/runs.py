@@ -54,6 +54,7 @@ class Run:
   status: str
   eval_curve: Curve
   train_curve: Curve  # train loss at log rows (sem is nan)
+  teacher: str = ""  # a distilled student's distill.teacher (summary.json); '' from scratch
 
   @property
   def completed(self) -> bool:
@@ -131,6 +132,7 @@ def read_run(path: str, name: str | None = None) -> Run:
     status=str(summary["status"]),
     eval_curve=evals,
     train_curve=_curve(rows, "train_loss", "train_loss_sem"),
+    teacher=str(summary.get("teacher") or ""),
   )
 
 
