@@ -355,3 +355,20 @@ def test_the_report_sets_distilled_students_beside_scratch_and_fits_scratch_alon
   markdown = open(paths["md"]).read()
   assert "## Distillation" in markdown and os.path.getsize(paths["distillation"]) > 0
   assert "beat scratch by more than 2 s.e. at 1 of 2 sizes" in markdown
+
+
+@pytest.mark.slow
+def test_a_bfloat16_teacher_loads_sharded_by_the_rules(teacher_run):
+  config = distill.resolve(
+    student_config(
+      teacher_run, **{"distill.teacher_dtype": "bfloat16", "mesh.ici.data": 2, "mesh.ici.fsdp": 4}
+    )
+  )
+  program = build(config)
+  params = distill.load_params(config, program.teacher_shardings)
+  source = jax.device_get(gptjax.load(teacher_run).params)
+  for loaded, saved, sharding_ in zip(
+    jax.tree.leaves(params), jax.tree.leaves(source), jax.tree.leaves(program.teacher_shardings)
+  ):
+    assert loaded.dtype == jnp.bfloat16 and loaded.sharding == sharding_
+    np.testing.assert_array_equal(np.asarray(loaded), saved.astype(jnp.bfloat16))
