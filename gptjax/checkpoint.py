@@ -46,11 +46,12 @@ RESUME_FIELDS = tuple(
     "param_dtype",
     "special_tokens",
   )
-) + ("train.batch_size", "train.objective")
+) + ("train.batch_size", "train.objective", "distill.teacher")
 # What checkpoints written before a resume field existed were trained with.
 RESUME_DEFAULTS = {
   "model.special_tokens": 0,
   "train.objective": "lm",
+  "distill.teacher": "",
   "optim.warmup_tokens": 0,
   "optim.schedule": "cosine",
   "optim.decay_tokens": 0,

@@ -20,7 +20,8 @@ ARCHITECTURES = ("gpt2", "gpt1")
 ATTENTION_IMPLS = ("xla", "cudnn")
 DTYPES = ("float32", "bfloat16")
 MESH_AXES = ("data", "fsdp", "tensor")
-OBJECTIVES = ("lm", "sft", "classify", "choice")  # the losses of gptjax/objectives.py
+OBJECTIVES = ("lm", "sft", "classify", "choice", "distill")  # the losses of gptjax/objectives.py
+KL_DIRECTIONS = ("forward", "reverse")  # distill.kl: KL(teacher || student), or reversed
 INIT_FROM_KINDS = ("run", "hf")  # train.init_from sources: a gptjax run, a Hugging Face directory
 
 
@@ -144,7 +145,7 @@ def base_config() -> ml_collections.ConfigDict:
   )
   c.train.dry_run = False  # compile the train step for the mesh, print per-device memory, and exit
   c.train.epochs = 0  # sft/classify/choice: if > 0, steps = ceil(epochs * training examples (sft: packed rows) / batch_size)
-  c.train.objective = "lm"  # the loss of the one train step: 'lm', 'sft', 'classify' or 'choice' (gptjax/objectives.py)
+  c.train.objective = "lm"  # the loss of the one train step: 'lm', 'sft', 'classify', 'choice' or 'distill' (gptjax/objectives.py)
   c.train.init_from = ""  # '' (fresh), 'run:DIR', 'run:DIR@STEP' or 'hf:DIR': start from those parameters (fresh optimizer, step 0)
   c.train.extend = False  # on resume, accept changed train.steps/tokens or optim.* (the schedule is recomputed, and the log says how the lr moves)
 
@@ -180,6 +181,13 @@ def base_config() -> ml_collections.ConfigDict:
     "response"  # sft: the response (loss on it and the closing end-of-text)
   )
   c.finetune.too_long = "truncate"  # an example over model.seq_len: 'truncate' its first text from the left, or 'refuse'
+
+  c.distill = ml_collections.ConfigDict()
+  c.distill.teacher = ""  # distill: 'run:DIR', 'run:DIR@STEP' or 'hf:DIR', the frozen teacher (same grammar as train.init_from)
+  c.distill.temperature = 1.0  # T: softmax(logits / T) on both sides; the KL is scaled by T^2
+  c.distill.alpha = 0.5  # weight of the soft loss; the data's cross-entropy gets 1 - alpha
+  c.distill.kl = "forward"  # 'forward': KL(teacher || student); 'reverse': KL(student || teacher)
+  c.distill.teacher_dtype = "float32"  # the teacher's parameters: 'float32' or 'bfloat16'
 
   c.eval = ml_collections.ConfigDict()
   c.eval.tasks = ""  # after training: comma-separated 'perplexity' or TASK=FILE.jsonl (hellaswag, lambada, choice), each scored like python -m gptjax.evaluate
@@ -253,36 +261,63 @@ def override(
   return out
 
 
-def parse_init_from(spec: str) -> tuple[str, str, int | None]:
-  """(kind, directory, step or None) of a non-empty train.init_from; ValueError if malformed."""
+def parse_init_from(spec: str, field: str = "train.init_from") -> tuple[str, str, int | None]:
+  """(kind, directory, step or None) of a non-empty train.init_from (or another `field`
+  of the same grammar: distill.teacher); ValueError if malformed."""
   kind, _, rest = spec.partition(":")
   step = None
   if kind == "run" and "@" in rest:
     rest, _, step_text = rest.rpartition("@")
     if not step_text.isdigit():
       raise ValueError(
-        f"train.init_from={spec!r}: the step after '@' must be an integer, "
-        "e.g. run:runs/quickstart@600"
+        f"{field}={spec!r}: the step after '@' must be an integer, e.g. run:runs/quickstart@600"
       )
     step = int(step_text)
   if kind not in INIT_FROM_KINDS or not rest:
     raise ValueError(
-      f"train.init_from={spec!r}: use '' (fresh), 'run:DIR', 'run:DIR@STEP' or 'hf:DIR'"
+      f"{field}={spec!r}: use "
+      + ("" if field == "distill.teacher" else "'' (fresh), ")
+      + "'run:DIR', 'run:DIR@STEP' or 'hf:DIR'"
     )
   return kind, os.path.expanduser(rest), step
 
 
-def _init_from_problems(spec: str) -> list[str]:
-  """Problems with the form of train.init_from and the existence of its directory."""
+def _init_from_problems(spec: str, field: str = "train.init_from") -> list[str]:
+  """Problems with the form of train.init_from (or distill.teacher) and the existence of
+  its directory."""
   if not spec:
     return []
   try:
-    _, directory, _ = parse_init_from(spec)
+    _, directory, _ = parse_init_from(spec, field)
   except ValueError as e:
     return [str(e)]
   if not epath.Path(directory).is_dir():
-    return [f"train.init_from={spec!r}: no directory {directory}"]
+    return [f"{field}={spec!r}: no directory {directory}"]
   return []
+
+
+def _distill_problems(c: ml_collections.ConfigDict) -> list[str]:
+  """Problems with the distill.* settings (the teacher's tokenizer is checked on load)."""
+  d, distilling = c.distill, c.train.objective == "distill"
+  if not isinstance(d.teacher, str):
+    return [f"distill.teacher={d.teacher!r}: use 'run:DIR', 'run:DIR@STEP' or 'hf:DIR'"]
+  errors = _init_from_problems(d.teacher, "distill.teacher")
+  if distilling and not d.teacher:
+    errors.append(
+      "distill.teacher='': train.objective='distill' needs a teacher; set it to 'run:DIR'"
+    )
+  if d.teacher and not distilling:
+    errors.append(
+      f"distill.teacher={d.teacher!r}: only read by train.objective='distill' (now "
+      f"{c.train.objective!r}); set the objective or clear the teacher"
+    )
+  if not isinstance(d.temperature, (int, float)) or not d.temperature > 0:
+    errors.append(f"distill.temperature={d.temperature!r}: must be a number > 0 (1 = plain)")
+  if not isinstance(d.alpha, (int, float)) or not 0 <= d.alpha <= 1:
+    errors.append(f"distill.alpha={d.alpha!r}: must be in [0, 1] (the soft loss's weight)")
+  _choice(errors, "distill.kl", d.kl, KL_DIRECTIONS)
+  _choice(errors, "distill.teacher_dtype", d.teacher_dtype, DTYPES)
+  return errors
 
 
 def profile_steps(spec: str) -> tuple[int, int] | None:
@@ -377,6 +412,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     errors.append(f"train.peak_tflops={t.peak_tflops!r}: must be >= 0 (0 = automatic)")
 
   _choice(errors, "train.objective", t.objective, OBJECTIVES)
+  errors.extend(_distill_problems(c))
   f = c.finetune
   if not isinstance(f.lm_weight, (int, float)) or f.lm_weight < 0:
     errors.append(f"finetune.lm_weight={f.lm_weight!r}: must be a number >= 0 (GPT-1 uses 0.5)")
@@ -388,7 +424,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     profile_steps(t.profile_steps)
   except ValueError as e:
     errors.append(str(e))
-  if t.epochs and t.objective == "lm":
+  if t.epochs and t.objective in ("lm", "distill"):
     errors.append(
       f"train.epochs={t.epochs!r}: only for task objectives; pretraining counts "
       "train.steps or train.tokens"

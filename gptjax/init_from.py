@@ -31,14 +31,14 @@ from gptjax.load import checkpoint_steps, load, run_config
 SHAPE_FIELDS = ("architecture", "n_layer", "d_model", "n_head", "d_ff", "vocab_size", "seq_len")
 
 
-def source_model(spec: str) -> dict[str, Any]:
+def source_model(spec: str, field: str = "train.init_from") -> dict[str, Any]:
   """The model.* fields of the source, read from its config.json."""
-  kind, directory, _ = parse(spec)
+  kind, directory, _ = parse(spec, field)
   if kind == "run":
     return run_config(directory).model.to_dict()
   config_file = epath.Path(directory) / "config.json"
   if not config_file.is_file():
-    raise ValueError(f"train.init_from={spec!r}: no config.json in {directory}")
+    raise ValueError(f"{field}={spec!r}: no config.json in {directory}")
   return convert.model_from_hf_config(json.loads(config_file.read_text()))
 
 
@@ -51,7 +51,6 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   spec = config.train.init_from
   if not spec:
     return config
-  kind, directory, step = parse(spec)
   source = source_model(spec)
   diffs = [
     f"model.{f}: source {source[f]!r}, config {config.model[f]!r}"
@@ -64,19 +63,29 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       + "; ".join(diffs)
       + "; set these model.* fields to the source's values"
     )
+  resolved = config.copy_and_resolve_references()
+  resolved.train.init_from = exact(spec)
+  return resolved
+
+
+def exact(spec: str, field: str = "train.init_from") -> str:
+  """`spec` with an absolute directory and, for a run, the step of the checkpoint it
+  names (the newest when it names none), so a resume reads the same parameters.
+
+  Raises ValueError if a run has no such checkpoint.
+  """
+  kind, directory, step = parse(spec, field)
   directory = directory if "://" in directory else os.path.abspath(directory)
   if kind == "run":
     steps = checkpoint_steps(directory)
     if not steps or (step is not None and step not in steps):
       raise ValueError(
-        f"train.init_from={spec!r}: no checkpoint "
+        f"{field}={spec!r}: no checkpoint "
         f"{'' if step is None else f'at step {step} '}in {directory}/checkpoints"
         f" (it has {steps or 'none'})"
       )
     directory = f"{directory}@{steps[-1] if step is None else step}"
-  resolved = config.copy_and_resolve_references()
-  resolved.train.init_from = f"{kind}:{directory}"
-  return resolved
+  return f"{kind}:{directory}"
 
 
 def load_params(config: ml_collections.ConfigDict, shardings: Any) -> Any:
@@ -84,19 +93,25 @@ def load_params(config: ml_collections.ConfigDict, shardings: Any) -> Any:
 
   `config.train.init_from` must be resolved (`resolve`).
   """
+  params = read_params(config.train.init_from, config.model, shardings, config.model.param_dtype)
+  logging.info(
+    "train.init_from: parameters from %s (fresh optimizer, step 0)", config.train.init_from
+  )
+  return params
+
+
+def read_params(spec: str, model: ml_collections.ConfigDict, shardings: Any, dtype: str) -> Any:
+  """The parameters of source `spec` (made `exact`) in `model`'s layout, cast to `dtype`
+  and placed with `shardings`: train.init_from's and distill.teacher's loader."""
   import jax
   import jax.numpy as jnp
 
-  kind, directory, step = parse(config.train.init_from)
+  kind, directory, step = parse(spec)
   if kind == "run":
     source = load(directory, step, mesh=jax.tree.leaves(shardings)[0].mesh)
     tensors = convert.hf_tensors(jax.device_get(source.params), source.config.model)
     tensors = {k.removeprefix("transformer."): v for k, v in tensors.items()}
   else:
     tensors = convert.read_tensors(directory)
-  params = convert.params_from_hf(tensors, config.model)
-  dtype = jnp.dtype(config.model.param_dtype)
-  logging.info(
-    "train.init_from: parameters from %s (fresh optimizer, step 0)", config.train.init_from
-  )
-  return jax.device_put(jax.tree.map(lambda a: a.astype(dtype), params), shardings)
+  params = convert.params_from_hf(tensors, model)
+  return jax.device_put(jax.tree.map(lambda a: a.astype(jnp.dtype(dtype)), params), shardings)

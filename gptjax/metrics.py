@@ -157,6 +157,8 @@ def strict_row(row: dict[str, Any]) -> dict[str, Any]:
 def console_line(row: dict[str, Any], total_steps: int, eta_s: float) -> str:
   """The train row as the console shows it; the loss and grad norm are window means."""
   mfu = f"{100 * row['mfu']:.1f}%" if row.get("mfu") is not None else "n/a"
+  if row.get("mfu_with_teacher") is not None:
+    mfu += f" (student; {100 * row['mfu_with_teacher']:.1f}% with teacher forward)"
   return (
     f"step {row['step']}/{total_steps} | loss {row['train_loss']:.4f} | lr {row['lr']:.2e} | "
     f"grad_norm {row['grad_norm']:.3f} | {row['tokens_per_s']:,.0f} tok/s | MFU {mfu} | "
@@ -177,10 +179,19 @@ def write_json(path: epath.Path, obj: dict[str, Any]) -> None:
     rundir.write_json(path, obj)
 
 
-def position(config: ml_collections.ConfigDict, step: int) -> dict[str, int]:
-  """Where a run is after `step` updates: tokens seen and training FLOPs spent."""
+def position(
+  config: ml_collections.ConfigDict, step: int, teacher_flops_per_token: int = 0
+) -> dict[str, int]:
+  """Where a run is after `step` updates: tokens seen and training FLOPs spent.
+
+  `flops` is the student's own training compute, comparable with any run's; a
+  distillation teacher's forward passes are counted apart, as `teacher_flops`.
+  """
   tokens = step * config.train.batch_size * config.model.seq_len
-  return {"step": step, "tokens": tokens, "flops": tokens * flops.flops_per_token(config.model)}
+  out = {"step": step, "tokens": tokens, "flops": tokens * flops.flops_per_token(config.model)}
+  if teacher_flops_per_token:
+    out["teacher_flops"] = tokens * teacher_flops_per_token
+  return out
 
 
 class RunRecord:
@@ -193,12 +204,15 @@ class RunRecord:
     start_step: int,
     total_steps: int,
     peak_tflops: float,
+    teacher_flops_per_token: int = 0,
   ):
-    """`peak_tflops` is the whole job's peak, all devices together (0: MFU not reported)."""
+    """`peak_tflops` is the whole job's peak, all devices together (0: MFU not reported);
+    `teacher_flops_per_token` a distillation teacher's forward FLOPs (0: none)."""
     self._config = config
     self._total_steps = total_steps
     self._tokens_per_step = config.train.batch_size * config.model.seq_len
     self._flops_per_token = flops.flops_per_token(config.model)
+    self._teacher_flops_per_token = teacher_flops_per_token
     self._peak_flops = peak_tflops * 1e12
     self._writer = MetricsWriter(workdir, start_step)
     self._summary_path = epath.Path(workdir) / "summary.json"
@@ -217,6 +231,7 @@ class RunRecord:
       **counts,
       **{k: config.model[k] for k in ("n_layer", "d_model", "n_head", "seq_len", "vocab_size")},
       "init_from": config.train.init_from,
+      "teacher": config.distill.teacher,
       **self.position(start_step),
       "final_train_loss": None,
       "final_eval_loss": None,
@@ -226,7 +241,7 @@ class RunRecord:
     write_json(self._summary_path, self.summary)
 
   def position(self, step: int) -> dict[str, int]:
-    return position(self._config, step)
+    return position(self._config, step, self._teacher_flops_per_token)
 
   def sync(self) -> None:
     """Stores the rows written so far; training calls it before each checkpoint."""
@@ -255,6 +270,12 @@ class RunRecord:
         self._flops_per_token * tokens_per_s / self._peak_flops if self._peak_flops else None
       ),
     }
+    if self._teacher_flops_per_token:
+      row["mfu_with_teacher"] = (
+        (self._flops_per_token + self._teacher_flops_per_token) * tokens_per_s / self._peak_flops
+        if self._peak_flops
+        else None
+      )
     if window.nonfinite_steps:
       row.update(
         nonfinite_steps=int(window.nonfinite_steps),

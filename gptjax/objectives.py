@@ -1,4 +1,4 @@
-"""The losses the one train step can take: lm, sft, classify and choice.
+"""The losses the one train step can take: lm, sft, classify, choice and distill.
 
 An objective is a pure loss function of (params, batch, rng) that returns summed
 loss terms and their counts, plus what the step needs around it: the logical axes
@@ -9,6 +9,7 @@ global batch, so a masked token weighs the same whichever micro-batch it is in.
 
 Batches are dicts of arrays:
   lm        tokens [B, L+1]
+  distill   tokens [B, L+1], as lm; the loss also takes the frozen teacher's parameters
   sft       inputs, targets, weights (1 on response targets), segment_ids, all [B, L]
             (packed examples numbered 1, 2, ... in each row; 0 is padding)
   classify  tokens [B, K, L+1], weights [B, K, L] (the auxiliary LM loss's targets),
@@ -17,6 +18,12 @@ Batches are dicts of arrays:
 For classify the K sequences of an example (2 for GPT-1's similarity, else 1) have
 their final representations added before the head; for choice each of the K
 answers gets one score and the label is a softmax over them.
+
+distill (Hinton et al. 2015) adds to lm's cross-entropy the KL divergence between
+the teacher's and the student's next-token distributions at temperature T, over
+the vocabulary the tokenizer uses: rows the model pads on (model.vocab_size beyond
+the tokenizer, special tokens) take no part in it. The soft term is scaled by T^2,
+so its gradient keeps its size as T changes.
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ class Objective:
   loss: Callable[[Any, Batch, jax.Array | None], tuple[Terms, Terms]]  # (sums, counts)
   counts: Callable[[Batch], Terms]  # the counts `loss` returns, without a forward pass
   weights: dict[str, float]  # training loss = sum of weight * sum / global count
+  teacher: GPT | None = None  # distill: `loss` then takes the frozen teacher's params 4th
 
 
 def make(
@@ -70,26 +78,36 @@ def make(
   lm_weight: float = 0.5,
   num_outputs: int = 0,
   document_eos_id: int | None = None,
+  distill: Distill | None = None,
 ) -> Objective:
   """The objective `name` (train.objective) for `model`.
 
   `lm_weight` is GPT-1's lambda on the auxiliary LM loss (classify, choice);
   `num_outputs` the classes of a classify head; `document_eos_id` restarts
-  attention at end-of-text tokens under lm (data.document_mask).
+  attention at end-of-text tokens under lm and distill (data.document_mask);
+  `distill` the teacher and settings of distill.
   """
   if name == "lm":
-
-    def lm_counts(batch: Batch) -> Terms:
-      tokens = batch["tokens"]
-      return {"lm": tokens.shape[0] * (tokens.shape[1] - 1)}  # a Python int: exact
 
     def lm_loss(params, batch, rng):
       return (
         {"lm": loss_sums(model, params, batch["tokens"], rng, document_eos_id).sum()},
-        lm_counts(batch),
+        _lm_counts(batch),
       )
 
-    return Objective("lm", {"tokens": ("batch", "length")}, lm_loss, lm_counts, {"lm": 1.0})
+    return Objective("lm", {"tokens": ("batch", "length")}, lm_loss, _lm_counts, {"lm": 1.0})
+  if name == "distill":
+    if distill is None:
+      raise ValueError("train.objective='distill' needs its teacher (objectives.Distill)")
+    weights = {"kl": distill.alpha * distill.temperature**2, "lm": 1.0 - distill.alpha}
+    return Objective(
+      "distill",
+      {"tokens": ("batch", "length")},
+      functools.partial(_distill_loss, model, distill, document_eos_id),
+      _distill_counts,
+      {term: weight for term, weight in weights.items() if weight},  # alpha = 0 is exactly lm
+      teacher=distill.teacher,
+    )
   if name == "sft":
 
     def sft_loss(params, batch, rng):
@@ -136,6 +154,18 @@ def next_token_losses(
 ) -> jax.Array:
   """Cross-entropy [batch, length] of `targets` given `inputs`; `segment_ids` [batch, length]
   keep packed examples from attending to each other and restart their positions."""
+  logits = next_token_logits(model, params, inputs, rng, segment_ids)
+  return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+
+
+def next_token_logits(
+  model: GPT,
+  params: Any,
+  inputs: jax.Array,
+  rng: jax.Array | None,
+  segment_ids: jax.Array | None = None,
+) -> jax.Array:
+  """Float32 logits [batch, length, vocab] after `inputs`; dropout on iff `rng` is given."""
   logits, _ = model.apply(
     {"params": gpt_params(params)},
     inputs,
@@ -143,7 +173,62 @@ def next_token_losses(
     rngs=None if rng is None else {"dropout": rng},
     segment_ids=segment_ids,
   )
-  return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  return logits
+
+
+@dataclasses.dataclass(frozen=True)
+class Distill:
+  """The teacher and settings of the distill objective (distill.* in the config)."""
+
+  teacher: GPT  # its parameters are an argument of the loss, never a constant of it
+  temperature: float  # T
+  alpha: float  # weight of the soft loss; the data's cross-entropy gets 1 - alpha
+  kl: str  # 'forward': KL(teacher || student); 'reverse': KL(student || teacher)
+  vocab_size: int  # the tokenizer's vocabulary: logits from here on take no part in the KL
+
+
+def kl_divergence(
+  student_logits: jax.Array,
+  teacher_logits: jax.Array,
+  temperature: float,
+  direction: str,
+  vocab_size: int,
+) -> jax.Array:
+  """KL [...] between softmax(teacher / T) and softmax(student / T) over the first
+  `vocab_size` logits: KL(teacher || student) for 'forward', KL(student || teacher)
+  for 'reverse'. Logits past `vocab_size` (padding) get neither mass nor gradient."""
+  student = jax.nn.log_softmax(student_logits[..., :vocab_size] / temperature, axis=-1)
+  teacher = jax.nn.log_softmax(teacher_logits[..., :vocab_size] / temperature, axis=-1)
+  p, log_p, log_q = (
+    (teacher, teacher, student) if direction == "forward" else (student, student, teacher)
+  )
+  return (jnp.exp(p) * (log_p - log_q)).sum(axis=-1)
+
+
+def _distill_loss(
+  model: GPT,
+  distill: Distill,
+  document_eos_id: int | None,
+  params: Any,
+  batch: Batch,
+  rng: jax.Array | None,
+  teacher_params: Any,
+) -> tuple[Terms, Terms]:
+  """Summed next-token cross-entropy ('lm') and KL at temperature T to the teacher ('kl').
+
+  One student forward serves both terms; the teacher runs without dropout and no
+  gradient reaches it.
+  """
+  tokens = batch["tokens"]
+  inputs = tokens[:, :-1]
+  segment_ids = None if document_eos_id is None else document_segments(inputs, document_eos_id)
+  logits = next_token_logits(model, params, inputs, rng, segment_ids)
+  teacher_logits = jax.lax.stop_gradient(
+    next_token_logits(distill.teacher, teacher_params, inputs, None, segment_ids)
+  )
+  kl = kl_divergence(logits, teacher_logits, distill.temperature, distill.kl, distill.vocab_size)
+  lm = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
+  return {"lm": lm.sum(axis=-1).sum(), "kl": kl.sum()}, _distill_counts(batch)
 
 
 def loss_sums(
@@ -209,6 +294,16 @@ def _task_loss(
 def _task_counts(batch: Batch) -> Terms:
   examples = batch["example_weights"].sum()
   return {"task": examples, "lm": batch["weights"].sum(), "correct": examples}
+
+
+def _lm_counts(batch: Batch) -> Terms:
+  tokens = batch["tokens"]
+  return {"lm": tokens.shape[0] * (tokens.shape[1] - 1)}  # a Python int: exact
+
+
+def _distill_counts(batch: Batch) -> Terms:
+  """Both terms count every next-token target, as lm does."""
+  return dict.fromkeys(("kl", "lm"), _lm_counts(batch)["lm"])
 
 
 def _sft_counts(batch: Batch) -> Terms:

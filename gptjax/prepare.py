@@ -26,7 +26,7 @@ def main(argv: list[str]) -> None:
   config = _CONFIG.value
   try:
     config_lib.validate(config)
-    if config.train.objective != "lm":
+    if config.train.objective in ("sft", "classify", "choice"):  # lm and distill read data.*
       _prepare_task(config)
       return
     tokenizer, _ = data.load(config.data, config.model.seq_len, config.train.seed)

@@ -36,6 +36,7 @@ from jax.sharding import Mesh, NamedSharding
 from gptjax import (
   checkpoint,
   data,
+  distill,
   eval_stats,
   flops,
   generate,
@@ -64,6 +65,7 @@ class TrainState:
 def train_step(
   state: TrainState,
   batch: objectives.Batch,
+  teacher: Any = None,
   *,
   objective: objectives.Objective,
   tx: optax.GradientTransformation,
@@ -79,7 +81,8 @@ def train_step(
   micro-batch gradients are exactly the gradient of the global masked mean,
   however unevenly the masks fall across micro-batches. The running sum is pinned
   to the parameters' shardings (`grad_shardings`); left to itself, XLA may keep a
-  replicated float32 copy of every gradient on each device.
+  replicated float32 copy of every gradient on each device. `teacher` is the frozen
+  teacher's parameters under distill: an input of the loss, never updated.
   """
 
   def constrain(grads):
@@ -89,9 +92,10 @@ def train_step(
 
   totals = objective.counts(batch)
   step_rng = jax.random.fold_in(state.rng, state.step)
+  frozen = () if objective.teacher is None else (teacher,)
 
   def micro_loss(params, micro_batch, rng):
-    sums, _ = objective.loss(params, micro_batch, rng)
+    sums, _ = objective.loss(params, micro_batch, rng, *frozen)
     return sum(
       weight * sums[term] / jnp.maximum(totals[term], 1)
       for term, weight in objective.weights.items()
@@ -174,10 +178,10 @@ def accumulate(window: Window, metrics: dict[str, jax.Array], step: jax.Array) -
 
 
 def windowed_train_step(
-  state: TrainState, window: Window, batch: objectives.Batch, **kwargs: Any
+  state: TrainState, window: Window, batch: objectives.Batch, teacher: Any = None, **kwargs: Any
 ) -> tuple[TrainState, Window]:
   """train_step plus the window sums: what the loop runs, one dispatch per update."""
-  new_state, metrics = train_step(state, batch, **kwargs)
+  new_state, metrics = train_step(state, batch, teacher, **kwargs)
   return new_state, accumulate(window, metrics, new_state.step)
 
 
@@ -240,8 +244,9 @@ class Program:
   batch_sharding: NamedSharding  # token rows [batch, length] (the LM eval's)
   batch_shardings: dict[str, NamedSharding]  # each field of the objective's batches
   abstract_state: TrainState  # ShapeDtypeStructs carrying their shardings
+  teacher_shardings: Any  # distill: the teacher's parameters, by the same rules; else None
   init: Callable[[jax.Array], TrainState]
-  train_step: Callable[[TrainState, Window, objectives.Batch], tuple[TrainState, Window]]
+  train_step: Callable[..., tuple[TrainState, Window]]  # (state, window, batch[, teacher])
   eval_step: Callable[..., dict[str, jax.Array]]
   objective_eval: Callable[[Any, objectives.Batch], tuple[objectives.Terms, objectives.Terms]]
   all_finite: Callable[[Any], jax.Array]
@@ -257,20 +262,36 @@ class Program:
     }
 
 
-def build(config: ml_collections.ConfigDict, mesh: Mesh, eos_id: int) -> Program:
+def build(
+  config: ml_collections.ConfigDict, mesh: Mesh, eos_id: int, vocab_size: int | None = None
+) -> Program:
   """eval_shape -> logical specs -> mesh shardings -> jit with explicit shardings.
 
-  `eos_id` is the tokenizer's end-of-text id, used when data.document_mask is on.
+  `eos_id` is the tokenizer's end-of-text id, used when data.document_mask is on;
+  `vocab_size` the tokenizer's vocabulary (default model.vocab_size), the logits
+  distillation's KL compares.
   """
   model = GPT(model_config(config.model))
   document_eos_id = eos_id if config.data.document_mask else None
   axis_rules = sharding.rules(config.mesh)
+  teacher = (
+    GPT(model_config(distill.model_config(config))) if config.train.objective == "distill" else None
+  )
   objective = objectives.make(
     config.train.objective,
     model,
     lm_weight=config.finetune.lm_weight,
     num_outputs=config.finetune.num_classes,
     document_eos_id=document_eos_id,
+    distill=None
+    if teacher is None
+    else objectives.Distill(
+      teacher,
+      config.distill.temperature,
+      config.distill.alpha,
+      config.distill.kl,
+      vocab_size or config.model.vocab_size,
+    ),
   )
   param_axes = nn.get_partition_spec(
     jax.eval_shape(
@@ -296,6 +317,7 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, eos_id: int) -> Program
   batch_sharding = sharding.batch_sharding(mesh, axis_rules)
   batch_shardings = sharding.batch_shardings(objective.batch_axes, mesh, axis_rules)
   replicated = sharding.replicated(mesh)
+  teacher_shardings = None if teacher is None else _param_shardings(teacher, mesh, axis_rules)
   step = functools.partial(
     windowed_train_step,
     objective=objective,
@@ -314,10 +336,12 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, eos_id: int) -> Program
     batch_sharding=batch_sharding,
     batch_shardings=batch_shardings,
     abstract_state=abstract_state,
+    teacher_shardings=teacher_shardings,
     init=jax.jit(lambda rng: nn.unbox(init_fn(rng)), out_shardings=state_shardings),
     train_step=jax.jit(
       step,
-      in_shardings=(state_shardings, replicated, batch_shardings),
+      in_shardings=(state_shardings, replicated, batch_shardings)
+      + (() if teacher is None else (teacher_shardings,)),
       out_shardings=(state_shardings, replicated),
       donate_argnums=0,
     ),
@@ -333,6 +357,14 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, eos_id: int) -> Program
       out_shardings=replicated,
     ),
   )
+
+
+def _param_shardings(model: GPT, mesh: Mesh, axis_rules: sharding.Rules) -> Any:
+  """Shardings of `model`'s parameters by their logical axes (a distillation teacher's)."""
+  tokens = jax.ShapeDtypeStruct((1, model.config.seq_len), jnp.int32)
+  with sharding.active(mesh, axis_rules):
+    boxed = jax.eval_shape(model.init, jax.random.PRNGKey(0), tokens)["params"]
+  return sharding.logical_to_sharding(nn.get_partition_spec(boxed), mesh, axis_rules)
 
 
 class _Interrupts:
@@ -475,7 +507,7 @@ def _task_tokenizer(config: ml_collections.ConfigDict) -> Any:
 
 def _load_data(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, Any]:
   """Tokenizer and batches; process 0 prepares the caches while the others wait."""
-  if config.train.objective != "lm":
+  if config.train.objective not in ("lm", "distill"):
     load = lambda: (lambda tok: (tok, tasks.load(config, tok)))(_task_tokenizer(config))
   else:
     load = functools.partial(data.load, config.data, config.model.seq_len, config.train.seed)
@@ -501,7 +533,7 @@ def _load_data(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, An
       f"model.vocab_size={config.model.vocab_size}: smaller than the tokenizer's vocabulary "
       f"({tokenizer.vocab_size}); set model.vocab_size >= {tokenizer.vocab_size}"
     )
-  if config.train.objective == "lm":
+  if config.train.objective in ("lm", "distill"):
     logging.info(
       "baseline: a unigram model of the train split scores %.4f nats/token on validation",
       lm_data.unigram_cross_entropy(),
@@ -534,6 +566,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """
   validate(config)
   config = init_from.resolve(config)  # a source of another shape is refused here, before any work
+  config = distill.resolve(config)
   rundir.check(workdir)
   interrupts = _Interrupts()
   mesh = sharding.make_mesh(config.mesh)
@@ -596,8 +629,9 @@ def _run_locked(
       config.train.batch_size,
       lm_data.rows,
     )
+  distill.check_tokenizer(config, tokenizer)
   _log_model(config)
-  program = build(config, mesh, tokenizer.eos_id)
+  program = build(config, mesh, tokenizer.eos_id, tokenizer.vocab_size)
   with sharding.active(mesh, program.axis_rules):
     mngr = checkpoint.manager(workdir, config)
     try:
@@ -631,8 +665,23 @@ def _run_locked(
               out_shardings=program.state_shardings.params,
             )(state.params, pretrained)
           )
+        teacher = (
+          None
+          if program.teacher_shardings is None
+          else distill.load_params(config, program.teacher_shardings)
+        )
         summary = _train(
-          config, workdir, program, mngr, state, start_step, tokenizer, lm_data, interrupts, lock
+          config,
+          workdir,
+          program,
+          mngr,
+          state,
+          start_step,
+          tokenizer,
+          lm_data,
+          interrupts,
+          lock,
+          teacher,
         )
     except BaseException:
       try:  # closing waits for pending saves; a failed one would hide the error in flight
@@ -652,7 +701,10 @@ def _finished(workdir: str, config: ml_collections.ConfigDict) -> bool:
   return any(
     r.get("step") == train_steps(config)
     and "eval_loss" in r
-    and (config.train.objective != "lm" or r.get("eval_sequences") == config.data.eval_sequences)
+    and (
+      config.train.objective not in ("lm", "distill")
+      or r.get("eval_sequences") == config.data.eval_sequences
+    )
     for r in metrics.read_rows(workdir)
   )
 
@@ -744,11 +796,16 @@ def _train(
   lm_data: Any,
   interrupts: _Interrupts,
   lock: rundir.RunLock | None,
+  teacher: Any = None,
 ) -> dict[str, Any]:
-  """The host loop: dispatch steps, read rows one step late, eval, checkpoint, stop."""
-  tc, total_steps = config.train, train_steps(config)
+  """The host loop: dispatch steps, read rows one step late, eval, checkpoint, stop.
 
-  lm = tc.objective == "lm"
+  `teacher` (distill) is the frozen teacher's parameters, an extra argument of every step.
+  """
+  tc, total_steps = config.train, train_steps(config)
+  frozen = () if teacher is None else (teacher,)
+
+  lm = tc.objective in ("lm", "distill")  # a distilled student is scored on the true data
   eval_batch_size = tc.batch_size // tc.grad_accum_steps
 
   def global_batch(step: int) -> objectives.Batch:
@@ -785,8 +842,15 @@ def _train(
 
   peak_tflops, peak_note = flops.device_peak(tc.peak_tflops, config.model.dtype)
   logging.info("MFU divides by %s, %d of them", peak_note, flops.peak_units())
+  teacher_flops = 0 if teacher is None else distill.flops_per_token(config)
+  if teacher_flops:
+    logging.info(
+      "tokens/s and MFU count the student's training FLOPs only; mfu_with_teacher adds "
+      "the teacher's forward pass (%s FLOPs/token)",
+      f"{teacher_flops:,}",
+    )
   record = metrics.RunRecord(
-    config, workdir, start_step, total_steps, peak_tflops * flops.peak_units()
+    config, workdir, start_step, total_steps, peak_tflops * flops.peak_units(), teacher_flops
   )
   zero_window = jax.device_put(Window.zeros(), sharding.replicated(program.mesh))
   window, pending = zero_window, None  # pending: (step, window) read after the next dispatch
@@ -813,13 +877,13 @@ def _train(
       run_eval(0)  # a fine-tuning curve starts at its source model
     if step < total_steps:
       compile_start = time.perf_counter()
-      step_fn = program.train_step.lower(state, zero_window, global_batch(step)).compile()
+      step_fn = program.train_step.lower(state, zero_window, global_batch(step), *frozen).compile()
       logging.info("compiled the train step in %.1f s", time.perf_counter() - compile_start)
       record.restart_clock()
     while step < total_steps:
       checkpoint.check_saves(mngr)
       profiler.before(step, state)
-      state, window = step_fn(state, window, global_batch(step))
+      state, window = step_fn(state, window, global_batch(step), *frozen)
       step += 1
       profiler.after(step, state)
       read_rows()

@@ -407,7 +407,7 @@ def load(config: ml_collections.ConfigDict, tokenizer: Any) -> TaskData:
 def problems(config: ml_collections.ConfigDict) -> list[str]:
   """Problems with the finetune.* settings a task objective reads (files are checked on load)."""
   f, errors = config.finetune, []
-  if config.train.objective == "lm":
+  if config.train.objective in ("lm", "distill"):  # token streams, not task files
     return errors
   for name in ("train_file", "eval_file"):
     path = os.path.expanduser(f[name])

@@ -292,3 +292,44 @@ def frontier(a: Analysis) -> Figure:
   return _finish(
     fig, ax, "Compute-optimal model size", "training FLOPs C", "N_opt (non-embedding parameters)"
   )
+
+
+def distillation(pairs: list) -> Figure:
+  """Student eval loss on the true data against N: from scratch (black), distilled from each
+  teacher (a colour each), and each teacher's own eval loss (dashed, its colour)."""
+  fig = Figure(figsize=SIZE)
+  ax = fig.add_subplot()
+  scratch = sorted({p.scratch.name: p.scratch for p in pairs}.values(), key=lambda r: r.n)
+  ax.errorbar(
+    [r.n for r in scratch],
+    [r.final_eval_loss for r in scratch],
+    yerr=np.nan_to_num([r.final_eval_sem for r in scratch]),
+    fmt="o-",
+    color="black",
+    ms=4,
+    capsize=2,
+    label="from scratch",
+  )
+  teachers = list(dict.fromkeys(p.teacher for p in pairs))
+  for teacher, colour in zip(teachers, cm.tab10.colors):
+    mine = [p for p in pairs if p.teacher == teacher]
+    ax.errorbar(
+      [p.n for p in mine],
+      [p.distilled.final_eval_loss for p in mine],
+      yerr=np.nan_to_num([p.distilled.final_eval_sem for p in mine]),
+      fmt="s-",
+      color=colour,
+      ms=4,
+      capsize=2,
+      label=f"distilled from {teacher.name}",
+    )
+    if np.isfinite(teacher.loss):
+      ax.axhline(teacher.loss, color=colour, ls="--", lw=1, label=f"teacher {teacher.name}")
+  ax.legend(fontsize=7)
+  return _finish(
+    fig,
+    ax,
+    "Distilled and from-scratch students at equal tokens",
+    "student non-embedding parameters N",
+    "eval loss on the data (nats/token)",
+  )

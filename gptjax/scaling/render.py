@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from gptjax.scaling import analysis, downstream, finetuned, plots
+from gptjax.scaling import analysis, distillation, downstream, finetuned, plots
 from gptjax.scaling.analysis import Analysis
 from gptjax.scaling.document import Document
 from gptjax.scaling.runs import Sweep
@@ -188,10 +188,28 @@ def write_report(
   # Degenerate bootstrap refits (an unidentified E sends alpha to extremes) overflow by design;
   # their percentiles are reported as they come out.
   # Fine-tuning runs scored on a task have a task loss: they get their own section, not fits.
+  # Distilled students are compared with their from-scratch twins below; the scaling fits
+  # take the from-scratch runs alone, as one student size trained two ways is not a ladder.
   lm_runs = [r for r in sweep.runs if not r.task]
+  students = distillation.pairs(sweep.runs)
+  distilled = [r.name for r in sweep.runs if r.teacher]
   with np.errstate(over="ignore", invalid="ignore"):
-    a = analysis.analyse(lm_runs, resamples=resamples, seed=seed)
+    a = analysis.analyse([r for r in lm_runs if not r.teacher], resamples=resamples, seed=seed)
     fits = analysis.fits_json(a)
+  if students:
+    fits["distillation"] = [
+      {
+        "n": p.n,
+        "tokens": p.tokens,
+        "teacher": p.teacher.spec,
+        "teacher_loss": p.teacher.loss,
+        "scratch_loss": p.scratch.final_eval_loss,
+        "distilled_loss": p.distilled.final_eval_loss,
+        "gain": p.gain,
+        "gain_se": p.gain_se,
+      }
+      for p in students
+    ]
   fits["bootstrap"] = {
     "resamples": resamples,
     "seed": seed,
@@ -213,10 +231,16 @@ def write_report(
       f"; {status}: {', '.join(names)}" for status, names in _not_completed(sweep.runs).items()
     )
     + (f"; not started: {', '.join(sweep.not_started)}" if sweep.not_started else "")
+    + (
+      f"; distilled students ({', '.join(distilled)}) are left out of the fits and compared "
+      "under Distillation"
+      if distilled
+      else ""
+    )
     + f". Generated {datetime.datetime.now().isoformat(timespec='seconds')} by "
     "`python -m gptjax.report`."
   )
-  headline = _headline(fits)
+  headline = _headline(fits) + distillation.findings(students)
   if headline:
     doc.heading("Findings")
     doc.bullets(headline)
@@ -248,6 +272,8 @@ def write_report(
       ],
     )
     doc.figure("isoflop.png", figures["isoflop"][1])
+  if students:
+    _distillation(doc, students, out_dir)
   if "frontier" in figures:
     doc.heading("Compute-optimal frontier")
     doc.figure("frontier.png", figures["frontier"][1])
@@ -282,6 +308,7 @@ def write_report(
         *figures,
         *(["downstream"] if tasks else []),
         *(["finetuned"] if finetuned_points else []),
+        *(["distillation"] if students else []),
       ]
     }
   )
@@ -357,6 +384,39 @@ def _finetuned(doc: Document, finetuned_points: list[finetuned.Point], fits: dic
     "finetuned.png",
     "Fine-tuned eval accuracy (± binomial s.e.) against the pretraining FLOPs of the checkpoint "
     "each run started from, and against that source's final eval loss.",
+  )
+
+
+def _distillation(doc: Document, pairs: list[distillation.Pair], out_dir: str) -> None:
+  """Each distilled student next to its from-scratch twin, as a table and a figure."""
+  doc.heading("Distillation")
+  doc.text(
+    "Students trained on the same tokens from scratch and distilled from a teacher "
+    "(distill.alpha x T^2 x KL + (1 - alpha) x cross-entropy); both scored by cross-entropy on "
+    "the true validation data. Gain = scratch - distilled (> 0: distillation helped), its "
+    "standard error treating the two evals as independent (conservative: they share the set)."
+  )
+  doc.table(
+    ["teacher", "teacher loss", "student N", "D", "scratch", "distilled", "gain ± s.e."],
+    [
+      [
+        p.teacher.name,
+        _num(p.teacher.loss),
+        f"{p.n:,}",
+        f"{p.tokens:.3g}",
+        _num(p.scratch.final_eval_loss),
+        _num(p.distilled.final_eval_loss),
+        f"{p.gain:+.4f} ± {p.gain_se:.4f}",
+      ]
+      for p in pairs
+    ],
+  )
+  with np.errstate(over="ignore", invalid="ignore"):
+    plots.distillation(pairs).savefig(os.path.join(out_dir, "distillation.png"), dpi=110)
+  doc.figure(
+    "distillation.png",
+    "Student eval loss against N: from scratch (black), distilled (colours), and each "
+    "teacher's own eval loss (dashed).",
   )
 
 

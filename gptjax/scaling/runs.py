@@ -54,6 +54,7 @@ class Run:
   status: str
   eval_curve: Curve
   train_curve: Curve  # train loss at log rows (sem is nan)
+  teacher: str = ""  # a distilled student's distill.teacher (summary.json); '' from scratch
   init_from: str = ""  # the source of a run that started from another's parameters
   accuracy: float = math.nan  # a classify/choice fine-tuning run's final eval accuracy
   accuracy_se: float = math.nan  # and its binomial standard error
@@ -142,6 +143,7 @@ def read_run(path: str, name: str | None = None) -> Run:
     init_from=str(summary.get("init_from") or ""),
     accuracy=_number(summary.get("final_eval_accuracy")),
     accuracy_se=_number(summary.get("final_eval_accuracy_se")),
+    teacher=str(summary.get("teacher") or ""),
   )
 
 
