@@ -8,10 +8,11 @@ seed), and distilled from each of two teachers, scaling_cpu's two largest member
 teachers first:
 
   python -m gptjax.sweep --config=experiments/scaling_cpu.py --workdir=runs/scaling_cpu
-  python -m gptjax.sweep --config=experiments/distill_sweep_cpu.py --workdir=runs/distill_cpu
+  python -m gptjax.sweep --config=experiments/distill_sweep_cpu.py:runs/scaling_cpu \
+      --workdir=runs/distill_sweep_cpu
 
-(TEACHER_SWEEP is relative to the directory the sweep runs in.) Every member has
-scaling_cpu's settings (bytes, seq_len 256, batch 16, Kaplan's LR(N)), so students
+(The argument is the teachers' sweep directory, relative to where the sweep runs.)
+Every member has scaling_cpu's settings, read from that file (bytes, seq_len 256, batch 16, Kaplan's LR(N)), so students
 and teachers share the tokenizer; distill.alpha = 0.5 and T = 1 (the defaults'
 alpha; T = 1 is what works for language models, Busbridge et al. 2025). The
 students' eval loss is the cross-entropy on the true validation data, the same
@@ -23,31 +24,32 @@ for l4-d256 and 9.0e12 for l3-d192, so 1.3e14 FLOP in all: about an hour at
 these models' 4e10 FLOP/s on this CPU. Run with --parallel=1.
 """
 
-from gptjax.config import base_config
+import importlib.util
+import os
+
 from gptjax.scaling import sizes
 
 STUDENTS = [(1, 64), (2, 64), (2, 128)]  # N = 50K, 100K, 397K
 TEACHERS = ["l4-d256", "l3-d192"]  # members of experiments/scaling_cpu.py, trained on 3M tokens
-TEACHER_SWEEP = "runs/scaling_cpu"  # where that sweep was run
 
 
-def get_config():
-  c = base_config()
-  c.model.vocab_size = 257  # 256 bytes + EOS, as the teachers
-  c.data.tokenizer = "bytes"  # the teachers' tokenizer
-  c.data.eval_sequences = 64  # 16,384 validation tokens per eval, as the teachers
-  c.train.batch_size = 16  # 4,096 tokens per update
-  c.train.log_every = 25  # steps between metrics rows
-  c.train.eval_every = 250  # steps between evals (plus one at the end)
-  c.train.checkpoint_every = 250  # steps between checkpoints (plus one at the end)
-  c.train.num_samples = 0  # no generation at the end
-  c.optim.warmup_steps = 50  # ~7% of 733 updates
+def _scaling_cpu():
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scaling_cpu.py")
+  spec = importlib.util.spec_from_file_location("scaling_cpu", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def get_config(teacher_sweep: str = "runs/scaling_cpu"):
+  """scaling_cpu's settings (the teachers' data, tokenizer, batch and warmup) plus distill's."""
+  c = _scaling_cpu().get_config()
   c.distill.temperature = 1.0  # T
   c.distill.alpha = 0.5  # half KL to the teacher, half cross-entropy on the data
   return c
 
 
-def get_sweep():
+def get_sweep(teacher_sweep: str = "runs/scaling_cpu"):
   scratch = sizes.ladder(
     STUDENTS, get_config(), lr_rule="kaplan", tokens_rule="fixed", tokens_value=3e6
   )
@@ -55,7 +57,7 @@ def get_sweep():
     f"{name}-from-{teacher}": {
       **overrides,
       "train.objective": "distill",
-      "distill.teacher": f"run:{TEACHER_SWEEP}/{teacher}",
+      "distill.teacher": f"run:{teacher_sweep}/{teacher}",
     }
     for teacher in TEACHERS
     for name, overrides in scratch.items()
