@@ -11,9 +11,11 @@ Byte tokenizer, 256-token context, batch 8 x 256 = 2,048 tokens per update, peak
 lr by Kaplan's LR(N), the embedded corpus (11.5M training bytes: the smallest
 models at 5e12 see it ~3 times).
 
-Time: 5 x 5e11 + 7 x 1.5e12 + 6 x 5e12 = 4.3e13 FLOP; these small models run at
-2-4e10 FLOP/s on this CPU including ~15 s of startup per member, so 20-35 min.
-Run with --parallel=1.
+Time: 7 x 5e11 + 9 x 1.5e12 + 8 x 5e12 = 5.7e13 FLOP, but the smallest models are
+bound by per-step overhead, not FLOPs: a d_model-16 member of the 5e12 budget takes
+~36,000 updates of ~30 ms (plus an eval every 250), over half an hour on 2 cores,
+while the two smaller budgets' 16 members took about an hour together on shared
+cores. Run with --parallel=1.
 """
 
 from gptjax.config import base_config
