@@ -14,7 +14,7 @@ models at 5e12 see it ~3 times).
 Time: 7 x 5e11 + 9 x 1.5e12 + 8 x 5e12 = 5.7e13 FLOP, but the smallest models are
 bound by per-step overhead, not FLOPs: a d_model-16 member of the 5e12 budget takes
 ~36,000 updates of ~30 ms (plus an eval every 250), over half an hour on 2 cores,
-while the two smaller budgets' 16 members took about an hour together on shared
+while the two smaller budgets' 16 members trained for 68 minutes in all on shared
 cores. Run with --parallel=1.
 """
 
