@@ -16,6 +16,7 @@ the run.
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -46,7 +47,14 @@ RESUME_FIELDS = tuple(
     "param_dtype",
     "special_tokens",
   )
-) + ("train.batch_size", "train.objective", "distill.teacher")
+) + (
+  "train.batch_size",
+  "train.batch_ramp.start_tokens",
+  "train.batch_ramp.tokens",
+  "train.batch_ramp.stages",
+  "train.objective",
+  "distill.teacher",
+)
 # What checkpoints written before a resume field existed were trained with.
 RESUME_DEFAULTS = {
   "model.special_tokens": 0,
@@ -57,6 +65,9 @@ RESUME_DEFAULTS = {
   "optim.decay_tokens": 0,
   "optim.decay_fraction": 0.2,
   "optim.decay_shape": "linear",
+  "train.batch_ramp.start_tokens": 0,
+  "train.batch_ramp.tokens": 0,
+  "train.batch_ramp.stages": 4,
 }
 # Settings that define the learning-rate schedule and the update rule: changing them on
 # resume silently bends the run (a longer train.steps restarts the cosine), so it needs
@@ -88,7 +99,7 @@ class SaveFailed(RuntimeError):
 
 
 def _values(config: ml_collections.ConfigDict, fields: tuple[str, ...]) -> dict[str, Any]:
-  return {field: config[field.split(".")[0]][field.split(".")[1]] for field in fields}
+  return {field: functools.reduce(getattr, field.split("."), config) for field in fields}
 
 
 def resume_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from typing import Any
 import ml_collections
 from etils import epath
 
+from gptjax import batch_ramp
+
 REMAT_POLICIES = ("none", "dots_with_no_batch_dims_saveable", "nothing_saveable")
 ARCHITECTURES = ("gpt2", "gpt1")
 ATTENTION_IMPLS = ("xla", "cudnn")
@@ -118,9 +120,17 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 600  # optimizer updates
-  c.train.tokens = 0  # if > 0, steps = ceil(tokens / (batch_size * seq_len)) instead
+  c.train.tokens = 0  # if > 0, steps = ceil(tokens / (batch_size * seq_len)) instead (through train.batch_ramp's stages)
   c.train.batch_size = 16  # global batch in sequences per optimizer update
   c.train.grad_accum_steps = 1  # micro-batches per update; batch_size must divide by it
+  c.train.batch_ramp = ml_collections.ConfigDict()  # GPT-3's batch ramp (gptjax/batch_ramp.py)
+  c.train.batch_ramp.start_tokens = (
+    0  # first stage's global batch in tokens; 0 = constant batch_size
+  )
+  c.train.batch_ramp.tokens = 0  # tokens over which the batch grows to batch_size
+  c.train.batch_ramp.stages = (
+    4  # batch sizes from start up to (not including) batch_size, one per equal token span
+  )
   c.train.seed = 0  # seeds parameters, dropout and data order
   c.train.log_every = 25  # steps between console/metrics.jsonl train rows
   c.train.eval_every = 200  # steps between evals (and one at the end); 0 = only at the end
@@ -221,10 +231,49 @@ def padded_vocab_size(model: ml_collections.ConfigDict) -> int:
 
 
 def train_steps(c: ml_collections.ConfigDict) -> int:
-  """Optimizer updates, derived from train.tokens when that is set."""
+  """Optimizer updates, derived from train.tokens when that is set (through the batch
+  ramp's stages: smaller early batches make more updates)."""
   if c.train.tokens > 0:
-    return math.ceil(c.train.tokens / (c.train.batch_size * c.model.seq_len))
+    table = batch_ramp.stages(c.train, c.model.seq_len)
+    return batch_ramp.total_steps(table, math.ceil(c.train.tokens / c.model.seq_len))
   return c.train.steps
+
+
+def _batch_ramp_problems(t: ml_collections.ConfigDict, seq_len: int) -> list[str]:
+  """train.batch_ramp's problems: whole micro-batches in every stage, nothing ambiguous."""
+  r, errors = t.batch_ramp, []
+  for name in ("start_tokens", "tokens"):
+    _positive(errors, f"train.batch_ramp.{name}", r[name], allow_zero=True)
+  _positive(errors, "train.batch_ramp.stages", r.stages)
+  sizes = (t.batch_size, t.grad_accum_steps, seq_len)
+  if errors or r.start_tokens == 0 or not all(isinstance(v, int) and v > 0 for v in sizes):
+    return errors
+  full = t.batch_size * seq_len
+  if r.start_tokens > full:
+    return [
+      f"train.batch_ramp.start_tokens={r.start_tokens}: above the full batch "
+      f"(train.batch_size * model.seq_len = {full}); a ramp grows the batch"
+    ]
+  if r.start_tokens % seq_len:
+    return [
+      f"train.batch_ramp.start_tokens={r.start_tokens}: not whole sequences of "
+      f"model.seq_len={seq_len}; use a multiple of {seq_len}"
+    ]
+  if t.epochs > 0:
+    return [
+      f"train.epochs={t.epochs} with train.batch_ramp: epochs count constant batches; "
+      "give the length as train.tokens, or set train.batch_ramp.start_tokens=0"
+    ]
+  if r.tokens == 0 and r.start_tokens < full:
+    return ["train.batch_ramp.tokens=0: set the ramp's length in tokens (or start_tokens=0)"]
+  micro = t.batch_size // t.grad_accum_steps
+  if (r.start_tokens // seq_len) % micro:
+    errors.append(
+      f"train.batch_ramp.start_tokens={r.start_tokens}: stage 0 would train on "
+      f"{r.start_tokens // seq_len} sequences, not whole micro-batches of {micro} "
+      "(train.batch_size / train.grad_accum_steps); raise grad_accum_steps or start_tokens"
+    )
+  return errors
 
 
 def _choice(errors: list[str], field: str, value, allowed) -> None:
@@ -389,6 +438,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
       f"train.batch_size={t.batch_size}: not divisible by train.grad_accum_steps="
       f"{t.grad_accum_steps}; make the global batch a multiple of the micro-batch count"
     )
+  errors.extend(_batch_ramp_problems(t, m.seq_len))
   _choice(errors, "train.sample_strategy", t.sample_strategy, ("sample", "greedy", "beam"))
   if t.sample_temperature <= 0:
     errors.append(f"train.sample_temperature={t.sample_temperature!r}: must be > 0")

@@ -29,7 +29,7 @@ import ml_collections
 from absl import logging
 from etils import epath
 
-from gptjax import flops, rundir
+from gptjax import batch_ramp, flops, rundir
 
 
 def _summary_writer_class() -> type:
@@ -184,10 +184,12 @@ def position(
 ) -> dict[str, int]:
   """Where a run is after `step` updates: tokens seen and training FLOPs spent.
 
-  `flops` is the student's own training compute, comparable with any run's; a
-  distillation teacher's forward passes are counted apart, as `teacher_flops`.
+  Tokens are the rows the stage table says were consumed (gptjax.batch_ramp), never
+  steps x final batch. `flops` is the student's own training compute, comparable with
+  any run's; a distillation teacher's forward passes are counted apart, as `teacher_flops`.
   """
-  tokens = step * config.train.batch_size * config.model.seq_len
+  seq_len = config.model.seq_len
+  tokens = batch_ramp.rows_before(batch_ramp.stages(config.train, seq_len), step) * seq_len
   out = {"step": step, "tokens": tokens, "flops": tokens * flops.flops_per_token(config.model)}
   if teacher_flops_per_token:
     out["teacher_flops"] = tokens * teacher_flops_per_token
@@ -210,7 +212,7 @@ class RunRecord:
     `teacher_flops_per_token` a distillation teacher's forward FLOPs (0: none)."""
     self._config = config
     self._total_steps = total_steps
-    self._tokens_per_step = config.train.batch_size * config.model.seq_len
+    self._stages = batch_ramp.stages(config.train, config.model.seq_len)
     self._flops_per_token = flops.flops_per_token(config.model)
     self._teacher_flops_per_token = teacher_flops_per_token
     self._peak_flops = peak_tflops * 1e12
@@ -255,9 +257,11 @@ class RunRecord:
     """Writes the row for the steps since the last one, from their window sums
     (train.Window, fetched from the device): loss and grad norm are window means."""
     now = time.perf_counter()
-    step_time = (now - self._last_row[1]) / max(step - self._last_row[0], 1)
+    first = self._last_row[0]
+    step_time = (now - self._last_row[1]) / max(step - first, 1)
     self._last_row = (step, now)
-    tokens_per_s = self._tokens_per_step / step_time
+    tokens = self.position(step)["tokens"] - self.position(first)["tokens"]
+    tokens_per_s = tokens / max(step - first, 1) / step_time
     steps = max(int(window.steps), 1)
     row = {
       **self.position(step),
@@ -270,6 +274,8 @@ class RunRecord:
         self._flops_per_token * tokens_per_s / self._peak_flops if self._peak_flops else None
       ),
     }
+    if len(self._stages) > 1:  # a batch ramp: rows never straddle a stage (train._train)
+      row["batch_size"] = batch_ramp.stage_at(self._stages, max(step - 1, 0)).batch_size
     if self._teacher_flops_per_token:
       row["mfu_with_teacher"] = (
         (self._flops_per_token + self._teacher_flops_per_token) * tokens_per_s / self._peak_flops

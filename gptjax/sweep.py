@@ -29,8 +29,8 @@ import time
 
 from absl import app, flags
 
+from gptjax import batch_ramp, data, flops, rundir
 from gptjax import config as config_lib
-from gptjax import data, flops, rundir
 from gptjax.evaluate import tasks as eval_tasks
 from gptjax.launch import options, slurm, tpu, tpu_sweep
 from gptjax.launch.job import Job, LaunchError, member, parse_env
@@ -119,7 +119,8 @@ def planned_flops(path: str, sweep: dict[str, dict[str, object]]) -> dict[str, f
       eval_tasks.check_tasks(c.eval.tasks)
     except (KeyError, AttributeError, TypeError, ValueError) as e:
       raise LaunchError(f"member {name!r}: {e}") from None
-    tokens = config_lib.train_steps(c) * c.train.batch_size * c.model.seq_len
+    table = batch_ramp.stages(c.train, c.model.seq_len)
+    tokens = batch_ramp.rows_before(table, config_lib.train_steps(c)) * c.model.seq_len
     planned[name] = float(tokens * flops.flops_per_token(c.model))
   return planned
 

@@ -34,6 +34,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from gptjax import (
+  batch_ramp,
   checkpoint,
   data,
   distill,
@@ -70,7 +71,7 @@ def train_step(
   objective: objectives.Objective,
   tx: optax.GradientTransformation,
   schedule: optax.Schedule,
-  grad_accum_steps: int,
+  micro_batch_size: int,
   use_dropout: bool,
   grad_shardings: Any = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -82,7 +83,9 @@ def train_step(
   however unevenly the masks fall across micro-batches. The running sum is pinned
   to the parameters' shardings (`grad_shardings`); left to itself, XLA may keep a
   replicated float32 copy of every gradient on each device. `teacher` is the frozen
-  teacher's parameters under distill: an input of the loss, never updated.
+  teacher's parameters under distill: an input of the loss, never updated. The batch
+  holds a whole number of micro-batches of `micro_batch_size` rows; their count is the
+  batch's (static) shape, so each stage of a batch ramp is one compile of this step.
   """
 
   def constrain(grads):
@@ -90,6 +93,7 @@ def train_step(
       grads if grad_shardings is None else jax.lax.with_sharding_constraint(grads, grad_shardings)
     )
 
+  grad_accum_steps = next(iter(batch.values())).shape[0] // micro_batch_size
   totals = objective.counts(batch)
   step_rng = jax.random.fold_in(state.rng, state.step)
   frozen = () if objective.teacher is None else (teacher,)
@@ -323,7 +327,7 @@ def build(
     objective=objective,
     tx=tx,
     schedule=optim.schedule(config),
-    grad_accum_steps=config.train.grad_accum_steps,
+    micro_batch_size=config.train.batch_size // config.train.grad_accum_steps,
     use_dropout=config.model.dropout > 0 or config.model.attn_dropout > 0,
     grad_shardings=state_shardings.params,
   )
@@ -808,8 +812,17 @@ def _train(
   lm = tc.objective in ("lm", "distill")  # a distilled student is scored on the true data
   eval_batch_size = tc.batch_size // tc.grad_accum_steps
 
+  stages = batch_ramp.stages(tc, config.model.seq_len)
+  boundaries = {s.first_step for s in stages[1:]}
+
   def global_batch(step: int) -> objectives.Batch:
-    local = lm_data.train_batch(step, tc.batch_size, jax.process_index(), jax.process_count())
+    stage = batch_ramp.stage_at(stages, step)
+    local = lm_data.train_rows(
+      batch_ramp.rows_before(stages, step),
+      stage.batch_size,
+      jax.process_index(),
+      jax.process_count(),
+    )
     if lm:
       local = {"tokens": local}
     return {
@@ -875,19 +888,27 @@ def _train(
   try:
     if not lm and step == 0:
       run_eval(0)  # a fine-tuning curve starts at its source model
-    if step < total_steps:
-      compile_start = time.perf_counter()
-      step_fn = program.train_step.lower(state, zero_window, global_batch(step), *frozen).compile()
-      logging.info("compiled the train step in %.1f s", time.perf_counter() - compile_start)
-      record.restart_clock()
+    compiled: dict[int, Any] = {}  # one executable per stage batch size (batch_ramp)
     while step < total_steps:
+      batch = global_batch(step)
+      size = batch_ramp.stage_at(stages, step).batch_size
+      if size not in compiled:
+        read_rows()  # the last stage's row is timed before the compile pauses the clock
+        compile_start = time.perf_counter()
+        compiled[size] = program.train_step.lower(state, zero_window, batch, *frozen).compile()
+        logging.info(
+          "compiled the train step for %d sequences per update in %.1f s",
+          size,
+          time.perf_counter() - compile_start,
+        )
+        record.restart_clock()
       checkpoint.check_saves(mngr)
       profiler.before(step, state)
-      state, window = step_fn(state, window, global_batch(step), *frozen)
+      state, window = compiled[size](state, window, batch, *frozen)
       step += 1
       profiler.after(step, state)
       read_rows()
-      if step % tc.log_every == 0 or step == total_steps:
+      if step % tc.log_every == 0 or step == total_steps or step in boundaries:
         pending, window = (step, window), zero_window
       evaluate = (tc.eval_every and step % tc.eval_every == 0) or step == total_steps
       preempted = interrupts.reached(step)

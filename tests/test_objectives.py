@@ -53,7 +53,7 @@ def one_step(params, batch, objective, accum):
       objective=objective,
       tx=tx,
       schedule=lambda s: 1.0,
-      grad_accum_steps=accum,
+      micro_batch_size=len(next(iter(batch.values()))) // accum,
       use_dropout=False,
     )
   )

@@ -126,7 +126,7 @@ def test_grad_accumulation_matches_one_big_batch():
         objective=objective,
         tx=tx,
         schedule=schedule,
-        grad_accum_steps=accum,
+        micro_batch_size=16 // accum,
         use_dropout=False,
       )
     )

@@ -151,11 +151,19 @@ class LMData:
   def train_batch(
     self, step: int, batch_size: int, process_index: int = 0, process_count: int = 1
   ) -> np.ndarray:
-    """This process's slice of the global batch for `step`, int32 [B/P, seq_len+1]."""
-    local = _check_shard(batch_size, process_index, process_count)
+    """This process's slice of the global batch for `step` of a constant batch,
+    int32 [B/P, seq_len+1]."""
     if step < 0:
       raise ValueError(f"step={step}: must be >= 0")
-    rows = self.stream_rows(step * batch_size + process_index * local, local)
+    return self.train_rows(step * batch_size, batch_size, process_index, process_count)
+
+  def train_rows(
+    self, first_row: int, batch_size: int, process_index: int = 0, process_count: int = 1
+  ) -> np.ndarray:
+    """This process's slice of the global batch of stream rows first_row.. (the data
+    order is a function of rows consumed, so a batch ramp's growing batches continue it)."""
+    local = _check_shard(batch_size, process_index, process_count)
+    rows = self.stream_rows(first_row + process_index * local, local)
     return packing.gather_rows(self.train_tokens, rows, self.seq_len).tokens
 
   def eval_rows(self, max_sequences: int) -> np.ndarray:

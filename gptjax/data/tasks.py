@@ -349,9 +349,15 @@ class TaskData:
   def train_batch(
     self, step: int, batch_size: int, process_index: int = 0, process_count: int = 1
   ) -> dict[str, np.ndarray]:
-    """This process's slice of the global batch for `step`."""
+    """This process's slice of the global batch for `step` of a constant batch."""
+    return self.train_rows(step * batch_size, batch_size, process_index, process_count)
+
+  def train_rows(
+    self, first_row: int, batch_size: int, process_index: int = 0, process_count: int = 1
+  ) -> dict[str, np.ndarray]:
+    """This process's slice of the global batch of rows first_row.. of the epoch order."""
     local = pipeline._check_shard(batch_size, process_index, process_count)
-    start = step * batch_size + process_index * local
+    start = first_row + process_index * local
     rows = np.fromiter((self._order[i] for i in range(start, start + local)), np.int64, local)
     return {k: v[rows] for k, v in self.train.items()}
 

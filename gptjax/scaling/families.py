@@ -6,6 +6,8 @@ of the GPT-3 paper (Brown et al., 2020); experiment files pick one entry.
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 from gptjax.config import base_config
@@ -43,6 +45,12 @@ GPT3_CONTEXT = 2048
 GPT3_TRAIN_TOKENS = 300e9  # every GPT-3 model saw 300B tokens
 GPT3_WARMUP_TOKENS = 375_000_000  # linear warmup over the first 375M tokens
 GPT3_DECAY_TOKENS = 260_000_000_000  # cosine decay to 10% of the peak at 260B tokens, flat after
+# The batch ramp: linear from 32k tokens to the full batch "over the first 4-12 billion
+# tokens of training, depending on the model size". The paper gives only that range; we
+# read it as log-linear in parameters, 4B at 125M to 12B at 175B.
+GPT3_RAMP_START_TOKENS = 32_768  # 16 sequences of 2048: also the micro-batch under the ramp
+GPT3_RAMP_TOKENS = (4e9, 12e9)
+GPT3_RAMP_STAGES = 8
 
 
 def _shape(
@@ -80,8 +88,9 @@ def gpt2(size: str) -> ml_collections.ConfigDict:
   return c
 
 
-def gpt3(size: str) -> ml_collections.ConfigDict:
-  """A GPT-3 Table 2.1 model: shape, context 2048, batch and peak lr from the paper."""
+def gpt3(size: str, ramp: bool = False) -> ml_collections.ConfigDict:
+  """A GPT-3 Table 2.1 model: shape, context 2048, batch and peak lr from the paper;
+  with `ramp`, its batch-size ramp (micro-batches of the ramp's 16-sequence start)."""
   key = size.lower()
   if key not in GPT3_SIZES:
     raise ValueError(f"GPT-3 size {size!r}: unknown; use one of {', '.join(GPT3_SIZES)}")
@@ -95,4 +104,13 @@ def gpt3(size: str) -> ml_collections.ConfigDict:
   c.optim.warmup_tokens = GPT3_WARMUP_TOKENS
   c.optim.decay_tokens = GPT3_DECAY_TOKENS
   c.optim.min_lr_ratio = 0.1
+  if ramp:
+    params = GPT3_SIZES[key][-1]
+    low, high = GPT3_SIZES["125m"][-1], GPT3_SIZES["175b"][-1]
+    fraction = math.log(params / low) / math.log(high / low)
+    start, end = GPT3_RAMP_TOKENS
+    c.train.batch_ramp.start_tokens = GPT3_RAMP_START_TOKENS
+    c.train.batch_ramp.tokens = round(start * (end / start) ** fraction)
+    c.train.batch_ramp.stages = GPT3_RAMP_STAGES
+    c.train.grad_accum_steps = batch_size * GPT3_CONTEXT // GPT3_RAMP_START_TOKENS
   return c
