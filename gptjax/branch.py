@@ -59,12 +59,22 @@ def learning_rates(config: ml_collections.ConfigDict, updates: int) -> np.ndarra
 
 def decay_start(config: ml_collections.ConfigDict) -> int:
   """The first update (0-based) whose learning rate is below the peak after warmup: the
-  latest step a branch of this schedule may start from (its run length if it never decays)."""
+  latest step a branch of this schedule may start from (its run length if it never decays).
+
+  Every schedule of optim.SCHEDULES is non-increasing after warmup, so a bisection over
+  scalar updates finds it (a few dozen evaluations, at any run length).
+  """
   total = train_steps(config)
-  warmup = optim.warmup_steps(config.optim, config.train.batch_size * config.model.seq_len)
-  lrs = learning_rates(config, total)
-  below = np.flatnonzero((np.arange(total) >= warmup) & (lrs < config.optim.lr * (1 - _PEAK_RTOL)))
-  return int(below[0]) if below.size else total
+  lr = optim.schedule(config)
+  lo = min(optim.warmup_steps(config.optim, config.train.batch_size * config.model.seq_len), total)
+  hi = total
+  while lo < hi:
+    mid = (lo + hi) // 2
+    if float(lr(mid)) < config.optim.lr * (1 - _PEAK_RTOL):
+      hi = mid
+    else:
+      lo = mid + 1
+  return lo
 
 
 def resolve(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
