@@ -109,7 +109,7 @@ def test_a_branch_continues_its_source_exactly_and_cools_down_on_its_own(tmp_pat
   schedule is the source's (wsd with decay fraction 0) retraces updates 5..8 bit for bit,
   which needs the source's parameters, optimizer moments, step, rng and data position at 4
   exactly. A cooldown branch (decay fraction 0.5) follows its own schedule from step 5, is
-  recorded as a branch, and once it has checkpoints never reads the source again."""
+  recorded as a branch, and resumes from its own checkpoints without the source."""
   source = str(tmp_path / "source")
   train.run(tiny(), source)
   same = tiny(branch_from=f"{source}@4")
@@ -134,5 +134,8 @@ def test_a_branch_continues_its_source_exactly_and_cools_down_on_its_own(tmp_pat
   assert summary["branch_from"] == f"{source}@4" and summary["tokens"] == 8 * 8 * 32
   config_json = json.loads(open(f"{cool_dir}/config.json").read())
   assert config_json["train"]["branch_from"] == f"{source}@4"
-  os.rename(source, f"{source}-gone")
-  assert train.run(cooldown(f"{source}@4"), cool_dir)["status"] == "completed"
+  os.rename(source, f"{source}-gone")  # a resume reads the branch's own checkpoints only
+  longer = cooldown(f"{source}@4")
+  longer.train.update(dict(steps=10, extend=True))
+  assert train.run(longer, cool_dir)["step"] == 10
+  assert [r["step"] for r in rows(cool_dir)] == [5, 6, 7, 8, 9, 10]
