@@ -9,9 +9,16 @@ import pytest
 
 from gptjax import branch, flops
 from gptjax import config as config_lib
-from gptjax.launch.job import LaunchError
+from gptjax.launch.job import LaunchError, member
 from gptjax.scaling import cooldown, sizes
-from gptjax.sweep import _load_experiment, branch_sources, load_sweep, planned_flops
+from gptjax.sweep import (
+  Member,
+  _load_experiment,
+  branch_sources,
+  load_sweep,
+  planned_flops,
+  run_local,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "experiments", "cooldown_tiny.py")
@@ -108,3 +115,15 @@ def test_a_cooldown_sweep_trains_the_stable_run_then_its_branches(tmp_path):
     assert [r["step"] for r in rows if "train_loss" in r] == list(range(point + 1, steps + 1))
   again = run()
   assert again.returncode == 0 and "done 3/3 (skipped 3)" in again.stdout, again.stdout
+
+
+def test_a_branch_of_a_source_that_did_not_complete_fails_without_running(tmp_path):
+  """A diverged stable run is not rerun (it would diverge again), so its branch never starts."""
+  (tmp_path / "s").mkdir()
+  (tmp_path / "s" / "summary.json").write_text(json.dumps({"status": "diverged"}))
+  stable = Member(member(str(tmp_path), "s", TINY, {}))
+  cooled = Member(member(str(tmp_path), "b", TINY, {"train.branch_from": "x@2"}), after="s")
+  run_local([stable, cooled], parallel=1)
+  assert (stable.status, cooled.status) == ("diverged", "failed")
+  assert cooled.reason == "its source s did not complete" and cooled.process is None
+  assert not (tmp_path / "b").exists()
