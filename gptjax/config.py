@@ -157,6 +157,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.epochs = 0  # sft/classify/choice: if > 0, steps = ceil(epochs * training examples (sft: packed rows) / batch_size)
   c.train.objective = "lm"  # the loss of the one train step: 'lm', 'sft', 'classify', 'choice' or 'distill' (gptjax/objectives.py)
   c.train.init_from = ""  # '' (fresh), 'run:DIR', 'run:DIR@STEP' or 'hf:DIR': start from those parameters (fresh optimizer, step 0)
+  c.train.branch_from = ""  # 'DIR@STEP': a cooldown branch, continuing DIR's checkpoint at STEP whole (state, optimizer, data position) under this run's schedule
   c.train.extend = False  # on resume, accept changed train.steps/tokens or optim.* (the schedule is recomputed, and the log says how the lr moves)
 
   c.finetune = ml_collections.ConfigDict()
@@ -331,6 +332,18 @@ def parse_init_from(spec: str, field: str = "train.init_from") -> tuple[str, str
   return kind, os.path.expanduser(rest), step
 
 
+def parse_branch_from(spec: str) -> tuple[str, int]:
+  """(directory, step) of a non-empty train.branch_from 'DIR@STEP' (train.init_from's
+  'run:DIR@STEP' without the kind, and the step required); ValueError if malformed."""
+  directory, _, step = spec.rpartition("@") if isinstance(spec, str) else ("", "", "")
+  if not directory or not step.isdigit():
+    raise ValueError(
+      f"train.branch_from={spec!r}: use 'DIR@STEP' (a run directory and the step of one "
+      "of its checkpoints), e.g. runs/stable@4000"
+    )
+  return os.path.expanduser(directory), int(step)
+
+
 def _init_from_problems(spec: str, field: str = "train.init_from") -> list[str]:
   """Problems with the form of train.init_from (or distill.teacher) and the existence of
   its directory."""
@@ -458,6 +471,17 @@ def validate(c: ml_collections.ConfigDict) -> None:
     errors.append(f"train.init_from={t.init_from!r}: use '' or 'run:DIR', 'run:DIR@STEP', 'hf:DIR'")
   else:
     errors.extend(_init_from_problems(t.init_from))
+  if t.branch_from:
+    try:
+      parse_branch_from(t.branch_from)
+    except ValueError as e:
+      errors.append(str(e))
+    if t.init_from:
+      errors.append(
+        f"train.branch_from={t.branch_from!r}: exclusive with train.init_from="
+        f"{t.init_from!r} (a branch takes the whole state, init_from only parameters); "
+        "clear one of them"
+      )
   if t.peak_tflops < 0:
     errors.append(f"train.peak_tflops={t.peak_tflops!r}: must be >= 0 (0 = automatic)")
 

@@ -233,6 +233,7 @@ class RunRecord:
       **counts,
       **{k: config.model[k] for k in ("n_layer", "d_model", "n_head", "seq_len", "vocab_size")},
       "init_from": config.train.init_from,
+      "branch_from": config.train.branch_from,
       "teacher": config.distill.teacher,
       **self.position(start_step),
       "final_train_loss": None,

@@ -9,6 +9,10 @@ idempotent: members whose summary.json says "completed" are skipped and the rest
 are rerun, which resumes them from their checkpoints. So after a crash or a
 preemption, rerunning the same command finishes the sweep.
 
+A member whose train.branch_from names another member ('MEMBER@STEP', a cooldown branch;
+gptjax/scaling/cooldown.py) branches from that member's run directory, SWEEP_DIR/MEMBER,
+and starts only once that member has completed; if it fails, so does the branch.
+
 `--launcher=tpu` and `--launcher=slurm` start the same members on Cloud TPU VMs
 (gptjax/launch/tpu_sweep.py) or as one SLURM job each (gptjax/launch/slurm.py). They
 print what they would run and run nothing unless given --execute, since they spend
@@ -21,6 +25,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import posixpath
 import shlex
 import subprocess
 import sys
@@ -31,6 +36,7 @@ from absl import app, flags
 
 from gptjax import batch_ramp, data, flops, rundir
 from gptjax import config as config_lib
+from gptjax.config import parse_branch_from
 from gptjax.evaluate import tasks as eval_tasks
 from gptjax.launch import options, slurm, tpu, tpu_sweep
 from gptjax.launch.job import Job, LaunchError, member, parse_env
@@ -106,9 +112,34 @@ def load_sweep(path: str) -> dict[str, dict[str, object]]:
   return sweep
 
 
+def branch_sources(
+  sweep_dir: str, sweep: dict[str, dict[str, object]]
+) -> tuple[dict[str, dict[str, object]], dict[str, str]]:
+  """The members' overrides with each train.branch_from that names another member
+  ('MEMBER@STEP') pointed at that member's run directory, and {branch: its source member}.
+
+  The source must come earlier in get_sweep(), so the runner's order already respects it.
+  """
+  resolved, after, names = {}, {}, list(sweep)
+  for name, overrides in sweep.items():
+    spec = overrides.get("train.branch_from")
+    source, _, step = spec.rpartition("@") if isinstance(spec, str) else ("", "", "")
+    if source in sweep:
+      if names.index(source) >= names.index(name):
+        raise LaunchError(
+          f"member {name!r}: train.branch_from={spec!r} names member {source!r}, which must "
+          "come before it in get_sweep()"
+        )
+      overrides = {**overrides, "train.branch_from": f"{posixpath.join(sweep_dir, source)}@{step}"}
+      after[name] = source
+    resolved[name] = overrides
+  return resolved, after
+
+
 def planned_flops(path: str, sweep: dict[str, dict[str, object]]) -> dict[str, float]:
   """Each member's training FLOPs, after checking its config: a bad member fails the sweep
-  before any member trains, and the ETA weighs members by their cost, not their count."""
+  before any member trains, and the ETA weighs members by their cost, not their count (a
+  branch's from its branch point on)."""
   call = _load_experiment(path)
   planned = {}
   for name, overrides in sweep.items():
@@ -119,8 +150,10 @@ def planned_flops(path: str, sweep: dict[str, dict[str, object]]) -> dict[str, f
       eval_tasks.check_tasks(c.eval.tasks)
     except (KeyError, AttributeError, TypeError, ValueError) as e:
       raise LaunchError(f"member {name!r}: {e}") from None
+    start = parse_branch_from(c.train.branch_from)[1] if c.train.branch_from else 0
     table = batch_ramp.stages(c.train, c.model.seq_len)
-    tokens = batch_ramp.rows_before(table, config_lib.train_steps(c)) * c.model.seq_len
+    rows = batch_ramp.rows_before(table, config_lib.train_steps(c))
+    tokens = (rows - batch_ramp.rows_before(table, start)) * c.model.seq_len
     planned[name] = float(tokens * flops.flops_per_token(c.model))
   return planned
 
@@ -158,6 +191,8 @@ class Member:
   elapsed_s: float = 0.0
   returncode: int | None = None
   flops: float = 0.0  # planned training FLOPs, for the ETA
+  after: str = ""  # the member this one branches from: it starts once that one completed
+  reason: str = ""  # why it failed without running
 
 
 def progress(members: list[Member], parallel: int, start: float) -> str:
@@ -220,13 +255,19 @@ def run_local(members: list[Member], parallel: int) -> None:
     elif run_status(m.job.workdir) == "diverged":  # a rerun would diverge again, identically
       m.status = "diverged"
   queue = [m for m in members if m.status == "pending"]
+  by_name = {os.path.basename(m.job.workdir): m for m in members}
   active: list[Member] = []
   print(progress(members, parallel, start), flush=True)
   printed = time.monotonic()
   while queue or active:
     changed = False
-    while queue and len(active) < parallel:
-      m = queue.pop(0)
+    for m in [m for m in queue if m.after and by_name[m.after].status in ("failed", "diverged")]:
+      queue.remove(m)
+      m.status, m.reason, changed = "failed", f"its source {m.after} did not complete", True
+    ready = [m for m in queue if not m.after or by_name[m.after].status in ("completed", "skipped")]
+    while ready and len(active) < parallel:
+      m = ready.pop(0)
+      queue.remove(m)
       os.makedirs(m.job.workdir, exist_ok=True)
       with open(os.path.join(m.job.workdir, "train.log"), "ab") as log:
         m.process = subprocess.Popen(
@@ -337,11 +378,21 @@ def main(argv: list[str]) -> None:
   try:
     sweep = load_sweep(config)
     env = parse_env(_ENV.value)
+    resolved, after = branch_sources(sweep_dir, sweep)
+    if after and (
+      _LAUNCHER.value == "slurm" or (_LAUNCHER.value == "tpu" and _TPU_MODE.value != "one_slice")
+    ):
+      raise LaunchError(
+        f"members {', '.join(after)} branch from other members, which this launcher would "
+        "start at the same time; use --launcher=local or --tpu_mode=one_slice (in order)"
+      )
     jobs = {
-      name: member(sweep_dir, name, config, overrides, env) for name, overrides in sweep.items()
+      name: member(sweep_dir, name, config, overrides, env) for name, overrides in resolved.items()
     }
-    planned = planned_flops(config, sweep)
-    members = [Member(job, flops=planned[name]) for name, job in jobs.items()]
+    planned = planned_flops(config, resolved)
+    members = [
+      Member(job, flops=planned[name], after=after.get(name, "")) for name, job in jobs.items()
+    ]
     if _LAUNCHER.value == "tpu":
       spec = options.tpu_spec({name: flag.value for name, flag in _TPU.items()})
       sys.exit(launch_tpu(spec, sweep_dir, sweep, jobs, _TPU_MODE.value, _EXECUTE.value))
@@ -370,8 +421,12 @@ def main(argv: list[str]) -> None:
     sys.exit(
       "error: sweep members did not complete: "
       + ", ".join(
-        f"{os.path.basename(m.job.workdir)} ({m.status}, exit {m.returncode}, see "
-        f"{os.path.join(m.job.workdir, 'train.log')})"
+        f"{os.path.basename(m.job.workdir)} ("
+        + (
+          m.reason
+          or f"{m.status}, exit {m.returncode}, see {os.path.join(m.job.workdir, 'train.log')}"
+        )
+        + ")"
         for m in failed
       )
     )

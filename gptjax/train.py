@@ -35,6 +35,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from gptjax import (
   batch_ramp,
+  branch,
   checkpoint,
   data,
   distill,
@@ -570,6 +571,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """
   validate(config)
   config = init_from.resolve(config)  # a source of another shape is refused here, before any work
+  config = branch.resolve(config, workdir)  # likewise a branch its source cannot continue
   config = distill.resolve(config)
   rundir.check(workdir)
   interrupts = _Interrupts()
@@ -646,6 +648,11 @@ def _run_locked(
         program.abstract_state,
         check=lambda meta: lm_data.check_state(meta["data"]),
       )
+      branching = found is None and bool(config.train.branch_from)  # a branch's first start
+      if branching:
+        found = branch.restore(
+          config, program.abstract_state, check=lambda meta: lm_data.check_state(meta["data"])
+        )
       start_step = 0 if found is None else found[0]
       if start_step == train_steps(config) and _finished(workdir, config):
         logging.info(
@@ -653,7 +660,7 @@ def _run_locked(
         )
         summary = json.loads((epath.Path(workdir) / "summary.json").read_text())
       else:
-        _record_start(workdir, config, found)
+        _record_start(workdir, config, None if branching else found)
         data.save_tokenizer(tokenizer, workdir)
         state = program.init(jax.random.PRNGKey(config.train.seed)) if found is None else found[2]
         if found is None and config.train.init_from:

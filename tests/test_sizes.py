@@ -4,12 +4,13 @@ import importlib.util
 import math
 import os
 
+import numpy as np
 import pytest
 
 from gptjax import config as config_lib
 from gptjax import flops
 from gptjax.config import base_config
-from gptjax.scaling import sizes
+from gptjax.scaling import families, sizes
 
 
 def test_shape_follows_the_aspect_ratio_with_64_wide_heads():
@@ -173,3 +174,24 @@ def test_gpt3_ladder_members_are_the_papers_models_on_twenty_tokens_per_paramete
   ]
   for name, paper in zip(counts, (125e6, 350e6, 760e6, 1.3e9, 2.7e9, 6.7e9)):
     assert counts[name] == pytest.approx(paper, rel=0.03)
+
+
+def test_lr_for_params_follows_gpt3_table_2_1():
+  """Exact at the paper's rows, log-log between them (the geometric mean at the log
+  midpoint), monotone over 1e5..175B, Kaplan's shape below 125M, refused above 175B."""
+  rows = {125e6: 6e-4, 350e6: 3e-4, 760e6: 2.5e-4, 1.3e9: 2e-4, 2.7e9: 1.6e-4}
+  rows.update({6.7e9: 1.2e-4, 13e9: 1e-4, 175e9: 0.6e-4})
+  for n, lr in rows.items():
+    assert families.lr_for_params(n) == lr
+  assert families.lr_for_params(math.sqrt(125e6 * 350e6)) == pytest.approx(math.sqrt(6e-4 * 3e-4))
+  grid = np.geomspace(1e5, 175e9, 2000)
+  lrs = np.array([families.lr_for_params(n) for n in grid])
+  assert np.all(np.diff(lrs) < 0) and np.all(lrs > 0)
+  kaplan = lambda n: 0.003239 - 0.0001395 * math.log(n)  # noqa: E731
+  assert families.lr_for_params(1e7) == pytest.approx(6e-4 * kaplan(1e7) / kaplan(125e6))
+  assert families.KAPLAN_LR_ZERO == pytest.approx(1.2126e10, rel=1e-3)
+  assert kaplan(families.KAPLAN_LR_ZERO * 1.01) < 0  # why nothing is extrapolated above
+  with pytest.raises(ValueError, match="above GPT-3's largest model"):
+    families.lr_for_params(176e9)
+  with pytest.raises(ValueError, match="must be > 0"):
+    families.lr_for_params(0)

@@ -7,6 +7,7 @@ of the GPT-3 paper (Brown et al., 2020); experiment files pick one entry.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import ml_collections
 
@@ -51,6 +52,53 @@ GPT3_DECAY_TOKENS = 260_000_000_000  # cosine decay to 10% of the peak at 260B t
 GPT3_RAMP_START_TOKENS = 32_768  # 16 sequences of 2048: also the micro-batch under the ramp
 GPT3_RAMP_TOKENS = (4e9, 12e9)
 GPT3_RAMP_STAGES = 8
+# Kaplan et al. 2020 (eq. D.1): lr(N) ~ KAPLAN_LR[0] - KAPLAN_LR[1] * ln N, which reaches 0 at
+# N = exp(KAPLAN_LR[0] / KAPLAN_LR[1]) ~ 1.2e10 and is negative past it.
+KAPLAN_LR = (0.003239, 0.0001395)
+KAPLAN_LR_ZERO = math.exp(KAPLAN_LR[0] / KAPLAN_LR[1])
+
+
+def interpolate_loglog(table: Sequence[tuple[float, float]], n: float) -> float:
+  """y at `n` on the (n, y) rows of `table` (ascending in n), linear in log n and log y
+  between neighbouring rows: exact at the rows, and monotone where the rows are.
+  `n` must lie within the table."""
+  exact = dict(table)
+  if n in exact:  # exp(log(y)) can miss y by an ulp
+    return exact[n]
+  for (n0, y0), (n1, y1) in zip(table, table[1:]):
+    if n0 < n < n1:
+      t = math.log(n / n0) / math.log(n1 / n0)
+      return math.exp((1 - t) * math.log(y0) + t * math.log(y1))
+  raise ValueError(f"n={n:.4g}: outside the table's {table[0][0]:.4g}..{table[-1][0]:.4g}")
+
+
+def kaplan_lr(n: float) -> float:
+  """Kaplan et al.'s peak learning rate for N parameters (negative past KAPLAN_LR_ZERO)."""
+  return KAPLAN_LR[0] - KAPLAN_LR[1] * math.log(n)
+
+
+def lr_for_params(n_params: float) -> float:
+  """Peak learning rate for a model of `n_params` parameters, from GPT-3's Table 2.1.
+
+  Between the table's rows (the paper's parameter counts, 125M to 175B) it interpolates
+  log-log, so it is exact at each row and falls monotonically between them. Below 125M
+  it follows the shape of Kaplan et al.'s lr(N) = 0.003239 - 0.0001395 ln N, scaled to
+  meet the 125M row (6e-4): continuous, still monotone, and positive for every N there,
+  since Kaplan's formula is positive below about 1.2e10. Above 175B there is nothing to
+  follow: the formula turned negative at 1.2e10, well inside the table, so it raises
+  ValueError rather than invent a rate.
+  """
+  table = sorted((row[5], row[4]) for row in GPT3_SIZES.values())
+  if not n_params > 0:
+    raise ValueError(f"n_params={n_params!r}: a parameter count must be > 0")
+  if n_params > table[-1][0]:
+    raise ValueError(
+      f"n_params={n_params:.3g}: above GPT-3's largest model (175B), where Kaplan's lr(N) "
+      f"is negative (it crosses 0 at {KAPLAN_LR_ZERO:.3g}); choose the learning rate by a sweep"
+    )
+  if n_params < table[0][0]:
+    return table[0][1] * kaplan_lr(n_params) / kaplan_lr(table[0][0])
+  return interpolate_loglog(table, n_params)
 
 
 def _shape(

@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from gptjax.scaling import analysis, distillation, downstream, finetuned, plots
+from gptjax.scaling import analysis, branches, distillation, downstream, finetuned, plots
 from gptjax.scaling.analysis import Analysis
 from gptjax.scaling.document import Document
 from gptjax.scaling.runs import Sweep
@@ -190,12 +190,19 @@ def write_report(
   # Fine-tuning runs scored on a task have a task loss: they get their own section, not fits.
   # Distilled students are compared with their from-scratch twins below; the scaling fits
   # take the from-scratch runs alone, as one student size trained two ways is not a ladder.
+  # Cooldown branches are the fits' points when a sweep has them; their stable runs never are.
   lm_runs = [r for r in sweep.runs if not r.task]
   students = distillation.pairs(sweep.runs)
   distilled = [r.name for r in sweep.runs if r.teacher]
+  cooled, stable = branches.groups(sweep.runs), branches.stable_runs(sweep.runs)
+  fitted = [r for r in lm_runs if not r.teacher and r.name not in stable]
+  unbranched = [r.name for r in fitted if not r.branch_from] if cooled else []
+  fitted = [r for r in fitted if r.branch_from] if cooled else fitted
   with np.errstate(over="ignore", invalid="ignore"):
-    a = analysis.analyse([r for r in lm_runs if not r.teacher], resamples=resamples, seed=seed)
+    a = analysis.analyse(fitted, resamples=resamples, seed=seed)
     fits = analysis.fits_json(a)
+  if cooled:
+    fits["cooldown"] = _cooldown_json(cooled)
   if students:
     fits["distillation"] = [
       {
@@ -237,6 +244,14 @@ def write_report(
       if distilled
       else ""
     )
+    + (
+      f"; the fits are on the {len(fitted)} cooldown branches alone (WSD decays of the stable "
+      f"runs {', '.join(sorted(stable))}, which are left out of the fits"
+      + (f", as are the runs that are not branches: {', '.join(unbranched)}" if unbranched else "")
+      + "; see Cooldown branches)"
+      if cooled
+      else ""
+    )
     + f". Generated {datetime.datetime.now().isoformat(timespec='seconds')} by "
     "`python -m gptjax.report`."
   )
@@ -272,6 +287,8 @@ def write_report(
       ],
     )
     doc.figure("isoflop.png", figures["isoflop"][1])
+  if cooled:
+    _cooldown(doc, cooled)
   if students:
     _distillation(doc, students, out_dir)
   if "frontier" in figures:
@@ -384,6 +401,70 @@ def _finetuned(doc: Document, finetuned_points: list[finetuned.Point], fits: dic
     "finetuned.png",
     "Fine-tuned eval accuracy (± binomial s.e.) against the pretraining FLOPs of the checkpoint "
     "each run started from, and against that source's final eval loss.",
+  )
+
+
+def _cooldown_json(cooled: list[branches.Group]) -> dict:
+  return {
+    "fit_on": "cooldown branches (train.branch_from); stable runs left out",
+    "groups": [
+      {
+        "stable": g.source,
+        "tokens_trained": g.tokens_trained,
+        "tokens_separate": g.tokens_separate,
+        "branches": [
+          {
+            "run": b.run.name,
+            "branch_step": b.step,
+            "n": b.run.n,
+            "tokens": b.run.tokens,
+            "loss": b.run.final_eval_loss,
+            "sem": b.run.final_eval_sem,
+            "twin": b.twin.name if b.twin else None,
+            "twin_loss": b.twin.final_eval_loss if b.twin else None,
+          }
+          for b in g.branches
+        ],
+      }
+      for g in cooled
+    ],
+  }
+
+
+def _cooldown(doc: Document, cooled: list[branches.Group]) -> None:
+  """Each stable run with its branches, and a separate run at the same budget where there is one."""
+  doc.heading("Cooldown branches")
+  doc.text(
+    "Each branch continues its stable run's checkpoint at the branch step (parameters, "
+    "optimizer state and data position) and decays the learning rate over its own budget "
+    "(warmup-stable-decay, Hägele et al. 2024). The fits above are on these branches: one "
+    "(N, D) point each, D and C counting the stable phase they share. A separate run is a "
+    "run of this sweep at the same N and D that is not a branch (e.g. a cosine run)."
+  )
+  doc.table(
+    ["stable run", "branch", "N", "from step", "D", "loss ± s.e.", "separate run", "its loss"],
+    [
+      [
+        g.source,
+        b.run.name,
+        f"{b.run.n:,}",
+        str(b.step),
+        f"{b.run.tokens:,}",
+        f"{_num(b.run.final_eval_loss)} ± {b.run.final_eval_sem:.3f}",
+        b.twin.name if b.twin else "",
+        f"{_num(b.twin.final_eval_loss)} ± {b.twin.final_eval_sem:.3f}" if b.twin else "",
+      ]
+      for g in cooled
+      for b in g.branches
+    ],
+  )
+  doc.bullets(
+    [
+      f"{g.source}: the stable run and its {len(g.branches)} cooldowns trained "
+      f"{g.tokens_trained:,.0f} tokens; one run per budget would train {g.tokens_separate:,} "
+      f"({100 * (1 - g.tokens_trained / g.tokens_separate):.0f}% saved)"
+      for g in cooled
+    ]
   )
 
 

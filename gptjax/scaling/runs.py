@@ -56,6 +56,8 @@ class Run:
   train_curve: Curve  # train loss at log rows (sem is nan)
   teacher: str = ""  # a distilled student's distill.teacher (summary.json); '' from scratch
   init_from: str = ""  # the source of a run that started from another's parameters
+  branch_from: str = ""  # a cooldown branch's source checkpoint, 'DIR@STEP' (train.branch_from)
+  steps: int = 0  # optimizer updates (summary.json's step; 0 where it is not recorded)
   accuracy: float = math.nan  # a classify/choice fine-tuning run's final eval accuracy
   accuracy_se: float = math.nan  # and its binomial standard error
 
@@ -141,6 +143,8 @@ def read_run(path: str, name: str | None = None) -> Run:
     eval_curve=evals,
     train_curve=_curve(rows, "train_loss", "train_loss_sem"),
     init_from=str(summary.get("init_from") or ""),
+    branch_from=str(summary.get("branch_from") or ""),
+    steps=int(summary.get("step") or 0),
     accuracy=_number(summary.get("final_eval_accuracy")),
     accuracy_se=_number(summary.get("final_eval_accuracy_se")),
     teacher=str(summary.get("teacher") or ""),

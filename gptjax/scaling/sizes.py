@@ -18,7 +18,13 @@ import ml_collections
 from gptjax import flops, init_from
 from gptjax.config import base_config
 from gptjax.scaling import runs
-from gptjax.scaling.families import GPT2_VOCAB, GPT3_CONTEXT, GPT3_SIZES
+from gptjax.scaling.families import (
+  GPT2_VOCAB,
+  GPT3_CONTEXT,
+  GPT3_SIZES,
+  interpolate_loglog,
+  kaplan_lr,
+)
 
 RATIOS = (64, 128)
 D_HEAD = 64
@@ -121,12 +127,9 @@ def peak_lr(n: float, rule: str, value: float = 0.0) -> float:
       return table[0][1]
     if n >= table[-1][0]:
       return table[-1][1]
-    for (n0, lr0), (n1, lr1) in zip(table, table[1:]):
-      if n0 <= n <= n1:
-        t = math.log(n / n0) / math.log(n1 / n0)
-        return math.exp((1 - t) * math.log(lr0) + t * math.log(lr1))
+    return interpolate_loglog(table, n)
   if rule == "kaplan":
-    lr = 0.003239 - 0.0001395 * math.log(n)
+    lr = kaplan_lr(n)
     if lr <= 0:
       raise ValueError(f"lr rule 'kaplan' gives lr={lr:.3g} <= 0 at N={n:.3g}; use 'gpt3' there")
     return lr
