@@ -6,21 +6,19 @@ stable run holds the peak for 6 updates, checkpointed every 2; the branches star
 from its steps 4 and 6.
 """
 
-from gptjax.config import base_config
+import importlib.util
+import os
+
 from gptjax.scaling import cooldown, sizes
 
 
 def get_config():
-  c = base_config()
-  c.model.seq_len = 32  # short rows keep each step to milliseconds
-  c.model.vocab_size = 257  # 256 bytes + EOS
-  c.data.tokenizer = "bytes"  # nothing to train
-  c.data.eval_sequences = 8  # one eval row per test device
-  c.train.batch_size = 8  # one sequence per test device
-  c.train.log_every = 1  # every update is a metrics row
-  c.train.num_samples = 0  # no generation at the end
-  c.optim.warmup_steps = 1
-  return c
+  """scaling_tiny.py's member settings: the same test-sized model and data."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scaling_tiny.py")
+  spec = importlib.util.spec_from_file_location("scaling_tiny", path)
+  tiny = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(tiny)
+  return tiny.get_config()
 
 
 def get_sweep():
