@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from gptjax import batch_ramp, checkpoint, optim
+from gptjax import batch_shape, checkpoint, optim
 from gptjax.config import parse_branch_from, train_steps
 from gptjax.load import checkpoint_steps, run_config
 
@@ -70,10 +70,10 @@ def decay_start(config: ml_collections.ConfigDict) -> int:
   """
   total = train_steps(config)
   lr = optim.schedule(config)
-  full = config.train.batch_size
-  warmup = optim.warmup_steps(config.optim, full * config.model.seq_len)  # in full batches
-  table = batch_ramp.stages(config.train, config.model.seq_len)
-  lo = min(batch_ramp.total_steps(table, warmup * full), total)  # its end under a batch ramp
+  full = config.train.batch_size * config.model.seq_len  # tokens per full-batch update
+  warmup = optim.warmup_steps(config.optim, full)  # in full batches
+  stages = batch_shape.table(config.train, config.model.seq_len)
+  lo = min(batch_shape.total_steps(stages, warmup * full), total)  # its end under a ramp
   hi = total
   while lo < hi:
     mid = (lo + hi) // 2

@@ -52,6 +52,9 @@ RESUME_FIELDS = tuple(
   "train.batch_ramp.start_tokens",
   "train.batch_ramp.tokens",
   "train.batch_ramp.stages",
+  "train.seq_len_warmup.start",
+  "train.seq_len_warmup.tokens",
+  "train.seq_len_warmup.stages",
   "train.objective",
   "distill.teacher",
 )
@@ -68,6 +71,9 @@ RESUME_DEFAULTS = {
   "train.batch_ramp.start_tokens": 0,
   "train.batch_ramp.tokens": 0,
   "train.batch_ramp.stages": 4,
+  "train.seq_len_warmup.start": 0,
+  "train.seq_len_warmup.tokens": 0,
+  "train.seq_len_warmup.stages": 4,
 }
 # Settings that define the learning-rate schedule and the update rule: changing them on
 # resume silently bends the run (a longer train.steps restarts the cosine), so it needs

@@ -7,7 +7,6 @@ starts, so a typo costs a second, not a compile or a dataset build.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import ml_collections
 from etils import epath
 
-from gptjax import batch_ramp
+from gptjax import batch_shape
 
 REMAT_POLICIES = ("none", "dots_with_no_batch_dims_saveable", "nothing_saveable")
 ARCHITECTURES = ("gpt2", "gpt1")
@@ -120,10 +119,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 600  # optimizer updates
-  c.train.tokens = 0  # if > 0, steps = ceil(tokens / (batch_size * seq_len)) instead (through train.batch_ramp's stages)
+  c.train.tokens = 0  # if > 0, steps = ceil(tokens / (batch_size * seq_len)) instead (through train.batch_ramp's or train.seq_len_warmup's stages)
   c.train.batch_size = 16  # global batch in sequences per optimizer update
   c.train.grad_accum_steps = 1  # micro-batches per update; batch_size must divide by it
-  c.train.batch_ramp = ml_collections.ConfigDict()  # GPT-3's batch ramp (gptjax/batch_ramp.py)
+  c.train.batch_ramp = ml_collections.ConfigDict()  # GPT-3's batch ramp (gptjax/batch_shape.py)
   c.train.batch_ramp.start_tokens = (
     0  # first stage's global batch in tokens; 0 = constant batch_size
   )
@@ -131,6 +130,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.batch_ramp.stages = (
     4  # batch sizes from start up to (not including) batch_size, one per equal token span
   )
+  c.train.seq_len_warmup = ml_collections.ConfigDict()  # Li et al. 2022 (gptjax/batch_shape.py)
+  c.train.seq_len_warmup.start = 0  # first stage's context in tokens; 0 = always model.seq_len
+  c.train.seq_len_warmup.tokens = 0  # tokens over which the context grows to model.seq_len
+  c.train.seq_len_warmup.stages = 4  # contexts from start up to model.seq_len, one per token span
   c.train.seed = 0  # seeds parameters, dropout and data order
   c.train.log_every = 25  # steps between console/metrics.jsonl train rows
   c.train.eval_every = 200  # steps between evals (and one at the end); 0 = only at the end
@@ -233,10 +236,9 @@ def padded_vocab_size(model: ml_collections.ConfigDict) -> int:
 
 def train_steps(c: ml_collections.ConfigDict) -> int:
   """Optimizer updates, derived from train.tokens when that is set (through the batch
-  ramp's stages: smaller early batches make more updates)."""
+  ramp's or the sequence-length warmup's stages: smaller early batches make more updates)."""
   if c.train.tokens > 0:
-    table = batch_ramp.stages(c.train, c.model.seq_len)
-    return batch_ramp.total_steps(table, math.ceil(c.train.tokens / c.model.seq_len))
+    return batch_shape.total_steps(batch_shape.table(c.train, c.model.seq_len), c.train.tokens)
   return c.train.steps
 
 
@@ -273,6 +275,39 @@ def _batch_ramp_problems(t: ml_collections.ConfigDict, seq_len: int) -> list[str
       f"train.batch_ramp.start_tokens={r.start_tokens}: stage 0 would train on "
       f"{r.start_tokens // seq_len} sequences, not whole micro-batches of {micro} "
       "(train.batch_size / train.grad_accum_steps); raise grad_accum_steps or start_tokens"
+    )
+  return errors
+
+
+def _seq_len_warmup_problems(t: ml_collections.ConfigDict, seq_len: int) -> list[str]:
+  """train.seq_len_warmup's problems: a start below the context, a length, one curriculum."""
+  w, errors = t.seq_len_warmup, []
+  for name in ("start", "tokens"):
+    _positive(errors, f"train.seq_len_warmup.{name}", w[name], allow_zero=True)
+  _positive(errors, "train.seq_len_warmup.stages", w.stages)
+  if errors or w.start == 0 or not isinstance(seq_len, int):
+    return errors
+  if w.start >= seq_len:
+    return [
+      f"train.seq_len_warmup.start={w.start}: not below model.seq_len={seq_len}; "
+      "a warmup grows the context (0 turns it off)"
+    ]
+  if w.tokens == 0:
+    return ["train.seq_len_warmup.tokens=0: set the warmup's length in tokens (or start=0)"]
+  if t.batch_ramp.start_tokens:
+    errors.append(
+      "train.seq_len_warmup with train.batch_ramp: use one of them (set "
+      "train.batch_ramp.start_tokens=0 or train.seq_len_warmup.start=0)"
+    )
+  if t.epochs > 0:
+    errors.append(
+      f"train.epochs={t.epochs} with train.seq_len_warmup: epochs count full-length rows; "
+      "give the length as train.tokens or train.steps"
+    )
+  if t.objective != "lm":
+    errors.append(
+      f"train.seq_len_warmup with train.objective={t.objective!r}: only 'lm' trains on "
+      "truncated rows; set train.seq_len_warmup.start=0"
     )
   return errors
 
@@ -452,6 +487,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
       f"{t.grad_accum_steps}; make the global batch a multiple of the micro-batch count"
     )
   errors.extend(_batch_ramp_problems(t, m.seq_len))
+  errors.extend(_seq_len_warmup_problems(t, m.seq_len))
   _choice(errors, "train.sample_strategy", t.sample_strategy, ("sample", "greedy", "beam"))
   if t.sample_temperature <= 0:
     errors.append(f"train.sample_temperature={t.sample_temperature!r}: must be > 0")

@@ -59,13 +59,15 @@ def matmul_params(model: ml_collections.ConfigDict) -> int:
   return model.n_layer * (4 * d * d + 2 * d * model.d_ff) + padded_vocab_size(model) * d
 
 
-def flops_per_token(model: ml_collections.ConfigDict) -> int:
+def flops_per_token(model: ml_collections.ConfigDict, context: int | None = None) -> int:
   """Training FLOPs per token: 6 * N_matmul + 6 * n_layer * d_model * seq_len.
 
   The attention term is 12 * L * d * T halved for the causal mask, as llm.c and
-  MaxText count it.
+  MaxText count it. `context` is T when the sequences are shorter than
+  model.seq_len (a sequence-length warmup stage).
   """
-  return 6 * matmul_params(model) + 6 * model.n_layer * model.d_model * model.seq_len
+  context = model.seq_len if context is None else context
+  return 6 * matmul_params(model) + 6 * model.n_layer * model.d_model * context
 
 
 def measured_cpu_tflops(size: int = 1024, blocks: int = 5, repeats: int = 10) -> float:

@@ -29,7 +29,7 @@ import ml_collections
 from absl import logging
 from etils import epath
 
-from gptjax import batch_ramp, flops, rundir
+from gptjax import batch_shape, flops, rundir
 
 
 def _summary_writer_class() -> type:
@@ -184,13 +184,19 @@ def position(
 ) -> dict[str, int]:
   """Where a run is after `step` updates: tokens seen and training FLOPs spent.
 
-  Tokens are the rows the stage table says were consumed (gptjax.batch_ramp), never
-  steps x final batch. `flops` is the student's own training compute, comparable with
+  Tokens are what the stage table says was trained on (gptjax.batch_shape), never
+  steps x final batch, and FLOPs are summed stage by stage at each stage's context. `flops` is the student's own training compute, comparable with
   any run's; a distillation teacher's forward passes are counted apart, as `teacher_flops`.
   """
-  seq_len = config.model.seq_len
-  tokens = batch_ramp.rows_before(batch_ramp.stages(config.train, seq_len), step) * seq_len
-  out = {"step": step, "tokens": tokens, "flops": tokens * flops.flops_per_token(config.model)}
+  stages = batch_shape.table(config.train, config.model.seq_len)
+  tokens = batch_shape.tokens_before(stages, step)
+  spent = sum(
+    (batch_shape.tokens_before(stages, min(step, end)) - stage.first_token)
+    * flops.flops_per_token(config.model, stage.seq_len)
+    for stage, end in zip(stages, [s.first_step for s in stages[1:]] + [step])
+    if stage.first_step < step
+  )
+  out = {"step": step, "tokens": tokens, "flops": spent}
   if teacher_flops_per_token:
     out["teacher_flops"] = tokens * teacher_flops_per_token
   return out
@@ -212,8 +218,7 @@ class RunRecord:
     `teacher_flops_per_token` a distillation teacher's forward FLOPs (0: none)."""
     self._config = config
     self._total_steps = total_steps
-    self._stages = batch_ramp.stages(config.train, config.model.seq_len)
-    self._flops_per_token = flops.flops_per_token(config.model)
+    self._stages = batch_shape.table(config.train, config.model.seq_len)
     self._teacher_flops_per_token = teacher_flops_per_token
     self._peak_flops = peak_tflops * 1e12
     self._writer = MetricsWriter(workdir, start_step)
@@ -264,6 +269,8 @@ class RunRecord:
     tokens = self.position(step)["tokens"] - self.position(first)["tokens"]
     tokens_per_s = tokens / max(step - first, 1) / step_time
     steps = max(int(window.steps), 1)
+    stage = batch_shape.stage_at(self._stages, max(step - 1, 0))  # rows never straddle one
+    flops_per_token = flops.flops_per_token(self._config.model, stage.seq_len)
     row = {
       **self.position(step),
       "train_loss": float(window.loss_sum) / steps,
@@ -271,15 +278,13 @@ class RunRecord:
       "grad_norm": float(window.grad_norm_sum) / steps,
       "step_time_s": step_time,
       "tokens_per_s": tokens_per_s,
-      "mfu": (
-        self._flops_per_token * tokens_per_s / self._peak_flops if self._peak_flops else None
-      ),
+      "mfu": (flops_per_token * tokens_per_s / self._peak_flops if self._peak_flops else None),
     }
-    if len(self._stages) > 1:  # a batch ramp: rows never straddle a stage (train._train)
-      row["batch_size"] = batch_ramp.stage_at(self._stages, max(step - 1, 0)).batch_size
+    if len(self._stages) > 1:  # a batch ramp or a sequence-length warmup
+      row.update(batch_size=stage.batch_size, seq_len=stage.seq_len)
     if self._teacher_flops_per_token:
       row["mfu_with_teacher"] = (
-        (self._flops_per_token + self._teacher_flops_per_token) * tokens_per_s / self._peak_flops
+        (flops_per_token + self._teacher_flops_per_token) * tokens_per_s / self._peak_flops
         if self._peak_flops
         else None
       )

@@ -17,7 +17,7 @@ import ml_collections
 import optax
 from jax.sharding import PartitionSpec
 
-from gptjax import batch_ramp
+from gptjax import batch_shape
 from gptjax.config import train_steps
 
 _LAYERS = "layers"  # nn.scan's stacking axis: not a dimension of the weight itself
@@ -80,34 +80,38 @@ def learning_rate(
 def schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   """The learning rate of a run's updates: learning_rate with the run's length and batch.
 
-  Under a batch ramp the learning rate is a function of tokens seen, not of updates:
-  update s is placed at the fractional full-batch update its tokens reach,
-  rows_after(s) / batch_size - 1 (an integer s for a constant batch), so warmup,
-  decay and the run's end fall where the tokens seen reach them, whatever the early
-  batches were: the peak is the first update whose tokens seen reach
-  optim.warmup_tokens, held until the decay starts (at most one full batch later).
+  Under a batch ramp or a sequence-length warmup the learning rate is a function of
+  tokens seen, not of updates: update s is placed at the fractional full-batch update
+  its tokens reach, tokens_after(s) / full_batch_tokens - 1 (an integer s for a
+  constant shape), so warmup, decay and the run's end fall where the tokens seen reach
+  them, whatever the early batches were: the peak is the first update whose tokens
+  seen reach optim.warmup_tokens, held until the decay starts (at most one full batch
+  later). Tokens are counted in units of the greatest common divisor of every stage's
+  tokens per update, which keeps the int32 arithmetic exact far past 2**31 tokens.
   """
-  tc, seq_len = config.train, config.model.seq_len
-  table = batch_ramp.stages(tc, seq_len)
-  full = tc.batch_size
+  tc = config.train
+  stages = batch_shape.table(tc, config.model.seq_len)
+  full = tc.batch_size * config.model.seq_len  # tokens per full-batch update
   total = train_steps(config)
-  if len(table) == 1:
-    return learning_rate(config.optim, total, full * seq_len)
-  horizon = math.ceil(batch_ramp.rows_before(table, total) / full)
-  base = learning_rate(config.optim, horizon, full * seq_len)
-  warmup = min(warmup_steps(config.optim, full * seq_len), horizon)  # where the decay starts
+  if len(stages) == 1:
+    return learning_rate(config.optim, total, full)
+  horizon = math.ceil(batch_shape.tokens_before(stages, total) / full)
+  base = learning_rate(config.optim, horizon, full)
+  warmup = min(warmup_steps(config.optim, full), horizon)  # where the decay starts
   if config.optim.warmup_tokens > 0:  # the peak: where tokens seen first reach warmup_tokens
-    peak = min(config.optim.warmup_tokens / (full * seq_len), warmup)
+    peak = min(config.optim.warmup_tokens / full, warmup)
   else:
     peak = warmup
-  first_steps = jnp.array([s.first_step for s in table])
-  first_rows = jnp.array([s.first_row for s in table])
-  batches = jnp.array([s.batch_size for s in table])
+  unit = math.gcd(full, *(s.tokens_per_update for s in stages))
+  first_steps = jnp.array([s.first_step for s in stages])
+  first_units = jnp.array([s.first_token // unit for s in stages])
+  units_per_update = jnp.array([s.tokens_per_update // unit for s in stages])
+  full_units = full // unit
 
   def lr(step: jax.Array) -> jax.Array:
     k = jnp.searchsorted(first_steps, step, side="right") - 1
-    rows_after = first_rows[k] + (step - first_steps[k] + 1) * batches[k]
-    v = (rows_after // full - 1) + (rows_after % full) / full  # exact in int32 rows
+    after = first_units[k] + (step - first_steps[k] + 1) * units_per_update[k]
+    v = (after // full_units - 1) + (after % full_units) / full_units  # exact in int32 units
     if warmup == 0:
       return base(v)
     rising = config.optim.lr * (v + 1) / peak

@@ -34,8 +34,8 @@ import time
 
 from absl import app, flags
 
-from gptjax import batch_ramp, data, flops, rundir
 from gptjax import config as config_lib
+from gptjax import data, metrics, rundir
 from gptjax.config import parse_branch_from
 from gptjax.evaluate import tasks as eval_tasks
 from gptjax.launch import options, slurm, tpu, tpu_sweep
@@ -151,10 +151,8 @@ def planned_flops(path: str, sweep: dict[str, dict[str, object]]) -> dict[str, f
     except (KeyError, AttributeError, TypeError, ValueError) as e:
       raise LaunchError(f"member {name!r}: {e}") from None
     start = parse_branch_from(c.train.branch_from)[1] if c.train.branch_from else 0
-    table = batch_ramp.stages(c.train, c.model.seq_len)
-    rows = batch_ramp.rows_before(table, config_lib.train_steps(c))
-    tokens = (rows - batch_ramp.rows_before(table, start)) * c.model.seq_len
-    planned[name] = float(tokens * flops.flops_per_token(c.model))
+    spent = metrics.position(c, config_lib.train_steps(c))["flops"]
+    planned[name] = float(spent - metrics.position(c, start)["flops"])
   return planned
 
 

@@ -34,7 +34,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from gptjax import (
-  batch_ramp,
+  batch_shape,
   branch,
   checkpoint,
   data,
@@ -819,19 +819,19 @@ def _train(
   lm = tc.objective in ("lm", "distill")  # a distilled student is scored on the true data
   eval_batch_size = tc.batch_size // tc.grad_accum_steps
 
-  stages = batch_ramp.stages(tc, config.model.seq_len)
+  stages = batch_shape.table(tc, config.model.seq_len)
   boundaries = {s.first_step for s in stages[1:]}
 
   def global_batch(step: int) -> objectives.Batch:
-    stage = batch_ramp.stage_at(stages, step)
+    stage = batch_shape.stage_at(stages, step)
     local = lm_data.train_rows(
-      batch_ramp.rows_before(stages, step),
+      batch_shape.rows_before(stages, step),
       stage.batch_size,
       jax.process_index(),
       jax.process_count(),
     )
-    if lm:
-      local = {"tokens": local}
+    if lm:  # a sequence-length warmup stage trains on each row's first tokens
+      local = {"tokens": local[:, : stage.seq_len + 1]}
     return {
       k: jax.make_array_from_process_local_data(program.batch_shardings[k], v)
       for k, v in local.items()
@@ -895,23 +895,24 @@ def _train(
   try:
     if not lm and step == 0:
       run_eval(0)  # a fine-tuning curve starts at its source model
-    compiled: dict[int, Any] = {}  # one executable per stage batch size (batch_ramp)
+    compiled: dict[tuple[int, int], Any] = {}  # one executable per stage shape (batch_shape)
     while step < total_steps:
       batch = global_batch(step)
-      size = batch_ramp.stage_at(stages, step).batch_size
-      if size not in compiled:
+      stage = batch_shape.stage_at(stages, step)
+      shape = (stage.batch_size, stage.seq_len)
+      if shape not in compiled:
         read_rows()  # the last stage's row is timed before the compile pauses the clock
         compile_start = time.perf_counter()
-        compiled[size] = program.train_step.lower(state, zero_window, batch, *frozen).compile()
+        compiled[shape] = program.train_step.lower(state, zero_window, batch, *frozen).compile()
         logging.info(
-          "compiled the train step for %d sequences per update in %.1f s",
-          size,
+          "compiled the train step for %d sequences of %d tokens per update in %.1f s",
+          *shape,
           time.perf_counter() - compile_start,
         )
         record.restart_clock()
       checkpoint.check_saves(mngr)
       profiler.before(step, state)
-      state, window = compiled[size](state, window, batch, *frozen)
+      state, window = compiled[shape](state, window, batch, *frozen)
       step += 1
       profiler.after(step, state)
       read_rows()

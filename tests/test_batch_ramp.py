@@ -1,5 +1,5 @@
 """GPT-3's batch-size ramp: the stage table, the learning rate by tokens, and a real
-ramped run killed mid-ramp and resumed (gptjax/batch_ramp.py, optim.schedule, train)."""
+ramped run killed mid-ramp and resumed (gptjax/batch_shape.py, optim.schedule, train)."""
 
 import hashlib
 import importlib.util
@@ -15,7 +15,7 @@ from run_rows import assert_same_curve, rows
 from test_train import ROOT, _checkpoints, _wait_for, cli, tiny_config
 
 import gptjax
-from gptjax import batch_ramp, data, optim, train
+from gptjax import batch_shape, data, optim, train
 from gptjax import config as config_lib
 
 SEQ = 8
@@ -33,11 +33,11 @@ def ramp_config(**overrides):
 def test_the_stage_table_is_exact():
   c = ramp_config()
   # Stage ends at ceil(40 * i / 3) rows = 14, 27, 40; each stage runs whole updates past it.
-  assert batch_ramp.stages(c.train, SEQ) == (
-    batch_ramp.Stage(first_step=0, first_row=0, batch_size=4),
-    batch_ramp.Stage(first_step=4, first_row=16, batch_size=8),
-    batch_ramp.Stage(first_step=6, first_row=32, batch_size=12),
-    batch_ramp.Stage(first_step=7, first_row=44, batch_size=16),
+  assert batch_shape.table(c.train, SEQ) == (
+    batch_shape.Stage(first_step=0, first_row=0, first_token=0, batch_size=4, seq_len=SEQ),
+    batch_shape.Stage(first_step=4, first_row=16, first_token=16 * SEQ, batch_size=8, seq_len=SEQ),
+    batch_shape.Stage(first_step=6, first_row=32, first_token=32 * SEQ, batch_size=12, seq_len=SEQ),
+    batch_shape.Stage(first_step=7, first_row=44, first_token=44 * SEQ, batch_size=16, seq_len=SEQ),
   )
   assert config_lib.train_steps(c) == 7 + 8  # (160 - 44) / 16 = 7.25 -> 8 full updates
 
@@ -56,19 +56,19 @@ def test_the_stage_table_is_exact():
   ],
 )
 def test_batch_and_position_at_the_boundaries(step, batch, rows_before):
-  table = batch_ramp.stages(ramp_config().train, SEQ)
-  assert batch_ramp.stage_at(table, step).batch_size == batch
-  assert batch_ramp.rows_before(table, step) == rows_before
+  table = batch_shape.table(ramp_config().train, SEQ)
+  assert batch_shape.stage_at(table, step).batch_size == batch
+  assert batch_shape.rows_before(table, step) == rows_before
 
 
 def test_stages_round_down_to_whole_micro_batches():
   c = ramp_config(**{"train.batch_ramp.stages": 5})  # linear: 4, 6, 8, 11, 13
-  assert batch_ramp.stage_batches(c.train, SEQ) == [4, 4, 8, 8, 12]
+  assert batch_shape.stage_batches(c.train, SEQ) == [4, 4, 8, 8, 12]
 
 
 def test_a_ramp_whose_start_is_the_full_batch_is_one_stage():
   c = ramp_config(**{"train.batch_ramp.start_tokens": 16 * SEQ})
-  assert batch_ramp.stages(c.train, SEQ) == (batch_ramp.Stage(0, 0, 16),)
+  assert batch_shape.table(c.train, SEQ) == (batch_shape.Stage(0, 0, 0, 16, SEQ),)
   assert config_lib.train_steps(c) == 10
 
 
@@ -96,12 +96,12 @@ def test_gpt3_125m_ramp_lr_follows_tokens_seen():
   spec.loader.exec_module(module)
   c = module.get_config("125m,ramp")
   config_lib.validate(c)
-  table = batch_ramp.stages(c.train, 2048)
+  table = batch_shape.table(c.train, 2048)
   assert table[0].batch_size == 16 and table[-1].batch_size == 256
   lr = jax.jit(optim.schedule(c))
 
   def tokens_after(step):
-    return batch_ramp.rows_before(table, step + 1) * 2048
+    return batch_shape.rows_before(table, step + 1) * 2048
 
   peak = next(s for s in range(12_000) if tokens_after(s) >= 375_000_000)
   assert tokens_after(peak - 1) < 375_000_000 < tokens_after(peak)
@@ -120,16 +120,16 @@ def test_every_row_is_consumed_exactly_once_across_the_ramp():
   """The rows the stages read, update by update, are the stream's first rows in order,
   each once: a hash of the ids read stage by stage equals the hash of the stream."""
   c = ramp_config(**{"data.tokenizer": "bytes"})
-  table = batch_ramp.stages(c.train, SEQ)
+  table = batch_shape.table(c.train, SEQ)
   _, lm = data.load(c.data, SEQ, c.train.seed)
   steps = config_lib.train_steps(c)
   read = np.concatenate(
     [
-      lm.stream_rows(batch_ramp.rows_before(table, s), batch_ramp.stage_at(table, s).batch_size)
+      lm.stream_rows(batch_shape.rows_before(table, s), batch_shape.stage_at(table, s).batch_size)
       for s in range(steps)
     ]
   )
-  stream = lm.stream_rows(0, batch_ramp.rows_before(table, steps))
+  stream = lm.stream_rows(0, batch_shape.rows_before(table, steps))
   assert hashlib.sha256(read.tobytes()).hexdigest() == hashlib.sha256(stream.tobytes()).hexdigest()
   assert len(np.unique(read)) == len(read)  # one epoch holds far more than 160 rows
 
@@ -155,7 +155,7 @@ RAMP_RUN = {  # micro-batches of 4 over a 4-way data axis; 4 -> 8 -> 12 -> 16 se
 @pytest.mark.slow
 def test_a_ramped_run_killed_mid_ramp_resumes_bit_for_bit(tmp_path):
   c = tiny_config(**RAMP_RUN)
-  table = batch_ramp.stages(c.train, 32)
+  table = batch_shape.table(c.train, 32)
   assert [s.batch_size for s in table] == [4, 8, 12, 16]
   ramp_end, total = table[-1].first_step, config_lib.train_steps(c)
 
@@ -168,9 +168,9 @@ def test_a_ramped_run_killed_mid_ramp_resumes_bit_for_bit(tmp_path):
   # Rows never straddle a stage: each stage's tokens/s is its own.
   assert {s.first_step for s in table[1:]} <= {r["step"] for r in reference_rows}
   for r in reference_rows:
-    assert r["tokens"] == batch_ramp.rows_before(table, r["step"]) * 32
-    assert r["batch_size"] == batch_ramp.stage_at(table, r["step"] - 1).batch_size
-  assert reference_rows[-1]["tokens"] == batch_ramp.rows_before(table, total) * 32 >= 640 * 32
+    assert r["tokens"] == batch_shape.rows_before(table, r["step"]) * 32
+    assert r["batch_size"] == batch_shape.stage_at(table, r["step"] - 1).batch_size
+  assert reference_rows[-1]["tokens"] == batch_shape.rows_before(table, total) * 32 >= 640 * 32
 
   resumed = str(tmp_path / "resumed")
   proc = subprocess.Popen(
@@ -184,7 +184,7 @@ def test_a_ramped_run_killed_mid_ramp_resumes_bit_for_bit(tmp_path):
   rerun = subprocess.run(cli(resumed, **RAMP_RUN), capture_output=True, text=True, cwd=ROOT)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert f"at step {resume_point}" in rerun.stderr
-  later_stages = {batch_ramp.stage_at(table, s).batch_size for s in range(resume_point, total)}
+  later_stages = {batch_shape.stage_at(table, s).batch_size for s in range(resume_point, total)}
   assert rerun.stderr.count("compiled the train step for") == len(later_stages)
 
   assert_same_curve(rows(resumed), rows(reference), rtol=0)
