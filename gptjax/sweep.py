@@ -98,14 +98,15 @@ def _load_experiment(spec: str):
 
 
 def load_sweep(path: str) -> dict[str, dict[str, object]]:
-  """The experiment file's get_sweep(), checked to be {name: {"group.field": value}}."""
+  """The experiment file's get_sweep(), checked to be {name: {"group.field": value}}
+  (any depth: "train.batch_ramp.tokens"; config.override then checks the fields exist)."""
   try:
     sweep = _load_experiment(path)("get_sweep")
   except (OSError, ValueError) as e:  # e.g. the sweep of a source directory that is not there
     raise LaunchError(f"--config={path}: {e}") from None
   for name, overrides in sweep.items():
     for key in overrides:
-      if key.count(".") != 1:
+      if "." not in key or "" in key.split("."):
         raise LaunchError(
           f"member {name!r}: override key {key!r} is not 'group.field', e.g. 'model.n_layer'"
         )
