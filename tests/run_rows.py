@@ -3,7 +3,10 @@
 import json
 import os
 
+import jax
 import numpy as np
+
+import gptjax
 
 TIMING_FIELDS = {"step_time_s", "tokens_per_s", "mfu"}  # wall-clock, so never equal across runs
 
@@ -22,3 +25,11 @@ def assert_same_curve(actual, expected, rtol=1e-5):
     assert a.keys() == e.keys()
     for key in a:
       np.testing.assert_allclose(a[key], e[key], rtol=rtol, err_msg=f"step {a['step']} {key}")
+
+
+def assert_same_run(actual_dir, expected_dir):
+  """Bit for bit the same run: every row's values and the final parameters."""
+  assert_same_curve(rows(actual_dir), rows(expected_dir), rtol=0)
+  final = [jax.device_get(gptjax.load(d).params) for d in (actual_dir, expected_dir)]
+  for a, b in zip(jax.tree.leaves(final[0]), jax.tree.leaves(final[1])):
+    np.testing.assert_array_equal(a, b)

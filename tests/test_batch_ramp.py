@@ -5,16 +5,14 @@ import hashlib
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 
 import jax
 import numpy as np
 import pytest
-from run_rows import assert_same_curve, rows
-from test_train import ROOT, _checkpoints, _wait_for, cli, tiny_config
+from run_rows import assert_same_curve, assert_same_run, rows
+from test_train import ROOT, cli, kill_at_checkpoint, tiny_config
 
-import gptjax
 from gptjax import batch_shape, data, optim, train
 from gptjax import config as config_lib
 
@@ -173,13 +171,7 @@ def test_a_ramped_run_killed_mid_ramp_resumes_bit_for_bit(tmp_path):
   assert reference_rows[-1]["tokens"] == batch_shape.rows_before(table, total) * 32 >= 640 * 32
 
   resumed = str(tmp_path / "resumed")
-  proc = subprocess.Popen(
-    cli(resumed, **RAMP_RUN), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-  )
-  _wait_for(lambda: _checkpoints(resumed) and _checkpoints(resumed)[-1] >= 10, proc)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  resume_point = _checkpoints(resumed)[-1]
+  resume_point = kill_at_checkpoint(resumed, 10, **RAMP_RUN)
   assert resume_point < ramp_end  # killed mid-ramp
   rerun = subprocess.run(cli(resumed, **RAMP_RUN), capture_output=True, text=True, cwd=ROOT)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
@@ -187,10 +179,7 @@ def test_a_ramped_run_killed_mid_ramp_resumes_bit_for_bit(tmp_path):
   later_stages = {batch_shape.stage_at(table, s).batch_size for s in range(resume_point, total)}
   assert rerun.stderr.count("compiled the train step for") == len(later_stages)
 
-  assert_same_curve(rows(resumed), rows(reference), rtol=0)
-  final = [jax.device_get(gptjax.load(d).params) for d in (resumed, reference)]
-  for a, b in zip(jax.tree.leaves(final[0]), jax.tree.leaves(final[1])):
-    np.testing.assert_array_equal(a, b)
+  assert_same_run(resumed, reference)
   with open(os.path.join(resumed, "summary.json")) as f:
     assert json.load(f)["tokens"] == reference_rows[-1]["tokens"]
 

@@ -4,16 +4,14 @@ and a run killed mid-warmup resuming bit for bit (gptjax/batch_shape.py, optim, 
 
 import json
 import os
-import signal
 import subprocess
 
 import jax
 import numpy as np
 import pytest
-from run_rows import assert_same_curve, rows
-from test_train import ROOT, _checkpoints, _wait_for, cli, tiny_config
+from run_rows import assert_same_run, rows
+from test_train import ROOT, cli, kill_at_checkpoint, tiny_config
 
-import gptjax
 from gptjax import batch_shape, data, flops, metrics, objectives, optim, train
 from gptjax import config as config_lib
 from gptjax.model import GPT, model_config
@@ -152,22 +150,13 @@ def test_a_run_killed_mid_warmup_resumes_bit_for_bit(tmp_path):
     assert r["seq_len"] == batch_shape.stage_at(table, r["step"] - 1).seq_len
 
   resumed = str(tmp_path / "resumed")
-  proc = subprocess.Popen(
-    cli(resumed, **run), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-  )
-  _wait_for(lambda: _checkpoints(resumed) and _checkpoints(resumed)[-1] >= 4, proc)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  resume_point = _checkpoints(resumed)[-1]
+  resume_point = kill_at_checkpoint(resumed, 4, **run)
   assert resume_point < table[-1].first_step  # killed mid-warmup
   rerun = subprocess.run(cli(resumed, **run), capture_output=True, text=True, cwd=ROOT)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   later = {batch_shape.stage_at(table, s).seq_len for s in range(resume_point, total)}
   assert rerun.stderr.count("compiled the train step for") == len(later)
 
-  assert_same_curve(rows(resumed), rows(reference), rtol=0)
-  final = [jax.device_get(gptjax.load(d).params) for d in (resumed, reference)]
-  for a, b in zip(jax.tree.leaves(final[0]), jax.tree.leaves(final[1])):
-    np.testing.assert_array_equal(a, b)
+  assert_same_run(resumed, reference)
   with open(os.path.join(resumed, "summary.json")) as f:
     assert json.load(f)["tokens"] == batch_shape.tokens_before(table, total)
