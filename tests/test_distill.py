@@ -331,6 +331,22 @@ def write_run(path, n, loss, teacher="", evals=((4, None),)):
   (path / "summary.json").write_text(json.dumps(summary))
 
 
+PARTS = [(doc, row) for doc in range(4) for row in range(2)]  # 4 documents, 2 parts of 16 tokens
+SCRATCH_SUMS = [48.0, 47.5, 49.0, 48.2, 46.9, 47.7, 48.8, 48.1]  # 3.0 nats/token on average
+DISTILLED_SUMS = [x - 1.6 + 0.05 * (i % 3) for i, x in enumerate(SCRATCH_SUMS)]  # ~2.9
+
+
+def write_parts(path, step, sums):
+  """The per-part eval losses training writes (eval/STEP/lm_losses_K.jsonl)."""
+  os.makedirs(path / "eval" / str(step))
+  (path / "eval" / str(step) / "lm_losses_8.jsonl").write_text(
+    "".join(
+      json.dumps({"row": row, "document": doc, "loss_sum": y, "tokens": 16}) + "\n"
+      for (doc, row), y in zip(PARTS, sums)
+    )
+  )
+
+
 @pytest.mark.slow
 def test_the_report_sets_distilled_students_beside_scratch_and_fits_scratch_alone(tmp_path):
   teacher_dir = tmp_path / "teacher"
@@ -342,6 +358,8 @@ def test_the_report_sets_distilled_students_beside_scratch_and_fits_scratch_alon
   members |= {"n1000-distilled": (1000, 2.9, spec), "n2000-distilled": (2000, 2.81, spec)}
   for name, (n, loss, teacher) in members.items():
     write_run(root / name, n, loss, teacher)
+  for name, sums in (("n1000", SCRATCH_SUMS), ("n1000-distilled", DISTILLED_SUMS)):
+    write_parts(root / name, 4, sums)
   (root / "sweep.json").write_text(json.dumps({name: {} for name in members}))
   from gptjax import report
 
@@ -350,7 +368,20 @@ def test_the_report_sets_distilled_students_beside_scratch_and_fits_scratch_alon
   assert [(d["n"], d["teacher_loss"], d["scratch_loss"], d["distilled_loss"]) for d in
           fits["distillation"]] == [(1000, 2.1, 3.0, 2.9), (2000, 2.1, 2.8, 2.81)]  # fmt: skip
   assert fits["distillation"][0]["gain"] == pytest.approx(0.1)
-  assert fits["distillation"][0]["gain_se"] == pytest.approx(0.01 * np.sqrt(2))
+  # n1000's two runs wrote per-document losses: its error is the paired, clustered one.
+  assert fits["distillation"][0]["gain_se_paired"]
+  diff = {doc: 0.0 for doc in range(4)}
+  for (doc, _), a, b in zip(PARTS, SCRATCH_SUMS, DISTILLED_SUMS):
+    diff[doc] += a - b
+  d, t = np.array(list(diff.values())), np.full(4, 2 * 16.0)
+  gain = d.sum() / t.sum()
+  se = np.sqrt(4 / 3 * np.sum((d - gain * t) ** 2)) / t.sum()  # Cochran's clustered ratio
+  assert fits["distillation"][0]["gain_se"] == pytest.approx(se)
+  assert se < 0.01 * np.sqrt(2) / 3  # far below the independent errors' 0.0141
+  # n2000's did not: its error treats the two evals as independent, and says so.
+  assert not fits["distillation"][1]["gain_se_paired"]
+  assert fits["distillation"][1]["gain_se"] == pytest.approx(0.01 * np.sqrt(2))
+  assert "-0.0100 ± 0.0141*" in open(paths["md"]).read()
   assert "loss_vs_n" in fits  # four scratch sizes, one each: the distilled twins stay out
   markdown = open(paths["md"]).read()
   assert "## Distillation" in markdown and os.path.getsize(paths["distillation"]) > 0

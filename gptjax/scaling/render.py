@@ -214,6 +214,7 @@ def write_report(
         "distilled_loss": p.distilled.final_eval_loss,
         "gain": p.gain,
         "gain_se": p.gain_se,
+        "gain_se_paired": p.paired is not None,
       }
       for p in students
     ]
@@ -475,7 +476,9 @@ def _distillation(doc: Document, pairs: list[distillation.Pair], out_dir: str) -
     "Students trained on the same tokens from scratch and distilled from a teacher "
     "(distill.alpha x T^2 x KL + (1 - alpha) x cross-entropy); both scored by cross-entropy on "
     "the true validation data. Gain = scratch - distilled (> 0: distillation helped), its "
-    "standard error treating the two evals as independent (conservative: they share the set)."
+    "standard error paired: clustered by validation document over the two runs' per-document "
+    "loss differences on the shared eval set (s.e. marked * treats the two evals as "
+    "independent, conservative: a run without its per-document losses)."
   )
   doc.table(
     ["teacher", "teacher loss", "student N", "D", "scratch", "distilled", "gain ± s.e."],
@@ -487,7 +490,7 @@ def _distillation(doc: Document, pairs: list[distillation.Pair], out_dir: str) -
         f"{p.tokens:.3g}",
         _num(p.scratch.final_eval_loss),
         _num(p.distilled.final_eval_loss),
-        f"{p.gain:+.4f} ± {p.gain_se:.4f}",
+        f"{p.gain:+.4f} ± {p.gain_se:.4f}" + ("" if p.paired else "*"),
       ]
       for p in pairs
     ],
