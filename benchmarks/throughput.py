@@ -121,7 +121,7 @@ def main(argv: list[str]) -> None:
   unknown = sorted(set(_LAYERS.value) - set(LAYERS))
   if unknown:
     raise app.UsageError(f"--layers: unknown {unknown}; use {list(LAYERS)}")
-  kept = _KEEP_FREED.value and host_malloc.cpu_backend_ahead() and host_malloc.keep_freed_memory()
+  kept = _KEEP_FREED.value and jax.default_backend() == "cpu" and host_malloc.keep_freed_memory()
   _, peak_note = flops.device_peak(0.0, "float32")
   print(f"{jax.devices()[0].device_kind}; MFU peak: {peak_note}; freed memory kept: {kept}")
   print(

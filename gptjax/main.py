@@ -50,8 +50,6 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   console.setup(flags.FLAGS.verbosity)
-  if host_malloc.cpu_backend_ahead():  # before jax starts its threads
-    host_malloc.keep_freed_memory()  # XLA:CPU's step temporaries reuse their pages
   try:
     _main()
   except _USER_ERRORS as e:
@@ -133,6 +131,8 @@ def _main() -> None:
     jax.process_count(),
     jax.local_device_count(),
   )
+  if jax.default_backend() == "cpu":
+    host_malloc.keep_freed_memory()  # XLA:CPU's step temporaries reuse their pages
   summary = train.run(config, _WORKDIR.value)
   logging.info(_closing_line(summary, _WORKDIR.value))
   if config.eval.tasks and summary["status"] == "completed":
