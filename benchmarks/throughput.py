@@ -1,7 +1,7 @@
 """Training throughput on this machine: tokens/s, MFU and step-time percentiles per shape.
 
     python benchmarks/throughput.py [--shapes=4/4/128/64/12,4/4/256/256/16,9/6/384/256/16]
-        [--layers=loop,unrolled,blocks] [--steps=40] [--text=README.md]
+        [--layers=loop,unrolled,blocks] [--steps=40] [--text=README.md] [--nokeep_freed_memory]
 
 A shape is layers/heads/width/context/batch. The defaults are the three shapes of
 issue 18: nanoGPT's CPU shakespeare-char recipe (0.8M), the quick start's (3.2M) and
@@ -14,7 +14,9 @@ block in a loop: model.scan_unroll=1, the default before it existed), `unrolled`
 left out (compilation and first-touch allocation). Step times are wall seconds per
 step with the step's result awaited, so they include dispatch; tokens/s is tokens
 over the summed step times. MFU divides the FLOPs-per-token convention of
-gptjax.flops by the cached CPU peak (or the accelerator's datasheet peak).
+gptjax.flops by the cached CPU peak (or the accelerator's datasheet peak). On CPU,
+glibc keeps freed memory for reuse as in training (gptjax.host_malloc);
+--nokeep_freed_memory times glibc's defaults instead.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import numpy as np
 from absl import app, flags
 
 from gptjax import config as config_lib
-from gptjax import flops, sharding, train
+from gptjax import flops, host_malloc, sharding, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SHAPES = flags.DEFINE_list(
@@ -43,6 +45,9 @@ LAYERS = {  # --layers name -> (model.scan_layers, model.scan_unroll or None for
 _LAYERS = flags.DEFINE_list("layers", list(LAYERS), f"How the blocks are compiled: {list(LAYERS)}.")
 _STEPS = flags.DEFINE_integer("steps", 40, "Timed steps per shape.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps first (the first compiles).")
+_KEEP_FREED = flags.DEFINE_bool(
+  "keep_freed_memory", True, "On CPU, keep freed memory for reuse, as training does."
+)
 _TEXT = flags.DEFINE_string(
   "text", os.path.join(ROOT, "README.md"), "Local text to take bytes from."
 )
@@ -116,8 +121,9 @@ def main(argv: list[str]) -> None:
   unknown = sorted(set(_LAYERS.value) - set(LAYERS))
   if unknown:
     raise app.UsageError(f"--layers: unknown {unknown}; use {list(LAYERS)}")
+  kept = _KEEP_FREED.value and jax.default_backend() == "cpu" and host_malloc.keep_freed_memory()
   _, peak_note = flops.device_peak(0.0, "float32")
-  print(f"{jax.devices()[0].device_kind}; MFU peak: {peak_note}")
+  print(f"{jax.devices()[0].device_kind}; MFU peak: {peak_note}; freed memory kept: {kept}")
   print(
     f"{'shape (L/H/W/T/B)':<18} {'layers':>8} {'params':>10} {'tok/s':>9} {'MFU':>6} "
     f"{'p50 ms':>8} {'p90 ms':>8} {'mean loss':>9}"

@@ -14,7 +14,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gptjax import checkpoint, console, data, memory_plan, metrics, rundir, train
+from gptjax import checkpoint, console, data, host_malloc, memory_plan, metrics, rundir, train
 from gptjax import config as config_lib
 from gptjax.evaluate import tasks as eval_tasks
 
@@ -131,6 +131,8 @@ def _main() -> None:
     jax.process_count(),
     jax.local_device_count(),
   )
+  if jax.default_backend() == "cpu":
+    host_malloc.keep_freed_memory()  # XLA:CPU's step temporaries reuse their pages
   summary = train.run(config, _WORKDIR.value)
   logging.info(_closing_line(summary, _WORKDIR.value))
   if config.eval.tasks and summary["status"] == "completed":
