@@ -13,6 +13,7 @@ import time
 import pytest
 from shell import remote, shellcheck
 
+from gptjax import sweep
 from gptjax.launch import local, slurm, tpu
 from gptjax.launch.job import Job, LaunchError, completed_test, member
 
@@ -331,3 +332,18 @@ def test_launch_scripts_are_shellcheck_clean_and_print_what_the_python_prints(tm
   assert script == direct
   lines = script.splitlines()
   assert len(lines) == 3 and all("--worker=all" in line for line in lines[1:])
+
+
+@pytest.mark.parametrize(
+  "key, ok", [("train.batch_ramp.tokens", True), ("train", False), ("train..steps", False)]
+)
+def test_sweep_override_keys_may_name_nested_fields(tmp_path, key, ok):
+  experiment = tmp_path / "nested.py"
+  experiment.write_text(
+    f"def get_config():\n  return None\ndef get_sweep():\n  return {{'m': {{{key!r}: 1}}}}\n"
+  )
+  if ok:
+    assert sweep.load_sweep(str(experiment)) == {"m": {key: 1}}
+  else:
+    with pytest.raises(LaunchError, match=f"override key {key!r} is not 'group.field'"):
+      sweep.load_sweep(str(experiment))

@@ -471,18 +471,3 @@ def test_eta_weighs_members_by_their_flops():
   ]
   assert progress(members, 1, 0.0).splitlines()[-1].endswith("ETA 50s")  # 5e12 at 1e11 FLOP/s
   assert "ETA ? (after the first member)" in progress(members[1:], 1, 0.0)
-
-
-@pytest.mark.parametrize(
-  "key, ok", [("train.batch_ramp.tokens", True), ("train", False), ("train..steps", False)]
-)
-def test_sweep_override_keys_may_name_nested_fields(tmp_path, key, ok):
-  experiment = tmp_path / "nested.py"
-  experiment.write_text(
-    f"def get_config():\n  return None\ndef get_sweep():\n  return {{'m': {{{key!r}: 1}}}}\n"
-  )
-  if ok:
-    assert load_sweep(str(experiment)) == {"m": {key: 1}}
-  else:
-    with pytest.raises(LaunchError, match=f"override key {key!r} is not 'group.field'"):
-      load_sweep(str(experiment))
