@@ -2,6 +2,7 @@
 
     python benchmarks/throughput.py [--shapes=4/4/128/64/12,4/4/256/256/16,9/6/384/256/16]
         [--layers=loop,unrolled,blocks] [--steps=40] [--text=README.md] [--nokeep_freed_memory]
+        [--cpu_devices=0]
 
 A shape is layers/heads/width/context/batch. The defaults are the three shapes of
 issue 18: nanoGPT's CPU shakespeare-char recipe (0.8M), the quick start's (3.2M) and
@@ -10,13 +11,15 @@ depend on which). --layers picks how the blocks are compiled: `loop` (nn.scan, o
 block in a loop: model.scan_unroll=1, the default before it existed), `unrolled`
 (nn.scan unrolled: scan_unroll=n_layer, the same stacked parameters) and `blocks`
 (model.scan_layers=False: one module per block). Each shape runs the real jitted train step of `train.build`
-(AdamW, donated state, the window sums) on one device; the first --warmup steps are
+(AdamW, donated state, the window sums) on the CPU devices (one accelerator); the first --warmup steps are
 left out (compilation and first-touch allocation). Step times are wall seconds per
 step with the step's result awaited, so they include dispatch; tokens/s is tokens
 over the summed step times. MFU divides the FLOPs-per-token convention of
 gptjax.flops by the cached CPU peak (or the accelerator's datasheet peak). On CPU,
 glibc keeps freed memory for reuse as in training (gptjax.host_malloc);
---nokeep_freed_memory times glibc's defaults instead.
+--nokeep_freed_memory times glibc's defaults instead. On CPU the host is split into
+--cpu_devices XLA devices with the batch split over them, as `python -m gptjax.main` does
+(gptjax.cpu_devices; 0 = one per core that divides every shape's batch, 1 = one device).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import numpy as np
 from absl import app, flags
 
 from gptjax import config as config_lib
-from gptjax import flops, host_malloc, sharding, train
+from gptjax import cpu_devices, flops, host_malloc, sharding, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SHAPES = flags.DEFINE_list(
@@ -47,6 +50,9 @@ _STEPS = flags.DEFINE_integer("steps", 40, "Timed steps per shape.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps first (the first compiles).")
 _KEEP_FREED = flags.DEFINE_bool(
   "keep_freed_memory", True, "On CPU, keep freed memory for reuse, as training does."
+)
+_CPU_DEVICES = flags.DEFINE_integer(
+  "cpu_devices", 0, "CPU devices to split the host into (0: one per core, as training does)."
 )
 _TEXT = flags.DEFINE_string(
   "text", os.path.join(ROOT, "README.md"), "Local text to take bytes from."
@@ -70,7 +76,7 @@ def shape_config(shape: str, layers: str) -> config_lib.ml_collections.ConfigDic
   )
   c.train.batch_size = batch
   c.train.steps = _WARMUP.value + _STEPS.value
-  c.mesh.ici.data = 1
+  c.mesh.cpu_devices = _CPU_DEVICES.value
   config_lib.validate(c)
   return c
 
@@ -85,7 +91,8 @@ def batches(text: bytes, batch: int, seq_len: int, count: int) -> list[np.ndarra
 
 def time_shape(shape: str, layers: str, text: bytes) -> dict[str, float]:
   c = shape_config(shape, layers)
-  mesh = sharding.make_mesh(c.mesh, jax.devices()[:1])
+  cpu = jax.default_backend() == "cpu"
+  mesh = sharding.make_mesh(c.mesh, jax.devices() if cpu else jax.devices()[:1])
   program = train.build(c, mesh, eos_id=0)
   state = program.init(jax.random.PRNGKey(0))
   window = jax.device_put(train.Window.zeros(), sharding.replicated(mesh))
@@ -121,9 +128,17 @@ def main(argv: list[str]) -> None:
   unknown = sorted(set(_LAYERS.value) - set(LAYERS))
   if unknown:
     raise app.UsageError(f"--layers: unknown {unknown}; use {list(LAYERS)}")
+  if _CPU_DEVICES.value < 0:
+    raise app.UsageError(f"--cpu_devices={_CPU_DEVICES.value}: use 0 (one per core) or a count")
+  cores = cpu_devices.host_cores()
+  count = min(cpu_devices.choose(shape_config(s, "loop"), cores) for s in _SHAPES.value)
+  jax.config.update("jax_num_cpu_devices", count)  # before the backend starts
   kept = _KEEP_FREED.value and jax.default_backend() == "cpu" and host_malloc.keep_freed_memory()
   _, peak_note = flops.device_peak(0.0, "float32")
-  print(f"{jax.devices()[0].device_kind}; MFU peak: {peak_note}; freed memory kept: {kept}")
+  print(
+    f"{jax.devices()[0].device_kind} x {jax.device_count()}; MFU peak: {peak_note}; "
+    f"freed memory kept: {kept}"
+  )
   print(
     f"{'shape (L/H/W/T/B)':<18} {'layers':>8} {'params':>10} {'tok/s':>9} {'MFU':>6} "
     f"{'p50 ms':>8} {'p90 ms':>8} {'mean loss':>9}"

@@ -224,6 +224,7 @@ def base_config() -> ml_collections.ConfigDict:
     ("vocab", "tensor"),
     ("layers", None),
   )
+  c.mesh.cpu_devices = 0  # XLA:CPU devices to split one host into (CPU backend only; gptjax.cpu_devices); 0 = one per core that the mesh's -1 axis and the micro-batch divide, 1 = one device
   return c
 
 
@@ -573,6 +574,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     sizes = [shape[a] for a in MESH_AXES]
     if sum(s == -1 for s in sizes) > 1 or any(s == 0 or s < -1 for s in sizes):
       errors.append(f"mesh.{group}={dict(shape)}: sizes must be >= 1, with at most one -1")
+  _positive(errors, "mesh.cpu_devices", c.mesh.cpu_devices, allow_zero=True)
   rule_names = {name for name, _ in c.mesh.rules}
   missing = {"batch", "length", "embed", "heads", "kv", "mlp", "vocab", "layers"} - rule_names
   if missing:

@@ -14,7 +14,17 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gptjax import checkpoint, console, data, host_malloc, memory_plan, metrics, rundir, train
+from gptjax import (
+  checkpoint,
+  console,
+  cpu_devices,
+  data,
+  host_malloc,
+  memory_plan,
+  metrics,
+  rundir,
+  train,
+)
 from gptjax import config as config_lib
 from gptjax.evaluate import tasks as eval_tasks
 
@@ -113,6 +123,7 @@ def _main() -> None:
   eval_tasks.check_tasks(config.eval.tasks)
   if not config.train.dry_run:  # a dry run writes nothing
     rundir.check(_WORKDIR.value)
+  cpu_count = cpu_devices.configure(config, _DISTRIBUTED.value)  # before any backend starts
   if _DISTRIBUTED.value:
     # CPU processes need a collectives backend to talk to each other; on GPU/TPU
     # this setting is unused.
@@ -132,6 +143,10 @@ def _main() -> None:
     jax.local_device_count(),
   )
   if jax.default_backend() == "cpu":
+    if cpu_count:
+      logging.info(
+        "CPU: %d devices on %d cores (mesh.cpu_devices)", cpu_count, cpu_devices.host_cores()
+      )
     host_malloc.keep_freed_memory()  # XLA:CPU's step temporaries reuse their pages
   summary = train.run(config, _WORKDIR.value)
   logging.info(_closing_line(summary, _WORKDIR.value))
