@@ -91,11 +91,18 @@ def active(mesh: Mesh, axis_rules: Rules) -> Iterator[None]:
     yield
 
 
-def ineffective_settings(config: ml_collections.ConfigDict, mesh: Mesh) -> list[str]:
-  """Warnings for parallelism settings that cannot do what they seem to ask for."""
+def ineffective_settings(
+  config: ml_collections.ConfigDict, mesh: Mesh, *, replication_expected: bool = False
+) -> list[str]:
+  """Warnings for parallelism settings that cannot do what they seem to ask for.
+
+  `replication_expected`: a training run split over one host's CPU devices for speed
+  (gptjax.cpu_devices) replicates its state on purpose, so that warning is left out; a dry
+  run on CPU devices standing in for accelerators keeps it.
+  """
   warnings = []
   m = config.model
-  if mesh.shape["fsdp"] == 1 and mesh.shape["data"] > 1:
+  if mesh.shape["fsdp"] == 1 and mesh.shape["data"] > 1 and not replication_expected:
     warnings.append(
       f"mesh fsdp axis has size 1: parameters and optimizer state are replicated on all "
       f"{mesh.shape['data']} data-parallel devices; set mesh.ici.fsdp to shard them"

@@ -583,7 +583,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     jax.process_count(),
     jax.devices()[0].device_kind,
   )
-  for warning in sharding.ineffective_settings(config, mesh):
+  one_host_cpu = jax.process_count() == 1 and jax.default_backend() == "cpu"
+  for warning in sharding.ineffective_settings(config, mesh, replication_expected=one_host_cpu):
     logging.warning(warning)
   with _writer_lock(workdir) as lock:
     return _run_locked(config, workdir, mesh, interrupts, lock)
