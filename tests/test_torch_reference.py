@@ -100,4 +100,4 @@ def test_training_steps_match_gptjax_train_step():
   got = {k: v.detach().numpy() for k, v in model.state_dict().items()}
   assert got.keys() == expected.keys()
   for name, value in expected.items():
-    np.testing.assert_allclose(got[name], value, atol=1e-5, rtol=0, err_msg=name)
+    np.testing.assert_allclose(got[name], value, atol=5e-5, rtol=0, err_msg=name)
