@@ -24,69 +24,43 @@ glibc keeps freed memory for reuse as in training (gptjax.host_malloc);
 
 from __future__ import annotations
 
-import os
 import time
 
 import jax
 import numpy as np
+import shapes
 from absl import app, flags
+from shapes import batches
 
 from gptjax import config as config_lib
 from gptjax import cpu_devices, flops, host_malloc, sharding, train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_SHAPES = flags.DEFINE_list(
-  "shapes",
-  ["4/4/128/64/12", "4/4/256/256/16", "9/6/384/256/16"],
-  "layers/heads/width/context/batch of each model timed.",
-)
+# The shapes, steps and text are shared with torch_reference.py (benchmarks/shapes.py).
+_SHAPES, _STEPS, _WARMUP, _TEXT = shapes.SHAPES, shapes.STEPS, shapes.WARMUP, shapes.TEXT
+
 LAYERS = {  # --layers name -> (model.scan_layers, model.scan_unroll or None for n_layer)
   "loop": (True, 1),
   "unrolled": (True, None),
   "blocks": (False, 1),
 }
 _LAYERS = flags.DEFINE_list("layers", list(LAYERS), f"How the blocks are compiled: {list(LAYERS)}.")
-_STEPS = flags.DEFINE_integer("steps", 40, "Timed steps per shape.")
-_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps first (the first compiles).")
 _KEEP_FREED = flags.DEFINE_bool(
   "keep_freed_memory", True, "On CPU, keep freed memory for reuse, as training does."
 )
 _CPU_DEVICES = flags.DEFINE_integer(
   "cpu_devices", 0, "CPU devices to split the host into (0: one per core, as training does)."
 )
-_TEXT = flags.DEFINE_string(
-  "text", os.path.join(ROOT, "README.md"), "Local text to take bytes from."
-)
 
 
 def shape_config(shape: str, layers: str) -> config_lib.ml_collections.ConfigDict:
-  """The run config of one 'layers/heads/width/context/batch' shape, float32, bytes."""
-  n_layer, n_head, d_model, seq_len, batch = (int(v) for v in shape.split("/"))
+  """The run config of one 'layers/heads/width/context/batch' shape, float32, bytes, with
+  the blocks compiled as `layers` (a --layers name) says."""
+  c = shapes.run_config(shape, _WARMUP.value + _STEPS.value)
   scan_layers, unroll = LAYERS[layers]
-  c = config_lib.base_config()
-  c.model.update(
-    n_layer=n_layer,
-    n_head=n_head,
-    d_model=d_model,
-    d_ff=4 * d_model,
-    seq_len=seq_len,
-    vocab_size=256,
-    scan_layers=scan_layers,
-    scan_unroll=unroll or n_layer,
-  )
-  c.train.batch_size = batch
-  c.train.steps = _WARMUP.value + _STEPS.value
+  c.model.update(scan_layers=scan_layers, scan_unroll=unroll or c.model.n_layer)
   c.mesh.cpu_devices = _CPU_DEVICES.value
   config_lib.validate(c)
   return c
-
-
-def batches(text: bytes, batch: int, seq_len: int, count: int) -> list[np.ndarray]:
-  """`count` batches of consecutive byte windows [batch, seq_len + 1] of `text`, cycled."""
-  ids = np.frombuffer(text, np.uint8).astype(np.int32)
-  need = count * batch * (seq_len + 1)
-  ids = np.resize(ids, need)  # repeats the text when it is shorter
-  return list(ids.reshape(count, batch, seq_len + 1))
 
 
 def time_shape(shape: str, layers: str, text: bytes) -> dict[str, float]:
