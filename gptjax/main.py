@@ -16,6 +16,7 @@ from ml_collections import config_flags
 
 from gptjax import (
   checkpoint,
+  compile_cache,
   console,
   cpu_devices,
   data,
@@ -124,6 +125,7 @@ def _main() -> None:
   if not config.train.dry_run:  # a dry run writes nothing
     rundir.check(_WORKDIR.value)
   cpu_count = cpu_devices.configure(config, _DISTRIBUTED.value)  # before any backend starts
+  compile_cache.enable(config.train.compile_cache)  # before the first compile
   if _DISTRIBUTED.value:
     # CPU processes need a collectives backend to talk to each other; on GPU/TPU
     # this setting is unused.

@@ -1,0 +1,63 @@
+"""The persistent compilation cache: a warm start loads every program and trains bit for bit alike."""
+
+import os
+import subprocess
+
+import pytest
+from run_rows import assert_same_run
+from test_train import ROOT, cli
+
+from gptjax.data import paths
+
+DATA_DIRS = ("tensorflow_datasets", "tokenizers", "tokens")  # the data caches a run reads
+
+
+def _fresh_cache_root(tmp_path, shared_root):
+  """A cache root of its own (no compiled programs) that shares the session's prepared data."""
+  root = tmp_path / "cache"
+  root.mkdir()
+  for name in DATA_DIRS:
+    os.makedirs(os.path.join(shared_root, name), exist_ok=True)
+    (root / name).symlink_to(os.path.join(shared_root, name))
+  return root
+
+
+def _entries(directory):
+  return {name for name in os.listdir(directory) if name.endswith("-cache")}
+
+
+@pytest.mark.slow
+def test_a_second_start_loads_every_program_from_the_cache_and_trains_identically(
+  tmp_path, isolated_cache
+):
+  root = _fresh_cache_root(tmp_path, isolated_cache)
+  env = {**os.environ, paths.CACHE_ENV_VAR: str(root)}
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)
+  runs = [str(tmp_path / name) for name in ("cold", "warm")]
+  xla = root / "xla"
+  seen = []
+  for workdir in runs:
+    subprocess.run(
+      cli(workdir, **{"train.steps": 3}), check=True, capture_output=True, cwd=ROOT, env=env
+    )
+    seen.append(_entries(xla))
+  cold, warm = seen
+  assert any(name.startswith("jit_windowed_train_step-") for name in cold), sorted(cold)
+  assert any(name.startswith("jit__lambda-") for name in cold), sorted(cold)  # the init
+  assert warm == cold  # every compile of the second run was a hit: a miss writes an entry
+  assert_same_run(runs[1], runs[0])
+
+
+@pytest.mark.slow
+def test_compile_cache_false_writes_no_program(tmp_path, isolated_cache):
+  root = _fresh_cache_root(tmp_path, isolated_cache)
+  env = {**os.environ, paths.CACHE_ENV_VAR: str(root)}
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)
+  subprocess.run(
+    cli(str(tmp_path / "run"), **{"train.steps": 1, "train.compile_cache": False}),
+    check=True,
+    capture_output=True,
+    cwd=ROOT,
+    env=env,
+  )
+  assert not (root / "xla").exists()
