@@ -1,7 +1,7 @@
 """JAX's persistent compilation cache, under $GPTJAX_CACHE/xla: a warm start skips XLA.
 
 Compiling is most of a small run's start-up: on a 2-core CPU the quick start's parameter
-init took 3-11 s to compile and its train step 4-10 s, every start, though the programs
+init took 4-6 s to compile and its train step 4-11 s, every start, though the programs
 were the same each time. XLA:CPU executables serialize, so JAX can keep them on disk
 (keyed by the program, the devices, the compile options, the XLA flags and the jaxlib
 version) and load one in a fraction of a second. A hit loads the executable that the
