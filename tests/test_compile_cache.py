@@ -3,10 +3,12 @@
 import os
 import subprocess
 
+import jax
 import pytest
 from run_rows import assert_same_run
 from test_train import ROOT, cli
 
+from gptjax import compile_cache
 from gptjax.data import paths
 
 DATA_DIRS = ("tensorflow_datasets", "tokenizers", "tokens")  # the data caches a run reads
@@ -61,3 +63,29 @@ def test_compile_cache_false_writes_no_program(tmp_path, isolated_cache):
     env=env,
   )
   assert not (root / "xla").exists()
+
+
+@pytest.fixture
+def restored_jax_config():
+  """enable() sets process-wide JAX options: put them back so later tests compile as before."""
+  saved = {
+    name: getattr(jax.config, name)
+    for name in ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+  }
+  yield
+  for name, value in saved.items():
+    jax.config.update(name, value)
+
+
+def test_enable_uses_the_cache_root_or_a_directory_the_user_chose(
+  tmp_path, isolated_cache, restored_jax_config
+):
+  jax.config.update("jax_compilation_cache_dir", None)
+  assert compile_cache.enable(False) is None
+  assert jax.config.jax_compilation_cache_dir is None
+  assert compile_cache.enable(True) == os.path.join(isolated_cache, "xla")
+  assert jax.config.jax_compilation_cache_dir == os.path.join(isolated_cache, "xla")
+  assert jax.config.jax_persistent_cache_min_compile_time_secs == 0
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path))  # e.g. JAX_COMPILATION_CACHE_DIR
+  assert compile_cache.enable(True) == str(tmp_path)
+  assert jax.config.jax_compilation_cache_dir == str(tmp_path)
