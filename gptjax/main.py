@@ -145,7 +145,7 @@ def _main() -> None:
     jax.local_device_count(),
   )
   if jax.default_backend() == "cpu":
-    if cpu_count:
+    if cpu_count and cpu_count > 1:
       logging.info(
         "CPU: %d devices on %d cores (mesh.cpu_devices)", cpu_count, cpu_devices.host_cores()
       )

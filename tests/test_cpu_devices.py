@@ -22,6 +22,7 @@ def _config(batch=16, accum=1, **mesh):
   c.train.batch_size = batch
   c.train.grad_accum_steps = accum
   c.mesh.ici.update(mesh)
+  c.mesh.cpu_devices = 0  # one per core
   return c
 
 
@@ -57,6 +58,7 @@ import jax
 from gptjax import config as config_lib, cpu_devices
 c = config_lib.base_config()
 c.train.batch_size = 16
+c.mesh.cpu_devices = 0
 set_to = cpu_devices.configure(c, distributed=False)
 print(json.dumps({"set_to": set_to, "devices": jax.device_count(), "cores": cpu_devices.host_cores()}))
 """
