@@ -10,12 +10,11 @@ mesh; the gradients are summed across devices in a different order than one devi
 batch, so losses agree to float tolerance, not bitwise, with a one-device run.
 
 It is opt-in (`mesh.cpu_devices=0`; the default 1 keeps one device) because XLA:CPU's
-in-process all-reduce (jaxlib 0.10.2) deadlocked in the training loop: in 3 of 5 runs on 2
-devices, one device waited in the gradient all-reduce for a peer that never came, and XLA
-aborted the process after its 40 s rendezvous timeout. The benchmark, which waits for each
-step, never did; so the training loop now waits for each step on a multi-device CPU mesh
-(gptjax.train), after which 3 of 3 runs of 600 steps completed. Three runs prove little,
-hence opt-in.
+in-process all-reduce in jaxlib 0.10.2 deadlocks in long step loops: in 3 of 5 training runs
+on 2 devices, and in benchmarks/cpu_allreduce_hang.py (a 20-line data-parallel step) on 2 or 8
+devices, whether each step is waited for or not, one device waits in the all-reduce for a
+peer that never comes, and XLA aborts the process after its 40 s rendezvous timeout.
+`configure` warns when it splits the host.
 
 The count is JAX's `jax_num_cpu_devices`, which can only be set before the backend initializes,
 so `python -m gptjax.main` calls `configure` first. It affects only the CPU backend; on a GPU or
@@ -29,6 +28,7 @@ import os
 
 import jax
 import ml_collections
+from absl import logging
 
 from gptjax.config import MESH_AXES
 
@@ -76,4 +76,11 @@ def configure(config: ml_collections.ConfigDict, distributed: bool) -> int | Non
     return None
   count = choose(config, host_cores())
   jax.config.update("jax_num_cpu_devices", count)
+  if count > 1:
+    logging.warning(
+      "mesh.cpu_devices: %d CPU devices; XLA:CPU's all-reduce can deadlock on them "
+      "(jaxlib 0.10.2: benchmarks/cpu_allreduce_hang.py), aborting the run after 40 s; "
+      "resume from the last checkpoint, or use --config.mesh.cpu_devices=1",
+      count,
+    )
   return count

@@ -828,13 +828,6 @@ def _train(
 
   stages = batch_shape.table(tc, config.model.seq_len)
   boundaries = {s.first_step for s in stages[1:]}
-  # XLA:CPU's in-process all-reduce deadlocked (3 of 5 runs on 2 devices) when a device
-  # started step k+1 before its peer had joined step k's gradient all-reduce; waiting for
-  # each step costs one host sync of the ~1 ms dispatch (gptjax.cpu_devices).
-  devices = program.batch_sharding.mesh.devices
-  wait_each_step = (
-    devices.size > 1 and jax.process_count() == 1 and devices.flat[0].platform == "cpu"
-  )
 
   def global_batch(step: int) -> objectives.Batch:
     stage = batch_shape.stage_at(stages, step)
@@ -927,8 +920,6 @@ def _train(
       checkpoint.check_saves(mngr)
       profiler.before(step, state)
       state, window = compiled[shape](state, window, batch, *frozen)
-      if wait_each_step:
-        jax.block_until_ready(window)
       step += 1
       profiler.after(step, state)
       read_rows()
