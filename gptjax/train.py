@@ -42,6 +42,7 @@ from gptjax import (
   eval_stats,
   flops,
   generate,
+  in_flight,
   init_from,
   metrics,
   objectives,
@@ -434,12 +435,11 @@ def _evaluate(
   document) part to `losses_path` (JSON lines), so reports can pair runs row by row.
   """
   as_global = functools.partial(jax.make_array_from_process_local_data, program.batch_sharding)
-  outputs = jax.device_get(
-    [
-      program.eval_step(params, as_global(tokens), as_global(weights), token_bytes)
-      for tokens, weights in eval_set.batches
-    ]
-  )
+  dispatched, outputs = in_flight.InFlight(), []
+  for tokens, weights in eval_set.batches:
+    outputs.append(program.eval_step(params, as_global(tokens), as_global(weights), token_bytes))
+    dispatched.add(outputs[-1])
+  outputs = jax.device_get(outputs)
   losses = np.concatenate([o["token_losses"] for o in outputs])
   scored = eval_set.segments >= 0
   part_sums = np.bincount(
@@ -881,6 +881,7 @@ def _train(
   )
   zero_window = jax.device_put(Window.zeros(), sharding.replicated(program.mesh))
   window, pending = zero_window, None  # pending: (step, window) read after the next dispatch
+  dispatched = in_flight.InFlight()  # each step's window: the host stays a few steps ahead
   step, status = start_step, "failed"
   profiler = profiling.StepProfiler(tc.profile_steps, workdir)
 
@@ -920,6 +921,7 @@ def _train(
       checkpoint.check_saves(mngr)
       profiler.before(step, state)
       state, window = compiled[shape](state, window, batch, *frozen)
+      dispatched.add(window)
       step += 1
       profiler.after(step, state)
       read_rows()
