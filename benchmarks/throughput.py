@@ -2,7 +2,7 @@
 
     python benchmarks/throughput.py [--shapes=4/4/128/64/12,4/4/256/256/16,9/6/384/256/16]
         [--layers=loop,unrolled,blocks] [--steps=40] [--text=README.md] [--nokeep_freed_memory]
-        [--cpu_devices=1]
+        [--cpu_devices=0]
 
 A shape is layers/heads/width/context/batch. The defaults are the three shapes of
 issue 18: nanoGPT's CPU shakespeare-char recipe (0.8M), the quick start's (3.2M) and
@@ -19,7 +19,7 @@ gptjax.flops by the cached CPU peak (or the accelerator's datasheet peak). On CP
 glibc keeps freed memory for reuse as in training (gptjax.host_malloc);
 --nokeep_freed_memory times glibc's defaults instead. On CPU the host is split into
 --cpu_devices XLA devices with the batch split over them, as `python -m gptjax.main` does
-(gptjax.cpu_devices; 1 = one device, the default; 0 = one per core that divides every shape's batch).
+(gptjax.cpu_devices; 0 = one per core that divides every shape's batch, the default; 1 = one).
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ _KEEP_FREED = flags.DEFINE_bool(
 )
 _CPU_DEVICES = flags.DEFINE_integer(
   "cpu_devices",
-  1,
-  "CPU devices to split the host into (0: one per core; 1: one, as training does).",
+  0,
+  "CPU devices to split the host into (0: one per core, as training does; 1: one).",
 )
 
 
@@ -109,7 +109,8 @@ def main(argv: list[str]) -> None:
       f"--cpu_devices={_CPU_DEVICES.value}: use 1 (one device), 0 (one per core) or a count"
     )
   cores = cpu_devices.host_cores()
-  count = min(cpu_devices.choose(shape_config(s, "loop"), cores) for s in _SHAPES.value)
+  memory = cpu_devices.host_memory_bytes()
+  count = min(cpu_devices.choose(shape_config(s, "loop"), cores, memory) for s in _SHAPES.value)
   jax.config.update("jax_num_cpu_devices", count)  # before the backend starts
   kept = _KEEP_FREED.value and jax.default_backend() == "cpu" and host_malloc.keep_freed_memory()
   _, peak_note = flops.device_peak(0.0, "float32")

@@ -225,7 +225,7 @@ def base_config() -> ml_collections.ConfigDict:
     ("vocab", "tensor"),
     ("layers", None),
   )
-  c.mesh.cpu_devices = 1  # XLA:CPU devices to split one host into (CPU backend only; gptjax.cpu_devices); 1 = one device; 0 = one per core that the mesh's -1 axis and the micro-batch divide (experimental: faster, but jaxlib 0.10.2's CPU all-reduce can deadlock, see README)
+  c.mesh.cpu_devices = 0  # XLA:CPU devices to split one host into (CPU backend only; gptjax.cpu_devices); 0 = one per core, as many as the mesh's -1 axis, the micro-batch and a quarter of RAM (16 bytes/param per copy) allow; 1 = one device
   return c
 
 

@@ -4,17 +4,18 @@ XLA:CPU runs each device's program on its own thread and parallelizes only large
 cores; the rest of a small model's step (elementwise fusions, LayerNorm and softmax reductions,
 attention's many small batched matmuls, the optimizer update) runs on that one thread. One
 device per core, with the batch split over them by the mesh's -1 axis (data parallelism), puts
-every core on all of it: on 2 cores, 1.2-1.3x the tokens/s of one device at 0.8M to 16M
+every core on all of it: on 2 cores, 1.4-1.7x the tokens/s of one device at 0.8M to 16M
 parameters (README "Training speed on CPU"). Parameters are replicated, as on any data-parallel
 mesh; the gradients are summed across devices in a different order than one device sums its
 batch, so losses agree to float tolerance, not bitwise, with a one-device run.
 
-It is opt-in (`mesh.cpu_devices=0`; the default 1 keeps one device) because XLA:CPU's
-in-process all-reduce in jaxlib 0.10.2 deadlocks in long step loops: in 3 of 5 training runs
-on 2 devices, and in benchmarks/cpu_allreduce_hang.py (a 20-line data-parallel step) on 2 or 8
-devices, whether each step is waited for or not, one device waits in the all-reduce for a
-peer that never comes, and XLA aborts the process after its 40 s rendezvous timeout.
-`configure` warns when it splits the host.
+It is the default (`mesh.cpu_devices=0`). Two costs bound it:
+- memory: every device holds the whole float32 state (parameters, gradients, Adam's two
+  moments: 16 bytes a parameter), so the split stops where those copies would pass a quarter
+  of the host's memory (a 124M model: 2 GB a copy);
+- XLA:CPU's in-process all-reduce (jaxlib 0.10.2) deadlocks once a device has 32 programs
+  queued, which the host loops avoid by running at most a few steps ahead (gptjax.in_flight;
+  benchmarks/cpu_allreduce_hang.py).
 
 The count is JAX's `jax_num_cpu_devices`, which can only be set before the backend initializes,
 so `python -m gptjax.main` calls `configure` first. It affects only the CPU backend; on a GPU or
@@ -28,11 +29,13 @@ import os
 
 import jax
 import ml_collections
-from absl import logging
 
+from gptjax import flops
 from gptjax.config import MESH_AXES
 
 XLA_FLAG = "--xla_force_host_platform_device_count"
+# Float32 parameters, gradients and Adam's two moments: what each replica holds.
+STATE_BYTES_PER_PARAM = 16
 
 
 def host_cores() -> int:
@@ -40,14 +43,20 @@ def host_cores() -> int:
   return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def choose(config: ml_collections.ConfigDict, cores: int) -> int:
-  """The CPU device count for `config` on a host with `cores` cores.
+def host_memory_bytes() -> int:
+  """Physical memory of this host."""
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
-  `mesh.cpu_devices` > 0 is taken as given (the default, 1: one device). With 0, a mesh
+
+def choose(config: ml_collections.ConfigDict, cores: int, memory_bytes: int) -> int:
+  """The CPU device count for `config` on a host with `cores` cores and `memory_bytes` of RAM.
+
+  `mesh.cpu_devices` > 0 is taken as given (1: one device). With 0 (the default), a mesh
   with fixed sizes gets exactly the devices it names, and a mesh with a -1 axis gets the most
-  devices, at most one per core, that its fixed axes divide and over which the micro-batch (train.batch_size / grad_accum_steps,
-  the unit a batch ramp's stages are made of, and the eval batch) splits evenly; else the
-  fixed product.
+  devices, at most one per core and at most as many state copies as fit a quarter of the
+  memory, that its fixed axes divide and over which the micro-batch (train.batch_size /
+  grad_accum_steps, the unit a batch ramp's stages are made of, and the eval batch) splits
+  evenly; else the fixed product.
   """
   if config.mesh.cpu_devices:
     return config.mesh.cpu_devices
@@ -55,7 +64,9 @@ def choose(config: ml_collections.ConfigDict, cores: int) -> int:
   fixed = math.prod(ici[a] for a in MESH_AXES if ici[a] != -1)
   if -1 not in [ici[a] for a in MESH_AXES]:
     return fixed
-  for n in range(cores - cores % fixed, fixed, -fixed):
+  state_bytes = STATE_BYTES_PER_PARAM * flops.param_counts(config.model)["n_params"]
+  most = min(cores, memory_bytes // 4 // state_bytes)
+  for n in range(most - most % fixed, fixed, -fixed):
     filled = {a: n // fixed if ici[a] == -1 else ici[a] for a in MESH_AXES}
     batch_ways = filled["data"] * filled["fsdp"]
     if micro % batch_ways == 0:
@@ -74,13 +85,6 @@ def configure(config: ml_collections.ConfigDict, distributed: bool) -> int | Non
     return None
   if jax.config.jax_num_cpu_devices != -1:
     return None
-  count = choose(config, host_cores())
+  count = choose(config, host_cores(), host_memory_bytes())
   jax.config.update("jax_num_cpu_devices", count)
-  if count > 1:
-    logging.warning(
-      "mesh.cpu_devices: %d CPU devices; XLA:CPU's all-reduce can deadlock on them "
-      "(jaxlib 0.10.2: benchmarks/cpu_allreduce_hang.py), aborting the run after 40 s; "
-      "resume from the last checkpoint, or use --config.mesh.cpu_devices=1",
-      count,
-    )
   return count

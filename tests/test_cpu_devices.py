@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from gptjax import config as config_lib
-from gptjax import cpu_devices
+from gptjax import cpu_devices, flops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,13 +40,25 @@ def _config(batch=16, accum=1, **mesh):
   ],
 )
 def test_one_device_per_core_that_the_mesh_and_batch_divide(cores, config, expected):
-  assert cpu_devices.choose(config, cores) == expected
+  assert cpu_devices.choose(config, cores, 2**40) == expected
+
+
+def test_no_more_state_copies_than_a_quarter_of_the_memory_holds():
+  c = _config(16)
+  copy = cpu_devices.STATE_BYTES_PER_PARAM * flops.param_counts(c.model)["n_params"]
+  assert [cpu_devices.choose(c, 8, memory) for memory in (3 * copy, 4 * copy, 17 * copy)] == [
+    1,
+    1,
+    4,
+  ]
+  c.mesh.cpu_devices = 8  # a count that is asked for is not second-guessed
+  assert cpu_devices.choose(c, 8, copy) == 8
 
 
 def test_a_set_count_is_taken_as_given_and_a_negative_one_refused():
   c = _config(16)
   c.mesh.cpu_devices = 3
-  assert cpu_devices.choose(c, 2) == 3
+  assert cpu_devices.choose(c, 2, 2**40) == 3
   c.mesh.cpu_devices = -1
   with pytest.raises(ValueError, match=r"mesh.cpu_devices=-1: must be an integer >= 0"):
     config_lib.validate(c)

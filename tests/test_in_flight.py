@@ -33,6 +33,7 @@ def test_at_most_limit_dispatches_are_kept_and_the_oldest_awaited():
     assert len(queue) == min(i + 1, 3)
 
 
+@pytest.mark.slow
 def test_a_long_step_loop_on_two_cpu_devices_finishes(tmp_path):
   """300 data-parallel steps of a tiny model read once: unbounded, the host queued more than
   32 steps and a device waited in the gradient all-reduce for good (XLA aborted the run)."""
