@@ -4,7 +4,7 @@ XLA:CPU runs each device's program on its own thread and parallelizes only large
 cores; the rest of a small model's step (elementwise fusions, LayerNorm and softmax reductions,
 attention's many small batched matmuls, the optimizer update) runs on that one thread. One
 device per core, with the batch split over them by the mesh's -1 axis (data parallelism), puts
-every core on all of it: on 2 cores, 1.4-1.7x the tokens/s of one device at 0.8M to 16M
+every core on all of it: on 2 cores, 1.13-1.25x the tokens/s of one device at 0.8M to 16M
 parameters (README "Training speed on CPU"). Parameters are replicated, as on any data-parallel
 mesh; the gradients are summed across devices in a different order than one device sums its
 batch, so losses agree to float tolerance, not bitwise, with a one-device run.
