@@ -70,7 +70,7 @@ def time_shape(shape: str, layers: str, text: bytes) -> dict[str, float]:
   cpu = jax.default_backend() == "cpu"
   mesh = sharding.make_mesh(c.mesh, jax.devices() if cpu else jax.devices()[:1])
   program = train.build(c, mesh, eos_id=0)
-  state = program.init(jax.random.PRNGKey(0))
+  state = program.init(0)
   window = jax.device_put(train.Window.zeros(), sharding.replicated(mesh))
   steps = _WARMUP.value + _STEPS.value
   feed = [

@@ -19,15 +19,17 @@ import datetime
 import functools
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ml_collections
-import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
 from gptjax import rundir
 from gptjax.config import train_steps
+
+if TYPE_CHECKING:
+  import orbax.checkpoint as ocp
 
 # Settings that change the shape or layout of the saved state, or the data order
 # a resumed run continues: resuming across a change in any of them is refused with
@@ -122,18 +124,57 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(directory, "checkpoints")
 
 
-def manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
-  """Orbax's manager of WORKDIR/checkpoints; a gs:// URL goes to orbax as it is."""
-  options = ocp.CheckpointManagerOptions(
-    max_to_keep=config.train.keep_checkpoints, create=True, enable_async_checkpointing=True
-  )
-  return ocp.CheckpointManager(
-    checkpoint_dir(workdir), options=options, item_names=("state", "meta")
-  )
+class Manager:
+  """WORKDIR/checkpoints through orbax's CheckpointManager, which is made at its first use.
+
+  A fresh run reads no checkpoint and writes its first one after training has begun, so
+  orbax (0.4 s of imports on a 2-core CPU) stays out of its start-up, and a start that is
+  refused leaves no checkpoints directory behind. A gs:// URL goes to orbax as it is.
+  """
+
+  def __init__(self, workdir: str, keep: int) -> None:
+    self.directory = checkpoint_dir(workdir)
+    self._keep = keep
+    self._orbax: ocp.CheckpointManager | None = None
+
+  @property
+  def orbax(self) -> ocp.CheckpointManager:
+    if self._orbax is None:
+      import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
+      options = ocp.CheckpointManagerOptions(
+        max_to_keep=self._keep, create=True, enable_async_checkpointing=True
+      )
+      self._orbax = ocp.CheckpointManager(
+        self.directory, options=options, item_names=("state", "meta")
+      )
+    return self._orbax
+
+  @property
+  def started(self) -> bool:
+    """Whether orbax's manager exists (it alone can have saves in flight)."""
+    return self._orbax is not None
+
+  def maybe_holds_checkpoints(self) -> bool:
+    """False when the directory is missing or empty, which needs no orbax to tell."""
+    path = epath.Path(self.directory)
+    return self.started or (path.exists() and any(path.iterdir()))
+
+  def latest_step(self) -> int | None:
+    return self.orbax.latest_step() if self.maybe_holds_checkpoints() else None
+
+  def close(self) -> None:
+    if self._orbax is not None:
+      self._orbax.close()
+
+
+def manager(workdir: str, config: ml_collections.ConfigDict) -> Manager:
+  """The run's checkpoints, keeping `train.keep_checkpoints` of them."""
+  return Manager(workdir, config.train.keep_checkpoints)
 
 
 def save(
-  mngr: ocp.CheckpointManager,
+  mngr: Manager,
   step: int,
   state: Any,
   config: ml_collections.ConfigDict,
@@ -151,8 +192,10 @@ def save(
     "schedule": schedule_settings(config),
     "data": data_state,
   }
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
   try:
-    mngr.save(
+    mngr.orbax.save(
       step,
       args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
       force=True,
@@ -161,38 +204,42 @@ def save(
     raise _save_failed(mngr, e) from e
 
 
-def check_saves(mngr: ocp.CheckpointManager) -> None:
+def check_saves(mngr: Manager) -> None:
   """Raises SaveFailed with the root cause if an earlier async save failed.
 
   Host-only (it looks at the background threads), so the loop calls it every step:
   a full disk stops training at the first step after orbax reports it (at the latest
   when the next save waits for the failed one), instead of at exit.
   """
-  if mngr.is_saving_in_progress():
+  if not mngr.started:
+    return
+  if mngr.orbax.is_saving_in_progress():
     try:
-      mngr.check_for_errors()
+      mngr.orbax.check_for_errors()
     except Exception as e:  # orbax re-raises whatever its writer threads hit
       raise _save_failed(mngr, e) from e
   else:
     wait(mngr)  # returns at once, or raises what the finished save hit
 
 
-def wait(mngr: ocp.CheckpointManager) -> None:
+def wait(mngr: Manager) -> None:
   """Waits for the pending save; SaveFailed if it, or an earlier one, failed."""
+  if not mngr.started:
+    return
   try:
-    mngr.wait_until_finished()
-    mngr.check_for_errors()
+    mngr.orbax.wait_until_finished()
+    mngr.orbax.check_for_errors()
   except Exception as e:  # orbax re-raises whatever its writer threads hit
     raise _save_failed(mngr, e) from e
 
 
-def _save_failed(mngr: ocp.CheckpointManager, error: Exception) -> SaveFailed:
+def _save_failed(mngr: Manager, error: Exception) -> SaveFailed:
   cause = error
   while not isinstance(cause, OSError) and (cause.__cause__ or cause.__context__):
     cause = cause.__cause__ or cause.__context__
   return SaveFailed(
     f"a checkpoint save in {mngr.directory} failed: {type(cause).__name__}: {cause}; the "
-    f"checkpoints already written are intact (steps {sorted(mngr.all_steps())}); free "
+    f"checkpoints already written are intact (steps {sorted(mngr.orbax.all_steps())}); free "
     "space or fix permissions, then rerun the same command to resume"
   )
 
@@ -239,7 +286,7 @@ def check_schedule(meta: dict[str, Any], config: ml_collections.ConfigDict, wher
 
 
 def restore_latest(
-  mngr: ocp.CheckpointManager,
+  mngr: Manager,
   workdir: str,
   config: ml_collections.ConfigDict,
   abstract_state: Any,
@@ -252,10 +299,14 @@ def restore_latest(
   step and path, moved to WORKDIR/checkpoints_unreadable, and the next older one is
   tried.
   """
-  for step in sorted(mngr.all_steps(), reverse=True):
+  if not mngr.maybe_holds_checkpoints():
+    return None
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
+  for step in sorted(mngr.orbax.all_steps(), reverse=True):
     where = f"{mngr.directory}/{step}"
     try:
-      meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+      meta = mngr.orbax.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
       if not {"step", "settings", "data"} <= set(meta):
         raise KeyError(f"metadata lacks {sorted({'step', 'settings', 'data'} - set(meta))}")
     except Exception as e:  # a damaged checkpoint fails in TensorStore, JSON or orbax
@@ -265,7 +316,7 @@ def restore_latest(
     check(meta)
     check_schedule(meta, config, where)
     try:
-      state = mngr.restore(
+      state = mngr.orbax.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
       )["state"]
     except Exception as e:
@@ -275,12 +326,12 @@ def restore_latest(
   return None
 
 
-def _move_aside(mngr: ocp.CheckpointManager, workdir: str, step: int, error: Exception) -> None:
+def _move_aside(mngr: Manager, workdir: str, step: int, error: Exception) -> None:
   stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
   target = epath.Path(workdir) / UNREADABLE_DIR / f"{step}-{stamp}"
   target.parent.mkdir(parents=True, exist_ok=True)
   (epath.Path(str(mngr.directory)) / str(step)).rename(target)
-  mngr.reload()
+  mngr.orbax.reload()
   logging.warning(
     "checkpoint step %d at %s/%d is unreadable (%s: %s); moved it to %s and "
     "falling back to the previous checkpoint",

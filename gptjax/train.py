@@ -50,6 +50,7 @@ from gptjax import (
   profiling,
   rundir,
   sharding,
+  trace_cache,
 )
 from gptjax.config import override, padded_vocab_size, train_steps, validate
 from gptjax.data import tasks
@@ -151,13 +152,14 @@ class Window:
 
   @classmethod
   def zeros(cls) -> Window:
-    f, i, b = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), jnp.zeros((), bool)
+    """On the host: NumPy, so making it compiles nothing (each jnp scalar was a program)."""
+    f, i, b = np.zeros((), np.float32), np.zeros((), np.int32), np.zeros((), bool)
     return cls(
       loss_sum=f,
       grad_norm_sum=f,
       steps=i,
       nonfinite_steps=i,
-      first_nonfinite_step=jnp.full((), -1, jnp.int32),
+      first_nonfinite_step=np.full((), -1, np.int32),
       nonfinite_loss=b,
       nonfinite_grad_norm=b,
       lr=f,
@@ -255,7 +257,7 @@ class Program:
   batch_shardings: dict[str, NamedSharding]  # each field of the objective's batches
   abstract_state: TrainState  # ShapeDtypeStructs carrying their shardings
   teacher_shardings: Any  # distill: the teacher's parameters, by the same rules; else None
-  init: Callable[[jax.Array], TrainState]
+  init: Callable[[Any], TrainState]  # the state of train.seed SEED: init(SEED)
   train_step: Callable[..., tuple[TrainState, Window]]  # (state, window, batch[, teacher])
   eval_step: Callable[..., dict[str, jax.Array]]
   objective_eval: Callable[[Any, objectives.Batch], tuple[objectives.Terms, objectives.Terms]]
@@ -304,11 +306,16 @@ def build(
     ),
   )
   with sharding.active(mesh, axis_rules):
-    abstract_params = jax.eval_shape(  # boxed: each parameter's logical axes
-      functools.partial(
-        objectives.init_params, model, objective, num_outputs=config.finetune.num_classes
+    abstract_params = trace_cache.abstract(  # boxed: each parameter's logical axes
+      "abstract_params",
+      config,
+      lambda: jax.eval_shape(
+        functools.partial(
+          objectives.init_params, model, objective, num_outputs=config.finetune.num_classes
+        ),
+        _abstract_key(),
       ),
-      jax.random.PRNGKey(0),
+      enabled=config.train.compile_cache,
     )
   tx = optim.make(config, nn.get_partition_spec(abstract_params))
   init_fn = functools.partial(
@@ -317,7 +324,7 @@ def build(
   # The optimizer state's shapes and axes follow from the parameters': the model is traced
   # once here, not again inside init_fn (0.2 s of the quick start's start-up).
   abstract = jax.eval_shape(
-    functools.partial(_fresh_state, tx=tx), abstract_params, jax.random.PRNGKey(0)
+    functools.partial(_fresh_state, tx=tx), abstract_params, _abstract_key()
   )
   state_shardings = sharding.logical_to_sharding(nn.get_partition_spec(abstract), mesh, axis_rules)
   abstract_state = jax.tree.map(
@@ -349,7 +356,9 @@ def build(
     batch_shardings=batch_shardings,
     abstract_state=abstract_state,
     teacher_shardings=teacher_shardings,
-    init=jax.jit(lambda rng: nn.unbox(init_fn(rng)), out_shardings=state_shardings),
+    init=jax.jit(
+      lambda seed: nn.unbox(init_fn(jax.random.PRNGKey(seed))), out_shardings=state_shardings
+    ),
     train_step=jax.jit(
       step,
       in_shardings=(state_shardings, replicated, batch_shardings)
@@ -371,11 +380,16 @@ def build(
   )
 
 
+def _abstract_key() -> jax.ShapeDtypeStruct:
+  """A PRNG key's shape and type: tracing with it compiles nothing (a real key is a program)."""
+  return jax.eval_shape(jax.random.PRNGKey, 0)
+
+
 def _param_shardings(model: GPT, mesh: Mesh, axis_rules: sharding.Rules) -> Any:
   """Shardings of `model`'s parameters by their logical axes (a distillation teacher's)."""
   tokens = jax.ShapeDtypeStruct((1, model.config.seq_len), jnp.int32)
   with sharding.active(mesh, axis_rules):
-    boxed = jax.eval_shape(model.init, jax.random.PRNGKey(0), tokens)["params"]
+    boxed = jax.eval_shape(model.init, _abstract_key(), tokens)["params"]
   return sharding.logical_to_sharding(nn.get_partition_spec(boxed), mesh, axis_rules)
 
 
@@ -669,7 +683,14 @@ def _run_locked(
       else:
         _record_start(workdir, config, None if branching else found)
         data.save_tokenizer(tokenizer, workdir)
-        state = program.init(jax.random.PRNGKey(config.train.seed)) if found is None else found[2]
+        if found is None:
+          seed = np.int32(config.train.seed)
+          init = trace_cache.compiled(
+            program.init, (seed,), name="init", config=config, enabled=config.train.compile_cache
+          )
+          state = init(seed)
+        else:
+          state = found[2]
         if found is None and config.train.init_from:
           # A fresh optimizer state does not depend on parameter values (zero moments), so
           # swapping the parameters in after init is the same as initialising from them.
@@ -911,7 +932,13 @@ def _train(
       if shape not in compiled:
         read_rows()  # the last stage's row is timed before the compile pauses the clock
         compile_start = time.perf_counter()
-        compiled[shape] = program.train_step.lower(state, zero_window, batch, *frozen).compile()
+        compiled[shape] = trace_cache.compiled(
+          program.train_step,
+          (state, zero_window, batch, *frozen),
+          name="train_step",
+          config=config,
+          enabled=tc.compile_cache,
+        )
         logging.info(
           "compiled the train step for %d sequences of %d tokens per update in %.1f s",
           *shape,

@@ -1,4 +1,5 @@
-"""The persistent compilation cache: a warm start loads every program and trains bit for bit alike."""
+"""The persistent caches (JAX's and the trace cache): a warm start loads every program and
+trains bit for bit alike."""
 
 import os
 import subprocess
@@ -8,7 +9,7 @@ import pytest
 from run_rows import assert_same_run
 from test_train import ROOT, cli
 
-from gptjax import compile_cache
+from gptjax import compile_cache, trace_cache
 from gptjax.data import paths
 
 DATA_DIRS = ("tensorflow_datasets", "tokenizers", "tokens")  # the data caches a run reads
@@ -37,16 +38,24 @@ def test_a_second_start_loads_every_program_from_the_cache_and_trains_identicall
   env.pop("JAX_COMPILATION_CACHE_DIR", None)
   runs = [str(tmp_path / name) for name in ("cold", "warm")]
   xla = root / "xla"
-  seen = []
+  seen, logs = [], []
   for workdir in runs:
-    subprocess.run(
+    result = subprocess.run(
       cli(workdir, **{"train.steps": 3}), check=True, capture_output=True, cwd=ROOT, env=env
     )
     seen.append(_entries(xla))
+    logs.append(result.stderr.decode())
   cold, warm = seen
   assert any(name.startswith("jit_windowed_train_step-") for name in cold), sorted(cold)
   assert any(name.startswith("jit__lambda-") for name in cold), sorted(cold)  # the init
   assert warm == cold  # every compile of the second run was a hit: a miss writes an entry
+  # The trace cache kept the init, the train step and the parameters' shapes; the warm
+  # run read them back instead of tracing.
+  traced = sorted(name.split("-")[0] for name in os.listdir(root / trace_cache.DIRECTORY))
+  assert traced == ["abstract_params", "init", "train_step"], traced
+  assert "loaded the compiled program" not in logs[0]
+  for name in ("init", "train_step"):
+    assert f"{name}: loaded the compiled program" in logs[1], logs[1][-3000:]
   assert_same_run(runs[1], runs[0])
 
 
@@ -63,6 +72,7 @@ def test_compile_cache_false_writes_no_program(tmp_path, isolated_cache):
     env=env,
   )
   assert not (root / "xla").exists()
+  assert not (root / trace_cache.DIRECTORY).exists()
 
 
 @pytest.fixture

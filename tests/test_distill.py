@@ -161,7 +161,7 @@ def test_alpha_zero_is_bit_identical_to_lm(tmp_path):
   batches = jax.random.randint(jax.random.PRNGKey(2), (2, 8, 33), 0, ByteTokenizer.vocab_size)
   finals = []
   for program, extra in ((lm, ()), (dist, (teacher,))):
-    state, window = program.init(jax.random.PRNGKey(0)), train.Window.zeros()
+    state, window = program.init(0), train.Window.zeros()
     for batch in batches:
       batch = {"tokens": jax.device_put(batch, program.batch_shardings["tokens"])}
       state, window = program.train_step(state, window, batch, *extra)

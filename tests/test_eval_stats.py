@@ -94,7 +94,7 @@ def test_evaluate_keeps_per_row_losses_that_add_up_to_the_eval_row(tmp_path):
   eval_set = lm.eval_batches(batch_size=8, max_sequences=20)
   program = train.build(c, sharding.make_mesh(c.mesh), eos_id=1)
   with sharding.active(program.mesh, program.axis_rules):
-    params = program.init(jax.random.PRNGKey(0)).params
+    params = program.init(0).params
     path = epath.Path(tmp_path) / "eval" / "7" / "lm_losses.jsonl"
     values = train._evaluate(program, params, eval_set, jnp.ones(64), path)
 

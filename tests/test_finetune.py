@@ -210,7 +210,7 @@ def test_fine_tuning_a_pretrained_run_learns_a_context_dependent_task(tmp_path):
   c = run_config(tuned_dir)  # as the run resolved it: its steps and its exact source
   program = train.build(c, sharding.make_mesh(c.mesh), source.tokenizer.eos_id)
   with sharding.active(program.mesh, program.axis_rules):
-    fresh = program.init(jax.random.PRNGKey(c.train.seed)).params
+    fresh = program.init(c.train.seed).params
     params = objectives.graft(jax.device_get(fresh), jax.device_get(source.params), 260)
     data = tasks.load(c, source.tokenizer)
     expected = train._evaluate_task(program, params, data.eval_batches(32), "classify")

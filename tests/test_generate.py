@@ -475,9 +475,9 @@ def saved_run(tmp_path_factory):
   with sharding.active(mesh, program.axis_rules):
     mngr = checkpoint.manager(workdir, config)
     for step in (2, 4):
-      states[step] = program.init(jax.random.PRNGKey(step))
+      states[step] = program.init(step)
       checkpoint.save(mngr, step, states[step], config, {})
-    mngr.wait_until_finished()
+    checkpoint.wait(mngr)
     mngr.close()
   return workdir, states
 

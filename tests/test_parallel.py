@@ -58,7 +58,7 @@ def train_three_steps(shape, batch_size=8, grad_accum_steps=1):
   )
   batches = np.repeat(batches, 3, axis=0)
   with sharding.active(program.mesh, program.axis_rules):
-    state = program.init(jax.random.PRNGKey(0))
+    state = program.init(0)
     losses = []
     for batch in batches:
       state, window = program.train_step(

@@ -85,7 +85,7 @@ def test_training_steps_match_gptjax_train_step():
   c = shapes.run_config(TINY, steps=3)
   c.optim.update(lr=1e-2, warmup_steps=1, weight_decay=0.5, clip_norm=0.5)
   program = train.build(c, sharding.make_mesh(c.mesh, jax.devices()[:1]), eos_id=0)
-  state = program.init(jax.random.PRNGKey(0))
+  state = program.init(0)
   model = _torch_model(state.params, c)
   opt = torch_reference.optimizer(model, c.optim)
   for step, rows in enumerate(shapes.batches(_text(), 4, c.model.seq_len, c.train.steps)):
