@@ -102,7 +102,7 @@ def make_config(**overrides) -> ml_collections.ConfigDict:
 @pytest.fixture(scope="module")
 def prepared(cache_dir, corpus_root):
   data_dir = os.path.join(cache_dir, "tfds")
-  return (data_dir,) + source_dataset.prepare(source_dataset.make_config(corpus_root, 20), data_dir)
+  return (data_dir,) + source_dataset.prepare(corpus.spec(corpus_root, 20), data_dir)
 
 
 @pytest.fixture(scope="module")
@@ -139,18 +139,46 @@ def test_prepare_again_reuses_files(prepared, corpus_root):
   data_dir, identity, _ = prepared
   variant = os.path.join(data_dir, *identity.replace(":", "/").split("/"))
   before = {f: os.stat(os.path.join(variant, f)).st_mtime_ns for f in os.listdir(variant)}
-  again, _ = source_dataset.prepare(source_dataset.make_config(corpus_root, 20), data_dir)
+  again, _ = source_dataset.prepare(corpus.spec(corpus_root, 20), data_dir)
   assert again == identity
   assert {f: os.stat(os.path.join(variant, f)).st_mtime_ns for f in os.listdir(variant)} == before
 
 
 def test_dataset_name_tracks_python_version_and_files(corpus_root, tmp_path):
-  name = source_dataset.make_config(corpus_root, 20).name
+  name = corpus.spec(corpus_root, 20).name
   assert corpus.python_version_tag() in name
   shutil.copytree(corpus_root, tmp_path / "copy")
   (tmp_path / "copy" / "extra.py").write_text("x = 1\n")
-  assert source_dataset.make_config(str(tmp_path / "copy"), 20).name != name
-  assert source_dataset.make_config(corpus_root, 10).name != name
+  assert corpus.spec(str(tmp_path / "copy"), 20).name != name
+  assert corpus.spec(corpus_root, 10).name != name
+
+
+WARM_START = """
+import sys
+from gptjax import config, data
+c = config.base_config().data
+c.update(source=sys.argv[1], tokenizer="bytes", txt_documents="blank_lines", validation_percent=20)
+tokenizer, lm = data.load(c, 16, 0)
+print(lm.fingerprint, int(lm.train_rows(0, 2)[0].sum()), "tensorflow_datasets" in sys.modules)
+"""
+
+
+def test_a_start_with_warm_caches_reads_no_document_and_does_not_import_tfds(tmp_path):
+  (tmp_path / "docs.txt").write_text("\n\n".join(f"document {i} " * 9 for i in range(40)))
+  env = {**os.environ, paths.CACHE_ENV_VAR: str(tmp_path / "cache")}
+  runs = [
+    subprocess.run(
+      [sys.executable, "-c", WARM_START, str(tmp_path / "*.txt")],
+      capture_output=True,
+      text=True,
+      env=env,
+      cwd=ROOT,
+      check=True,
+    ).stdout.split()
+    for _ in range(2)
+  ]
+  assert runs[0][2] == "True"  # the first start prepares the dataset through TFDS
+  assert runs[1] == runs[0][:2] + ["False"]  # the same data, from the caches alone
 
 
 def test_split_rule_is_deterministic_and_near_the_requested_fraction():
@@ -163,7 +191,7 @@ def test_split_rule_is_deterministic_and_near_the_requested_fraction():
 def test_empty_split_is_a_clear_error(tmp_path):
   (tmp_path / "only.py").write_text("x = 1\n")
   with pytest.raises(ValueError, match="validation_percent=5"):
-    source_dataset.prepare(source_dataset.make_config(str(tmp_path), 5), str(tmp_path / "tfds"))
+    source_dataset.prepare(corpus.spec(str(tmp_path), 5), str(tmp_path / "tfds"))
 
 
 # --- tokenizers ----------------------------------------------------------------

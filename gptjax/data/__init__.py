@@ -15,9 +15,9 @@ from absl import logging
 
 from gptjax.data import (
   bpe_training,
+  corpus,
   documents,
   paths,
-  source_dataset,
   sources,
   spm_training,
   tasks,
@@ -146,8 +146,10 @@ def load_corpus(
   root: str, data_config: ml_collections.ConfigDict, seq_len: int, seed: int
 ) -> tuple[Tokenizer, LMData]:
   """`load` with the embedded corpus rules applied to any directory `root` (tests use tiny ones)."""
+  from gptjax.data import source_dataset  # pylint: disable=import-outside-toplevel
+
   identity, splits = source_dataset.prepare(
-    source_dataset.make_config(root, data_config.validation_percent),
+    corpus.spec(root, data_config.validation_percent),
     paths.resolve_data_dir(data_config.data_dir),
   )
   return _load(identity, splits, "text", data_config, seq_len, seed)

@@ -11,7 +11,6 @@ import os
 import re
 from collections.abc import Sequence
 
-import tensorflow_datasets as tfds
 from absl import logging
 
 from gptjax.data import paths
@@ -30,6 +29,8 @@ def name_problems(name: str, setting: str) -> list[str]:
         ", 'embedded', or a local glob ending in .txt or .jsonl" if setting == "data.source" else ""
       )
     ]
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
   try:
     tfds.builder_cls(name.split(":")[0].split("/")[0])
   except tfds.core.registered.DatasetNotFoundError:
@@ -60,6 +61,8 @@ def prepare(
   fields ('data' for pretraining, 'finetune' for task data), for the messages.
   Returns the identity used in cache keys and one random-access source per split.
   """
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
   try:
     builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
   except ValueError as e:  # Unknown name, config or version.

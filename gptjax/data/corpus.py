@@ -17,6 +17,8 @@ from collections.abc import Sequence
 # repetitive, and contain deliberately odd encodings.
 DEFAULT_EXCLUDED_DIRS = ("site-packages", "__pycache__", "test", "tests", "idle_test")
 DEFAULT_SUFFIXES = (".py",)
+DATASET_NAME = "source_corpus"  # the TFDS builder's name (source_dataset.SourceCorpus)
+VERSION = "2.0.0"  # the builder's version; part of every identity
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,3 +118,73 @@ def is_validation(relpath: str, validation_percent: int) -> bool:
   """
   bucket = int.from_bytes(hashlib.sha256(relpath.encode()).digest()[:8], "big") % 100
   return bucket < validation_percent
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """Which files to read, how they become documents, and how many are held out.
+
+  `name` encodes all of it (file list with sizes and mtimes included), so it names the
+  prepared dataset, and with `identity` every cache derived from it, without TFDS.
+  """
+
+  name: str
+  description: str
+  root: str
+  pattern: str  # A glob; '' means the embedded rules: .py files under root.
+  fingerprint: str  # fingerprint() of the file list when the spec was made.
+  validation_percent: int
+  txt_documents: str
+  jsonl_field: str
+
+
+def list_files(root: str, pattern: str) -> list[SourceFile]:
+  """The files of a glob, or the embedded rules' files under root when pattern is ''."""
+  return list_glob(pattern) if pattern else list_source_files(root)
+
+
+def spec(
+  root: str,
+  validation_percent: int,
+  pattern: str = "",
+  txt_documents: str = "file",
+  jsonl_field: str = "text",
+) -> Spec:
+  """The spec (and thus the cache identity) of a directory or a glob.
+
+  With `pattern` set, `root` is ignored and derived from the glob.
+  """
+  if pattern:
+    root = glob_root(pattern)
+  files = tuple(list_files(root, pattern))
+  if not files:
+    what = (
+      f"data.source={pattern!r} matches no files; check the path and quote the "
+      "glob so the shell does not expand it"
+      if pattern
+      else f"corpus root {root!r} contains no {DEFAULT_SUFFIXES} files; point "
+      "it at a directory of source files"
+    )
+    raise ValueError(what)
+  files_hash = fingerprint(files)
+  if pattern:
+    settings = f"{root}\0{pattern}\0{txt_documents}\0{jsonl_field}"
+    label = "files_" + hashlib.sha256(settings.encode()).hexdigest()[:8]
+  else:
+    is_stdlib = os.path.realpath(root) == os.path.realpath(stdlib_root())
+    label = ("stdlib" if is_stdlib else "dir") + "_" + python_version_tag()
+  return Spec(
+    name=f"{label}_val{validation_percent}_{files_hash}",
+    description=f"documents of {pattern or root}",
+    root=root,
+    pattern=pattern,
+    fingerprint=files_hash,
+    validation_percent=validation_percent,
+    txt_documents=txt_documents,
+    jsonl_field=jsonl_field,
+  )
+
+
+def identity(corpus_spec: Spec) -> str:
+  """'source_corpus/<name>:<version>', the prepared dataset's TFDS name and every cache's key."""
+  return f"{DATASET_NAME}/{corpus_spec.name}:{VERSION}"

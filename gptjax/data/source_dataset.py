@@ -14,7 +14,6 @@ never rebuilt.
 
 import contextlib
 import dataclasses
-import hashlib
 import io
 import os
 from collections.abc import Iterator, Sequence
@@ -24,31 +23,25 @@ from absl import logging
 
 from gptjax.data import corpus, documents, paths
 
-DATASET_NAME = "source_corpus"
 SPLITS = ("train", "validation")
 
 
 @dataclasses.dataclass(eq=False)
 class SourceCorpusConfig(tfds.core.BuilderConfig):
-  """Which files to read, how they become documents, and how many are held out."""
+  """A corpus.Spec as TFDS's builder config (see there)."""
 
   root: str = ""
-  pattern: str = ""  # A glob; '' means the embedded rules: .py files under root.
-  fingerprint: str = ""  # corpus.fingerprint of the file list at config time.
+  pattern: str = ""
+  fingerprint: str = ""
   validation_percent: int = 5
   txt_documents: str = "file"
   jsonl_field: str = "text"
 
 
-def list_files(root: str, pattern: str) -> list[corpus.SourceFile]:
-  """The files of a glob, or the embedded rules' files under root when pattern is ''."""
-  return corpus.list_glob(pattern) if pattern else corpus.list_source_files(root)
-
-
 class SourceCorpus(tfds.core.GeneratorBasedBuilder):
   """Documents of local files, split into train/validation by a hash of their id."""
 
-  VERSION = tfds.core.Version("2.0.0")
+  VERSION = tfds.core.Version(corpus.VERSION)
   RELEASE_NOTES = {
     "1.0.0": "One document per source file.",
     "2.0.0": "File globs, blank-line and JSON-lines documents; invalid UTF-8 "
@@ -71,7 +64,7 @@ class SourceCorpus(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing is downloaded: the corpus is local.
     config = self.builder_config
-    files = list_files(config.root, config.pattern)
+    files = corpus.list_files(config.root, config.pattern)
     if corpus.fingerprint(files) != config.fingerprint:
       raise RuntimeError(
         f"files under {config.root!r} changed while preparing "
@@ -114,7 +107,7 @@ def check_documents(config: SourceCorpusConfig) -> None:
   stats = documents.ReadStats()
   counts = {split: 0 for split in SPLITS}
   source = config.pattern or config.root
-  for doc_id, _ in iter_documents(config, list_files(config.root, config.pattern), stats):
+  for doc_id, _ in iter_documents(config, corpus.list_files(config.root, config.pattern), stats):
     counts[
       "validation" if corpus.is_validation(doc_id, config.validation_percent) else "train"
     ] += 1
@@ -140,49 +133,7 @@ def check_documents(config: SourceCorpusConfig) -> None:
     )
 
 
-def make_config(
-  root: str,
-  validation_percent: int,
-  pattern: str = "",
-  txt_documents: str = "file",
-  jsonl_field: str = "text",
-) -> SourceCorpusConfig:
-  """Builds the config (and thus the cache identity) for a directory or a glob.
-
-  With `pattern` set, `root` is ignored and derived from the glob.
-  """
-  if pattern:
-    root = corpus.glob_root(pattern)
-  files = tuple(list_files(root, pattern))
-  if not files:
-    what = (
-      f"data.source={pattern!r} matches no files; check the path and quote the "
-      "glob so the shell does not expand it"
-      if pattern
-      else f"corpus root {root!r} contains no {corpus.DEFAULT_SUFFIXES} files; point "
-      "it at a directory of source files"
-    )
-    raise ValueError(what)
-  files_hash = corpus.fingerprint(files)
-  if pattern:
-    settings = f"{root}\0{pattern}\0{txt_documents}\0{jsonl_field}"
-    label = "files_" + hashlib.sha256(settings.encode()).hexdigest()[:8]
-  else:
-    is_stdlib = os.path.realpath(root) == os.path.realpath(corpus.stdlib_root())
-    label = ("stdlib" if is_stdlib else "dir") + "_" + corpus.python_version_tag()
-  return SourceCorpusConfig(
-    name=f"{label}_val{validation_percent}_{files_hash}",
-    description=f"documents of {pattern or root}",
-    root=root,
-    pattern=pattern,
-    fingerprint=files_hash,
-    validation_percent=validation_percent,
-    txt_documents=txt_documents,
-    jsonl_field=jsonl_field,
-  )
-
-
-def prepare(config: SourceCorpusConfig, data_dir: str) -> tuple[str, dict[str, Sequence[dict]]]:
+def prepare(corpus_spec: corpus.Spec, data_dir: str) -> tuple[str, dict[str, Sequence[dict]]]:
   """Prepares the dataset once (no-op if already on disk) and opens it.
 
   Returns the dataset identity ('source_corpus/<config>:<version>', used in
@@ -192,8 +143,9 @@ def prepare(config: SourceCorpusConfig, data_dir: str) -> tuple[str, dict[str, S
   writes into a temp directory and renames it into place, so a local reader
   never sees half a dataset (on gs:// the rename copies file by file).
   """
+  config = SourceCorpusConfig(**dataclasses.asdict(corpus_spec))
   builder = SourceCorpus(config=config, data_dir=data_dir, file_format="array_record")
-  identity = f"{DATASET_NAME}/{config.name}:{builder.version}"
+  identity = corpus.identity(corpus_spec)
   if not builder.is_prepared():
     with paths.building(os.fspath(builder.data_path)):
       if not builder.is_prepared():

@@ -6,15 +6,18 @@ TFDS's (`catalog`); all are ArrayRecord files read with random access and no
 TensorFlow, so tokenization and batching never know which kind they got.
 """
 
+import functools
 import glob
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import ml_collections
 
-from gptjax.data import catalog, corpus, paths, source_dataset
+from gptjax.data import catalog, corpus, paths
 
 LOCAL_SUFFIXES = (".txt", ".jsonl")
+SPLITS = ("train", "validation")
 Sources = dict[str, Sequence[dict]]
 
 
@@ -68,17 +71,43 @@ def open_sources(data_config: ml_collections.ConfigDict) -> tuple[str, Sources, 
     )
     return identity, splits, data_config.text_field
   if kind(source) == "embedded":
-    config = source_dataset.make_config(corpus.stdlib_root(), data_config.validation_percent)
+    corpus_spec = corpus.spec(corpus.stdlib_root(), data_config.validation_percent)
   else:
-    config = source_dataset.make_config(
+    corpus_spec = corpus.spec(
       "",
       data_config.validation_percent,
       pattern=source,
       txt_documents=data_config.txt_documents,
       jsonl_field=data_config.jsonl_field,
     )
-  identity, splits = source_dataset.prepare(config, data_dir)
-  return identity, splits, "text"
+  opened = functools.cache(lambda: _prepare(corpus_spec, data_dir))
+  return corpus.identity(corpus_spec), {s: Deferred(opened, s) for s in SPLITS}, "text"
+
+
+def _prepare(corpus_spec: corpus.Spec, data_dir: str) -> Sources:
+  from gptjax.data import source_dataset  # pylint: disable=import-outside-toplevel
+
+  return source_dataset.prepare(corpus_spec, data_dir)[1]
+
+
+class Deferred(Sequence):
+  """One split of a local corpus, prepared and opened at its first read.
+
+  The identity alone keys the tokenizer and token caches, so a start that finds them
+  reads no document and never imports TFDS (0.3 s of a 3 s start on a 2-core CPU).
+  """
+
+  def __init__(self, opened: Callable[[], Sources], split: str) -> None:
+    self._opened, self._split = opened, split
+
+  def __len__(self) -> int:
+    return len(self._opened()[self._split])
+
+  def __getitem__(self, index: Any) -> Any:
+    return self._opened()[self._split][index]
+
+  def __getitems__(self, indices: list[int]) -> list[dict]:
+    return self._opened()[self._split].__getitems__(indices)
 
 
 def text_chunks(
