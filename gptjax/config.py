@@ -157,7 +157,7 @@ def base_config() -> ml_collections.ConfigDict:
     0.0  # per-device peak for MFU; 0 = look up the device, or measure a matmul on CPU
   )
   c.train.dry_run = False  # compile the train step for the mesh, print per-device memory, and exit
-  c.train.compile_cache = True  # keep compiled XLA programs in $GPTJAX_CACHE/xla and reuse them at the next start (gptjax/compile_cache.py); False = compile every time
+  c.train.compile_cache = True  # reuse compiled programs at the next start: JAX's cache in $GPTJAX_CACHE/xla (gptjax/compile_cache.py), and the traced init and train step in $GPTJAX_CACHE/traced (gptjax/trace_cache.py); False = trace and compile every time
   c.train.epochs = 0  # sft/classify/choice: if > 0, steps = ceil(epochs * training examples (sft: packed rows) / batch_size)
   c.train.objective = "lm"  # the loss of the one train step: 'lm', 'sft', 'classify', 'choice' or 'distill' (gptjax/objectives.py)
   c.train.init_from = ""  # '' (fresh), 'run:DIR', 'run:DIR@STEP' or 'hf:DIR': start from those parameters (fresh optimizer, step 0)

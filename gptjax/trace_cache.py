@@ -11,7 +11,7 @@ and lowered in 0.35). This cache keys an executable by its inputs instead:
   numpy and ml_dtypes, which decide what a trace produces;
 - the resolved run config, which decides every constant of the program (schedule, shapes);
 - the argument structure, shapes, dtypes and shardings, and the devices;
-- every jax.config value and XLA_FLAGS.
+- every jax.config value but the caches' and logging's, and XLA_FLAGS.
 
 Settings that no program reads (logging, eval and checkpoint cadence, sampling, the seed,
 which enters as an argument) are left out of the key, so changing them still hits.
@@ -84,6 +84,15 @@ PROGRAM_FREE = (
   "train.sample_top_p",
   "train.seed",
 )
+_UNTRACED_SETTINGS = (  # jax.config names (prefixes) left out of the key
+  "jax_compilation_cache",
+  "jax_debug_log_modules",
+  "jax_enable_compilation_cache",
+  "jax_explain_cache_misses",
+  "jax_log",
+  "jax_persistent_cache",
+  "jax_raise_persistent_cache_errors",
+)
 _XLA_CACHE_HIT = "/jax/compilation_cache/cache_hits"
 _xla_cache_hits = 0
 
@@ -135,6 +144,15 @@ def _program_settings(config: ml_collections.ConfigDict) -> str:
   return json.dumps(settings, sort_keys=True)
 
 
+def _traced_setting(name: str) -> bool:
+  """Whether a jax.config setting can change a program: the caches' and logging's cannot.
+
+  Left out also because the fresh compile turns JAX's cache off for a moment, and a key
+  made on another thread meanwhile must not change with it.
+  """
+  return not name.startswith(_UNTRACED_SETTINGS)
+
+
 def key(name: str, config: ml_collections.ConfigDict, args: tuple[Any, ...]) -> str:
   """The entry's name: `name` (which program) and a digest of everything its trace reads."""
   devices = [(d.platform, d.device_kind, d.id, d.process_index) for d in jax.devices()]
@@ -145,7 +163,9 @@ def key(name: str, config: ml_collections.ConfigDict, args: tuple[Any, ...]) -> 
     _program_settings(config),
     _signature(args),
     repr(devices),
-    json.dumps({k: repr(v) for k, v in jax.config.values.items()}, sort_keys=True),
+    json.dumps(
+      {k: repr(v) for k, v in jax.config.values.items() if _traced_setting(k)}, sort_keys=True
+    ),
     os.environ.get("XLA_FLAGS", ""),
   )
   digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]

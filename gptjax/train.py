@@ -8,6 +8,7 @@ queued.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import datetime
@@ -263,11 +264,14 @@ class Program:
   objective_eval: Callable[[Any, objectives.Batch], tuple[objectives.Terms, objectives.Terms]]
   all_finite: Callable[[Any], jax.Array]
 
-  def abstract_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
-    """The LM objective's batch (the shape the pretraining loop feeds)."""
+  def abstract_batch(
+    self, batch_size: int, seq_len: int | None = None
+  ) -> dict[str, jax.ShapeDtypeStruct]:
+    """The LM objective's batch (the shape the pretraining loop feeds; a sequence-length
+    warmup stage's rows are `seq_len` + 1 tokens, default the model's)."""
     return {
       "tokens": jax.ShapeDtypeStruct(
-        (batch_size, self.model.config.seq_len + 1),
+        (batch_size, (seq_len or self.model.config.seq_len) + 1),
         jnp.int32,
         sharding=self.batch_shardings["tokens"],
       )
@@ -683,6 +687,7 @@ def _run_locked(
       else:
         _record_start(workdir, config, None if branching else found)
         data.save_tokenizer(tokenizer, workdir)
+        ahead = _compile_ahead(config, program, start_step)
         if found is None:
           seed = np.int32(config.train.seed)
           init = trace_cache.compiled(
@@ -720,6 +725,7 @@ def _run_locked(
           lm_data,
           interrupts,
           lock,
+          ahead,
           teacher,
         )
     except BaseException:
@@ -730,6 +736,44 @@ def _run_locked(
       raise
     mngr.close()
     return summary
+
+
+def _compile_ahead(
+  config: ml_collections.ConfigDict, program: Program, start_step: int
+) -> dict[tuple[int, int], concurrent.futures.Future]:
+  """The first stage's train step, compiled on a worker thread while the state is made.
+
+  The init and the train step are independent programs: a warm start loads both at once
+  (loading an executable mostly runs outside the GIL), a cold one has XLA compile both at
+  once. Only the LM objective's batch follows from the config alone (a task's fields and a
+  teacher come from files), so the other objectives compile in the loop as before.
+  """
+  if config.train.objective != "lm":
+    return {}
+  stage = batch_shape.stage_at(batch_shape.table(config.train, config.model.seq_len), start_step)
+  replicated = sharding.replicated(program.mesh)
+  args = (
+    program.abstract_state,
+    jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), Window.zeros()
+    ),
+    program.abstract_batch(stage.batch_size, stage.seq_len),
+  )
+
+  def compile_train_step() -> jax.stages.Compiled:
+    with sharding.active(program.mesh, program.axis_rules):  # thread-local, like the mesh
+      return trace_cache.compiled(
+        program.train_step,
+        args,
+        name="train_step",
+        config=config,
+        enabled=config.train.compile_cache,
+      )
+
+  pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gptjax-compile")
+  future = pool.submit(compile_train_step)
+  pool.shutdown(wait=False)  # the thread ends with its one job
+  return {(stage.batch_size, stage.seq_len): future}
 
 
 def _finished(workdir: str, config: ml_collections.ConfigDict) -> bool:
@@ -835,10 +879,12 @@ def _train(
   lm_data: Any,
   interrupts: _Interrupts,
   lock: rundir.RunLock | None,
+  ahead: dict[tuple[int, int], concurrent.futures.Future],
   teacher: Any = None,
 ) -> dict[str, Any]:
   """The host loop: dispatch steps, read rows one step late, eval, checkpoint, stop.
 
+  `ahead` holds train steps already being compiled, by stage shape (`_compile_ahead`);
   `teacher` (distill) is the frozen teacher's parameters, an extra argument of every step.
   """
   tc, total_steps = config.train, train_steps(config)
@@ -932,12 +978,17 @@ def _train(
       if shape not in compiled:
         read_rows()  # the last stage's row is timed before the compile pauses the clock
         compile_start = time.perf_counter()
-        compiled[shape] = trace_cache.compiled(
-          program.train_step,
-          (state, zero_window, batch, *frozen),
-          name="train_step",
-          config=config,
-          enabled=tc.compile_cache,
+        future = ahead.pop(shape, None)
+        compiled[shape] = (
+          future.result()
+          if future is not None
+          else trace_cache.compiled(
+            program.train_step,
+            (state, zero_window, batch, *frozen),
+            name="train_step",
+            config=config,
+            enabled=tc.compile_cache,
+          )
         )
         logging.info(
           "compiled the train step for %d sequences of %d tokens per update in %.1f s",

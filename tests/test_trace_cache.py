@@ -96,6 +96,14 @@ def test_the_key_follows_program_settings_arguments_and_name_but_not_logging():
   assert trace_cache.key("f", _config(), (np.ones((2, 3), np.int32),)) != base
   sharded = (jax.device_put(args[0], jax.devices()[0]),)
   assert trace_cache.key("f", _config(), sharded) != base  # a committed sharding differs
+  # The caches' own settings are not part of it: a fresh compile turns JAX's cache off
+  # for a moment, and a key made on another thread meanwhile must not change.
+  enabled = jax.config.jax_enable_compilation_cache
+  try:
+    jax.config.update("jax_enable_compilation_cache", not enabled)
+    assert trace_cache.key("f", _config(), args) == base
+  finally:
+    jax.config.update("jax_enable_compilation_cache", enabled)
 
 
 def test_abstract_values_are_traced_once(fresh_cache):
