@@ -182,12 +182,11 @@ def abstract(
   try:
     with open(path, "rb") as f:
       value = pickle.load(f)
-  except FileNotFoundError:
+  except OSError:  # missing, or an unreadable cache directory: a miss
     value = trace()
-    paths.atomic_write_bytes(path, pickle.dumps(value))
-    _prune(os.path.dirname(path))
+    _keep(path, pickle.dumps(value))
   else:
-    os.utime(path)
+    _touch(path)
   return value
 
 
@@ -210,7 +209,7 @@ def compiled(
   try:
     with open(path, "rb") as f:
       payload = f.read()
-  except FileNotFoundError:
+  except OSError:  # missing, or an unreadable cache directory: a miss
     payload = None
   if payload is not None:
     try:
@@ -222,7 +221,7 @@ def compiled(
     except Exception as e:  # pylint: disable=broad-exception-caught
       logging.warning("%s: unreadable cached executable (%s); compiling it again", path, e)
     else:
-      os.utime(path)  # most recently used
+      _touch(path)
       logging.info("%s: loaded the compiled program in %.2f s", name, time.perf_counter() - start)
       return executable
   wanted = path + ".wanted"  # JAX's cache served this key before: compile it afresh now
@@ -232,7 +231,7 @@ def compiled(
     executable = jitted.lower(*args).compile()
   if _xla_cache_hits != hits_before:
     logging.info("%s: JAX's cache served it; it is kept here if it is needed again", name)
-    paths.atomic_write_bytes(wanted, b"")
+    _keep(wanted, b"")
     return executable
   try:
     # The devices it runs on, in order: by default a loaded executable spans them all.
@@ -241,11 +240,27 @@ def compiled(
   except (ValueError, NotImplementedError, pickle.PicklingError) as e:
     logging.info("%s: not kept in %s (%s)", name, DIRECTORY, e)
     return executable
-  paths.atomic_write_bytes(path, payload)
-  if fresh:
+  if _keep(path, payload) and fresh:
     os.remove(wanted)
-  _prune(os.path.dirname(path))
   return executable
+
+
+def _touch(path: str) -> None:
+  """Marks an entry most recently used; a read-only cache is still read."""
+  with contextlib.suppress(OSError):
+    os.utime(path)
+
+
+def _keep(path: str, payload: bytes) -> bool:
+  """Writes an entry; whether it was written. A cache that cannot be written (a full disk,
+  a file-size limit) costs the next start its speed, never this run."""
+  try:
+    paths.atomic_write_bytes(path, payload)
+  except OSError as e:
+    logging.warning("%s: not kept (%s); the next start traces it again", path, e)
+    return False
+  _prune(os.path.dirname(path))
+  return True
 
 
 @contextlib.contextmanager

@@ -174,6 +174,20 @@ def test_an_entry_written_by_one_process_runs_in_another(tmp_path):
   np.testing.assert_array_equal(a, b)
 
 
+def test_a_cache_that_cannot_be_written_costs_speed_not_the_run(tmp_path, monkeypatch):
+  monkeypatch.setenv(paths.CACHE_ENV_VAR, str(tmp_path))
+  (tmp_path / trace_cache.DIRECTORY).write_text("a file where the directory should be")
+  traces = []
+  for _ in range(2):
+    compiled = trace_cache.compiled(
+      _counting(traces), ARGS, name="f", config=_config(), enabled=True
+    )
+    np.testing.assert_array_equal(np.asarray(compiled(*ARGS)), np.asarray(_counting([])(*ARGS)))
+  assert len(traces) == 2  # nothing was kept, so both traced
+  shapes = trace_cache.abstract("shapes", _config(), lambda: {"w": 1}, enabled=True)
+  assert shapes == {"w": 1}
+
+
 def test_the_cache_keeps_the_most_recently_used_entries(tmp_path, monkeypatch):
   monkeypatch.setattr(trace_cache, "KEEP", 3)
   for i in range(5):

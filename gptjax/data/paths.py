@@ -40,9 +40,14 @@ def atomic_write_bytes(path: str, payload: bytes) -> None:
   """
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp_path = f"{path}.tmp-{os.getpid()}"
-  with open(tmp_path, "wb") as f:
-    f.write(payload)
-  os.replace(tmp_path, path)
+  try:
+    with open(tmp_path, "wb") as f:
+      f.write(payload)
+    os.replace(tmp_path, path)
+  except BaseException:
+    if os.path.exists(tmp_path):  # a full disk or a file-size limit: leave no partial file
+      os.remove(tmp_path)
+    raise
 
 
 @contextlib.contextmanager
