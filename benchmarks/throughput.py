@@ -2,7 +2,7 @@
 
     python benchmarks/throughput.py [--shapes=4/4/128/64/12,4/4/256/256/16,9/6/384/256/16]
         [--layers=loop,unrolled,blocks] [--steps=40] [--text=README.md] [--nokeep_freed_memory]
-        [--cpu_devices=0]
+        [--cpu_devices=0] [--attention_impl=blocks]
 
 A shape is layers/heads/width/context/batch. The defaults are the three shapes of
 issue 18: nanoGPT's CPU shakespeare-char recipe (0.8M), the quick start's (3.2M) and
@@ -20,6 +20,7 @@ glibc keeps freed memory for reuse as in training (gptjax.host_malloc);
 --nokeep_freed_memory times glibc's defaults instead. On CPU the host is split into
 --cpu_devices XLA devices with the batch split over them, as `python -m gptjax.main` does
 (gptjax.cpu_devices; 0 = one per core that divides every shape's batch, the default; 1 = one).
+--attention_impl sets model.attention_impl (`xla` was the default before `blocks`).
 """
 
 from __future__ import annotations
@@ -53,6 +54,13 @@ _CPU_DEVICES = flags.DEFINE_integer(
   "CPU devices to split the host into (0: one per core, as training does; 1: one).",
 )
 
+_ATTENTION = flags.DEFINE_enum(
+  "attention_impl",
+  config_lib.base_config().model.attention_impl,
+  config_lib.ATTENTION_IMPLS,
+  "model.attention_impl of every shape.",
+)
+
 
 def shape_config(shape: str, layers: str) -> config_lib.ml_collections.ConfigDict:
   """The run config of one 'layers/heads/width/context/batch' shape, float32, bytes, with
@@ -61,6 +69,7 @@ def shape_config(shape: str, layers: str) -> config_lib.ml_collections.ConfigDic
   scan_layers, unroll = LAYERS[layers]
   c.model.update(scan_layers=scan_layers, scan_unroll=unroll or c.model.n_layer)
   c.mesh.cpu_devices = _CPU_DEVICES.value
+  c.model.attention_impl = _ATTENTION.value
   config_lib.validate(c)
   return c
 
@@ -116,6 +125,7 @@ def main(argv: list[str]) -> None:
   _, peak_note = flops.device_peak(0.0, "float32")
   print(
     f"{jax.devices()[0].device_kind} x {jax.device_count()}; MFU peak: {peak_note}; "
+    f"attention: {_ATTENTION.value}; "
     f"freed memory kept: {kept}"
   )
   print(

@@ -18,7 +18,7 @@ from gptjax import batch_shape
 
 REMAT_POLICIES = ("none", "dots_with_no_batch_dims_saveable", "nothing_saveable")
 ARCHITECTURES = ("gpt2", "gpt1")
-ATTENTION_IMPLS = ("xla", "cudnn")
+ATTENTION_IMPLS = ("blocks", "xla", "cudnn")
 DTYPES = ("float32", "bfloat16")
 MESH_AXES = ("data", "fsdp", "tensor")
 OBJECTIVES = ("lm", "sft", "classify", "choice", "distill")  # the losses of gptjax/objectives.py
@@ -45,7 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
   )
   c.model.seq_len = 256  # context length in tokens (also the length of every training row)
   c.model.dropout = 0.0  # dropout on embeddings and on each residual branch
-  c.model.attn_dropout = 0.0  # dropout on attention probabilities (needs attention_impl='xla')
+  c.model.attn_dropout = 0.0  # dropout on attention probabilities (not with attention_impl='cudnn')
   c.model.dtype = (
     "float32"  # compute dtype: 'float32' or 'bfloat16'; logits and loss are always float32
   )
@@ -55,9 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
   )
   c.model.scan_unroll = 0  # with scan_layers: layers per loop iteration; 0 = all on CPU, 1 on accelerators (gptjax.model.scan_unroll)
   c.model.remat_policy = "none"  # 'none', 'dots_with_no_batch_dims_saveable' or 'nothing_saveable'
-  c.model.attention_impl = (
-    "xla"  # jax.nn.dot_product_attention implementation: 'xla' (anywhere) or 'cudnn' (GPU)
-  )
+  c.model.attention_impl = "blocks"  # 'blocks' (gptjax.attention: skips the masked blocks, anywhere), or jax.nn.dot_product_attention's 'xla' (anywhere) or 'cudnn' (GPU)
   c.model.init_std = (
     0.02  # N(0, init_std) for weights; residual output projections get / sqrt(2 * n_layer)
   )
@@ -460,10 +458,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
   for name in ("dropout", "attn_dropout"):
     if not 0.0 <= m[name] < 1.0:
       errors.append(f"model.{name}={m[name]!r}: must be in [0, 1)")
-  if m.attn_dropout > 0 and m.attention_impl != "xla":
+  if m.attn_dropout > 0 and m.attention_impl == "cudnn":
     errors.append(
       f"model.attn_dropout={m.attn_dropout}: attention-probability dropout needs "
-      f"model.attention_impl='xla' (got {m.attention_impl!r}); set one of them"
+      f"model.attention_impl='blocks' or 'xla' (got 'cudnn'); set one of them"
     )
 
   for name in (

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from gptjax import attention
 from gptjax.config import padded_vocab_size
 
 Cache = dict[str, jax.Array]  # {'k', 'v'}: [n_layer, batch, max_len, n_head, head_dim]
@@ -105,7 +106,9 @@ class CausalSelfAttention(nn.Module):
       probs = jax.nn.softmax(jnp.where(allowed, scores, jnp.finfo(jnp.float32).min), axis=-1)
       probs = nn.Dropout(cfg.attn_dropout, deterministic=False)(probs)
       out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
-    else:  # training, eval, and a prefill into an empty cache (index=0): plain causal
+    elif cfg.attention_impl == "blocks":  # training, eval, a prefill into an empty cache
+      out = attention.causal_attention(q, k, v, mask)
+    else:
       out = jax.nn.dot_product_attention(
         q, k, v, mask=mask, is_causal=mask is None, implementation=cfg.attention_impl
       )

@@ -82,7 +82,7 @@ def _error(mutate) -> str:
         setattr(c.model, "attn_dropout", 0.1),
         setattr(c.model, "attention_impl", "cudnn"),
       ),
-      ["model.attn_dropout=0.1", "attention_impl='xla'"],
+      ["model.attn_dropout=0.1", "attention_impl='blocks' or 'xla'"],
     ),
     (lambda c: setattr(c.mesh.ici, "data", 0), ["mesh.ici", "at most one -1"]),
     (lambda c: setattr(c.optim, "lr", 0.0), ["optim.lr=0.0", "> 0"]),

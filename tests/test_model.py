@@ -196,17 +196,26 @@ def primitive_names(jaxpr) -> set[str]:
 
 
 @pytest.mark.parametrize(
-  "architecture,pad_vocab_multiple,scan_layers",
-  [("gpt2", 1, True), ("gpt1", 1, True), ("gpt2", 128, False), ("gpt1", 128, True)],
+  "architecture,pad_vocab_multiple,scan_layers,attention_impl",
+  [
+    ("gpt2", 1, True, "blocks"),
+    ("gpt1", 1, True, "blocks"),
+    ("gpt2", 128, False, "blocks"),
+    ("gpt1", 128, True, "blocks"),
+    ("gpt2", 1, True, "xla"),
+  ],
 )
 def test_logits_match_numpy_reference(
-  architecture: str, pad_vocab_multiple: int, scan_layers: bool
+  architecture: str, pad_vocab_multiple: int, scan_layers: bool, attention_impl: str
 ) -> None:
   """The flax model must compute exactly GPT as published (pre-LN GPT-2, post-LN
   GPT-1, tied head); an independent float64 implementation catches wrong residual
   wiring, LN placement, attention scaling, head layout or a leaked padded vocab row."""
   model = tiny_model(
-    architecture=architecture, pad_vocab_multiple=pad_vocab_multiple, scan_layers=scan_layers
+    architecture=architecture,
+    pad_vocab_multiple=pad_vocab_multiple,
+    scan_layers=scan_layers,
+    attention_impl=attention_impl,
   )
   params = random_params(model)
   if pad_vocab_multiple > 1:
