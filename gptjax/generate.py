@@ -45,6 +45,7 @@ import numpy as np
 from absl import app, flags, logging
 from etils import epath
 
+from gptjax import compile_cache
 from gptjax.load import load
 from gptjax.model import GPT, Cache, init_cache
 
@@ -900,6 +901,7 @@ def main(argv: list[str]) -> None:
     settings.check()
     texts = read_prompts(args.prompt, args.prompts_file)
     loaded = load(args.workdir, args.step)
+    compile_cache.enable(loaded.config.train.compile_cache)  # the run's choice, as training's
     tokenizer = loaded.tokenizer
     # Training puts end-of-text before every document, so a prompt starts after one.
     prompts = [[tokenizer.eos_id] + tokenizer.encode(text) for text in texts]

@@ -381,8 +381,10 @@ def test_cli_writes_the_result_and_an_eval_row_and_refuses_bad_starts(saved_run,
     capture_output=True,
     text=True,
     cwd=ROOT,
+    env={**os.environ, "GPTJAX_CACHE": str(tmp_path / "cache")},
   )
   assert done.returncode == 0, done.stderr
+  assert os.listdir(tmp_path / "cache" / "xla")  # its programs kept for the next start
   done = subprocess.run(
     evaluate
     + [

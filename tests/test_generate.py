@@ -597,8 +597,18 @@ def test_cli_on_a_run_trained_in_the_test(tmp_path):
     "--seed=3",
     f"--output={output}",
   ]
-  done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+  # The CLI keeps its compiled programs in JAX's cache, as training does: a second start
+  # compiles nothing new (no entry added) and decodes the same tokens.
+  env = {**os.environ, "GPTJAX_CACHE": str(tmp_path / "cache")}
+  done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
   assert done.returncode == 0, done.stderr
+  cached = sorted(os.listdir(tmp_path / "cache" / "xla"))
+  assert cached
+  first_records = output.read_text()
+  again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
+  assert again.returncode == 0, again.stderr
+  assert sorted(os.listdir(tmp_path / "cache" / "xla")) == cached
+  assert output.read_text() == first_records
   assert done.stdout.count("=== prompt") == 6 and "import os" in done.stdout
   assert "prefill:" in done.stderr and "tokens/s" in done.stderr
   records = [json.loads(line) for line in output.read_text().splitlines()]

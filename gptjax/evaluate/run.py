@@ -25,7 +25,7 @@ from typing import Any
 
 from etils import epath
 
-from gptjax import metrics, rundir
+from gptjax import compile_cache, metrics, rundir
 from gptjax.evaluate import choice, perplexity, tasks
 from gptjax.evaluate.scoring import Scorer
 from gptjax.load import load, run_config
@@ -202,6 +202,7 @@ def evaluate_run(options: Options, workdir: str) -> dict[str, Any]:
   try:
     start = time.perf_counter()
     loaded = load(workdir, options.step)
+    compile_cache.enable(loaded.config.train.compile_cache)  # the run's choice, as training's
     scorer = Scorer(
       loaded.model,
       loaded.params,
