@@ -180,15 +180,12 @@ def _closing_line(summary: dict, workdir: str) -> str:
       f"eval accuracy {rows[-1]['eval_accuracy']:.4f} ± "
       f"{rows[-1]['eval_accuracy_se']:.4f} at step {rows[-1]['step']}"
     )
-  elif "eval_loss_sem" not in rows[-1]:  # sft
-    last_eval = (
-      f"eval loss {rows[-1]['eval_loss']:.4f} nats/token on responses at step {rows[-1]['step']}"
-    )
   else:
-    loss, sem = rows[-1]["eval_loss"], rows[-1]["eval_loss_sem"]
-    # No SEM when the eval rows come from a single document (no clusters to vary over).
-    spread = f" ± {sem:.4f}" if sem is not None else " (SEM n/a: one document)"
-    last_eval = f"eval loss {loss:.4f}{spread} nats/token at step {rows[-1]['step']}"
+    loss, sem = rows[-1]["eval_loss"], rows[-1].get("eval_loss_sem")
+    # No SEM when the eval rows come from a single document or example (nothing to vary over).
+    spread = f" ± {sem:.4f}" if sem is not None else " (SEM n/a: one document or example)"
+    scored = "on responses " if "eval_targets" in rows[-1] else ""  # sft
+    last_eval = f"eval loss {loss:.4f}{spread} nats/token {scored}at step {rows[-1]['step']}"
   return (
     f"{summary['status']}: {summary['step']} steps, "
     f"{last_eval}, {metrics.format_duration(summary['wall_s'])} of training, "

@@ -154,6 +154,22 @@ def strict_row(row: dict[str, Any]) -> dict[str, Any]:
   return {**{k: finite_or_none(v) for k, v in row.items()}, "nonfinite": bad}
 
 
+def task_eval_line(values: dict[str, Any]) -> str:
+  """A task eval's values for the console, each with its standard error as '± SE'
+  ('eval_accuracy' with 'eval_accuracy_se', 'eval_loss' with 'eval_loss_sem')."""
+  errors = {f"{k}{suffix}" for k in values for suffix in ("_se", "_sem")} & set(values)
+  fields = []
+  for key, value in values.items():
+    if key in errors:
+      continue
+    text = f"{value:.4f}" if isinstance(value, float) else f"{value}"
+    error = values.get(f"{key}_se", values.get(f"{key}_sem"))
+    if error is not None:
+      text += f" ± {error:.4f}" if math.isfinite(error) else " (SE n/a)"
+    fields.append(f"{key.removeprefix('eval_')} {text}")
+  return " | ".join(fields)
+
+
 def console_line(row: dict[str, Any], total_steps: int, eta_s: float) -> str:
   """The train row as the console shows it; the loss and grad norm are window means."""
   mfu = f"{100 * row['mfu']:.1f}%" if row.get("mfu") is not None else "n/a"
@@ -314,17 +330,10 @@ class RunRecord:
       )
       return
     # A task objective's eval (train._evaluate_task): its final metrics go to summary.json.
-    self.summary.update({f"final_{k}": v for k, v in values.items() if k != "eval_loss"})
-    logging.info(
-      "eval at step %d: %s",
-      step,
-      " | ".join(
-        f"{k.removeprefix('eval_')} {v:.4f}"
-        if isinstance(v, float)
-        else f"{k.removeprefix('eval_')} {v}"
-        for k, v in values.items()
-      ),
+    self.summary.update(
+      {f"final_{k}": finite_or_none(v) for k, v in values.items() if k != "eval_loss"}
     )
+    logging.info("eval at step %d: %s", step, task_eval_line(values))
 
   def close(self, step: int, status: str) -> dict[str, Any]:
     """Writes the final summary.json (status completed, running, diverged or failed)."""

@@ -69,6 +69,9 @@ class Objective:
   counts: Callable[[Batch], Terms]  # the counts `loss` returns, without a forward pass
   weights: dict[str, float]  # training loss = sum of weight * sum / global count
   teacher: GPT | None = None  # distill: `loss` then takes the frozen teacher's params 4th
+  # sft: (params, batch) -> each target's loss, weight and example id, all [B, L] (ids unique
+  # within a batch, 0 where the weight is 0), from which the eval's standard error is taken.
+  scored_targets: Callable[[Any, Batch], tuple[jax.Array, jax.Array, jax.Array]] | None = None
 
 
 def make(
@@ -116,8 +119,16 @@ def make(
       )
       return {"lm": (losses * batch["weights"]).sum()}, _sft_counts(batch)
 
+    def sft_scored_targets(params, batch):
+      losses = next_token_losses(
+        model, params, batch["inputs"], batch["targets"], None, batch["segment_ids"]
+      )
+      return losses * batch["weights"], batch["weights"], example_ids(batch["segment_ids"])
+
     axes = {k: ("batch", "length") for k in ("inputs", "targets", "weights", "segment_ids")}
-    return Objective("sft", axes, sft_loss, _sft_counts, {"lm": 1.0})
+    return Objective(
+      "sft", axes, sft_loss, _sft_counts, {"lm": 1.0}, scored_targets=sft_scored_targets
+    )
   if name in ("classify", "choice"):
     weights = {"task": 1.0, **({"lm": lm_weight} if lm_weight else {})}
     outputs = num_outputs if name == "classify" else 1
@@ -125,6 +136,14 @@ def make(
       name, TASK_AXES, functools.partial(_task_loss, model, name, outputs), _task_counts, weights
     )
   raise ValueError(f"train.objective={name!r}: unknown; use one of {', '.join(OBJECTIVES)}")
+
+
+def example_ids(segment_ids: jax.Array) -> jax.Array:
+  """Ids [B, L] unique within the batch for the packed examples of `segment_ids` (numbered
+  1, 2, ... in each row, 0 for padding): row r's example s is r * L + s; padding stays 0."""
+  rows, length = segment_ids.shape
+  row_base = jnp.arange(rows, dtype=segment_ids.dtype)[:, None] * length
+  return jnp.where(segment_ids > 0, row_base + segment_ids, 0)
 
 
 def token_losses(

@@ -262,6 +262,8 @@ class Program:
   train_step: Callable[..., tuple[TrainState, Window]]  # (state, window, batch[, teacher])
   eval_step: Callable[..., dict[str, jax.Array]]
   objective_eval: Callable[[Any, objectives.Batch], tuple[objectives.Terms, objectives.Terms]]
+  # sft: each held-out target's loss, weight and example id (Objective.scored_targets); else None
+  scored_targets: Callable[[Any, objectives.Batch], tuple[jax.Array, ...]] | None
   all_finite: Callable[[Any], jax.Array]
 
   def abstract_batch(
@@ -381,6 +383,13 @@ def build(
       in_shardings=(state_shardings.params, batch_shardings),
       out_shardings=replicated,
     ),
+    scored_targets=None
+    if objective.scored_targets is None
+    else jax.jit(
+      objective.scored_targets,
+      in_shardings=(state_shardings.params, batch_shardings),
+      out_shardings=replicated,
+    ),
   )
 
 
@@ -493,21 +502,13 @@ def _evaluate_task(
 ) -> dict[str, float]:
   """A task objective's eval over every held-out example: accuracy with its binomial
   standard error and the mean task loss (classify, choice), or the masked loss (sft)."""
+  if objective == "sft":
+    return _evaluate_sft(program, params, batches)
   sums, counts = {}, {}
   for batch in batches:
-    s, c = jax.device_get(
-      program.objective_eval(
-        params,
-        {
-          k: jax.make_array_from_process_local_data(program.batch_shardings[k], v)
-          for k, v in batch.items()
-        },
-      )
-    )
+    s, c = jax.device_get(program.objective_eval(params, _global_batch(program, batch)))
     sums = {k: sums.get(k, 0.0) + float(v) for k, v in s.items()}
     counts = {k: counts.get(k, 0.0) + float(v) for k, v in c.items()}
-  if objective == "sft":
-    return {"eval_loss": sums["lm"] / counts["lm"], "eval_targets": int(counts["lm"])}
   n = counts["task"]
   accuracy = sums["correct"] / n
   return {
@@ -516,6 +517,43 @@ def _evaluate_task(
     "eval_accuracy_se": math.sqrt(accuracy * (1 - accuracy) / n),
     "eval_lm_loss": sums["lm"] / max(counts["lm"], 1),
     "eval_examples": int(n),
+  }
+
+
+def _evaluate_sft(
+  program: Program, params: Any, batches: list[objectives.Batch]
+) -> dict[str, float]:
+  """SFT's held-out loss: the mean over every response target, with its standard error
+  taken over examples as clusters (gptjax.eval_stats), since the targets of one response
+  are not independent samples. nan (recorded as null) with fewer than two examples."""
+  parts = []  # (loss sums, target counts) of each batch's examples
+  for batch in batches:
+    losses, weights, examples = jax.device_get(
+      program.scored_targets(params, _global_batch(program, batch))
+    )
+    ids, inverse = np.unique(examples[weights > 0], return_inverse=True)
+    parts.append(
+      (
+        np.bincount(inverse, weights=losses[weights > 0].astype(np.float64), minlength=len(ids)),
+        np.bincount(inverse, weights=weights[weights > 0].astype(np.float64), minlength=len(ids)),
+      )
+    )
+  loss_sums = np.concatenate([p[0] for p in parts])
+  targets = np.concatenate([p[1] for p in parts])
+  loss, sem = eval_stats.cluster_ratio_mean(loss_sums, targets, np.arange(len(targets)))
+  return {
+    "eval_loss": loss,
+    "eval_loss_sem": sem,
+    "eval_targets": int(targets.sum()),
+    "eval_examples": len(targets),
+  }
+
+
+def _global_batch(program: Program, batch: objectives.Batch) -> objectives.Batch:
+  """This process's part of a task batch as global arrays on the objective's shardings."""
+  return {
+    k: jax.make_array_from_process_local_data(program.batch_shardings[k], v)
+    for k, v in batch.items()
   }
 
 

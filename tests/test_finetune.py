@@ -13,7 +13,7 @@ import tfds_downloads
 
 import gptjax
 from gptjax import config as config_lib
-from gptjax import objectives, sharding, train
+from gptjax import metrics, objectives, sharding, train
 from gptjax.data import ByteTokenizer, catalog, tasks
 from gptjax.load import run_config
 from gptjax.model import GPT, model_config
@@ -84,6 +84,53 @@ def test_sft_packs_examples_with_loss_on_response_and_closing_eos_only(tmp_path)
   np.testing.assert_array_equal(rows["weights"][0, :9], [0, 0, 1, 1, 1, 0, 1, 1, 0])
   np.testing.assert_array_equal(rows["segment_ids"][0, :9], [1, 1, 1, 1, 1, 2, 2, 2, 0])
   assert rows["weights"][1].sum() == 10 and rows["segment_ids"][1].max() == 1
+
+
+def test_sft_eval_loss_and_its_standard_error_over_examples_match_numpy(tmp_path):
+  """The held-out SFT loss is the mean over response targets, its SE clustered by example
+  (packed examples of one row are separate clusters), over padded eval batches."""
+  lines = [
+    json.dumps({"prompt": "ab" * (i % 3), "response": "xyz"[: 1 + i % 3] + str(i)})
+    for i in range(40)
+  ]
+  path = write(tmp_path / "sft.jsonl", lines)
+  c = task_config("sft", train_file=path, eval_file=path)
+  c.data.tokenizer = "bytes"
+  program = train.build(c, sharding.make_mesh(c.mesh), TOK.eos_id)
+  data = tasks.load(c, TOK)
+  with sharding.active(program.mesh, program.axis_rules):
+    params = program.init(0).params
+    values = train._evaluate_task(program, params, data.eval_batches(8), "sft")
+
+  rows = data.eval
+  # Examples are packed (rows hold several), over two batches, the second padded.
+  assert rows["segment_ids"].max() > 1 and 8 < len(rows["inputs"]) < 16
+  losses = np.asarray(
+    objectives.next_token_losses(
+      program.model, params, rows["inputs"], rows["targets"], None, rows["segment_ids"]
+    ),
+    np.float64,
+  )
+  sums, counts = [], []
+  for r in range(len(losses)):
+    for s in range(1, rows["segment_ids"][r].max() + 1):
+      scored = (rows["segment_ids"][r] == s) & (rows["weights"][r] > 0)
+      sums.append(losses[r][scored].sum())
+      counts.append(scored.sum())
+  sums, counts = np.array(sums), np.array(counts)
+  mean = sums.sum() / counts.sum()
+  k = len(sums)
+  se = np.sqrt(k / (k - 1) * ((sums - mean * counts) ** 2).sum()) / counts.sum()
+  assert values["eval_examples"] == k == 40
+  assert values["eval_targets"] == counts.sum() == rows["weights"].sum()
+  np.testing.assert_allclose(values["eval_loss"], mean, rtol=1e-6)
+  np.testing.assert_allclose(values["eval_loss_sem"], se, rtol=1e-5)
+
+
+def test_example_ids_are_unique_across_rows_and_zero_on_padding():
+  segments = np.array([[1, 1, 2, 3, 0], [1, 2, 2, 0, 0]], np.int32)
+  ids = np.asarray(objectives.example_ids(segments))
+  np.testing.assert_array_equal(ids, [[1, 1, 2, 3, 0], [6, 7, 7, 0, 0]])
 
 
 def test_long_examples_are_truncated_from_the_left_of_the_prompt_or_refused(tmp_path):
@@ -410,3 +457,12 @@ def test_catalog_task_settings_are_checked_before_any_work():
   assert tasks.problems(task_config(source="no_such_dataset"))[0].startswith(
     "finetune.source='no_such_dataset': not a TFDS catalog dataset"
   )
+
+
+def test_task_eval_lines_give_each_value_with_its_standard_error():
+  sft = {"eval_loss": 1.5, "eval_loss_sem": 0.125, "eval_targets": 90, "eval_examples": 40}
+  assert metrics.task_eval_line(sft) == "loss 1.5000 ± 0.1250 | targets 90 | examples 40"
+  one = {"eval_loss": 1.5, "eval_loss_sem": float("nan"), "eval_targets": 3, "eval_examples": 1}
+  assert metrics.task_eval_line(one) == "loss 1.5000 (SE n/a) | targets 3 | examples 1"
+  classify = {"eval_loss": 0.25, "eval_accuracy": 0.75, "eval_accuracy_se": 0.0625}
+  assert metrics.task_eval_line(classify) == "loss 0.2500 | accuracy 0.7500 ± 0.0625"

@@ -262,10 +262,18 @@ def test_sigterm_releases_the_lock(tmp_path):
 
 
 @pytest.mark.slow
-def test_closing_line_without_a_sem(tmp_path):
-  """Eval rows from a single document carry no SEM (null): the run's closing line says so
-  instead of crashing after a finished run."""
-  (tmp_path / "metrics.jsonl").write_text('{"step": 4, "eval_loss": 3.25, "eval_loss_sem": null}\n')
+@pytest.mark.parametrize(
+  "row, says",
+  [
+    # Eval rows from a single document carry no SEM (null): the line says so.
+    ('"eval_loss": 3.25, "eval_loss_sem": null', "3.2500 (SEM n/a: one document or example)"),
+    # sft: the loss over response targets, with its SEM over examples.
+    ('"eval_loss": 1.5, "eval_loss_sem": 0.125, "eval_targets": 90', "1.5000 ± 0.1250"),
+  ],
+)
+def test_closing_line_says_the_eval_and_its_sem(tmp_path, row, says):
+  """The run's closing line after a finished run, also where the SEM is null (no crash)."""
+  (tmp_path / "metrics.jsonl").write_text(f'{{"step": 4, {row}}}\n')
   summary = {"status": "completed", "step": 4, "wall_s": 61.0}
   result = subprocess.run(
     [
@@ -279,7 +287,8 @@ def test_closing_line_without_a_sem(tmp_path):
     cwd=ROOT,
     check=True,
   )
+  on_responses = "on responses " if "eval_targets" in row else ""
   assert result.stdout.strip() == (
-    "completed: 4 steps, eval loss 3.2500 (SEM n/a: one document) nats/token at step 4, "
+    f"completed: 4 steps, eval loss {says} nats/token {on_responses}at step 4, "
     f"1m01s of training, run directory {tmp_path}"
   )
