@@ -3,6 +3,7 @@ trains bit for bit alike."""
 
 import os
 import subprocess
+import sys
 
 import jax
 import pytest
@@ -99,3 +100,57 @@ def test_enable_uses_the_cache_root_or_a_directory_the_user_chose(
   jax.config.update("jax_compilation_cache_dir", str(tmp_path))  # e.g. JAX_COMPILATION_CACHE_DIR
   assert compile_cache.enable(True) == str(tmp_path)
   assert jax.config.jax_compilation_cache_dir == str(tmp_path)
+
+
+_COMPILE_NAMED = """
+import sys
+import jax, numpy as np
+from gptjax import compile_cache
+compile_cache.enable(True)
+print(jax.config.jax_compilation_cache_max_size)
+for name in sys.argv[1:]:
+  k = sum(map(ord, name))
+  f = lambda x, k=k: jax.numpy.sin(x) * k
+  f.__name__ = name
+  jax.jit(f)(np.ones(4096, np.float32)).block_until_ready()
+"""
+
+
+def _compile_named(root, names, **env):
+  """Compiles one distinct program per name in a fresh process; returns its printed bound."""
+  env = {**os.environ, paths.CACHE_ENV_VAR: str(root), **env}
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)
+  result = subprocess.run(
+    [sys.executable, "-c", _COMPILE_NAMED, *names],
+    check=True,
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=ROOT,
+  )
+  return int(result.stdout.split()[-1])
+
+
+def test_the_cache_is_bounded_and_evicts_least_recently_used_entries_even_old_ones(tmp_path):
+  """Entries written unbounded (no access-time files, as before gptjax bounded the cache)
+  are weighed too: a bound of about three entries keeps the newest three, and writes go on."""
+  xla = tmp_path / "xla"
+  unbounded = _compile_named(
+    tmp_path, ["old_a", "old_b", "old_c", "old_d"], JAX_COMPILATION_CACHE_MAX_SIZE="-1"
+  )
+  assert unbounded == -1
+  assert not any(name.endswith("-atime") for name in os.listdir(xla))
+  sizes = [os.path.getsize(xla / name) for name in _entries(xla)]
+  assert len(sizes) == 4
+  bound = int(3.5 * max(sizes))
+  _compile_named(
+    tmp_path,
+    ["new_a", "new_b", "new_c"],
+    JAX_COMPILATION_CACHE_MAX_SIZE=str(bound),
+    JAX_RAISE_PERSISTENT_CACHE_ERRORS="true",  # a failed eviction or write fails the process
+  )
+  kept = _entries(xla)
+  assert sorted(name.split("-")[0] for name in kept) == ["jit_new_a", "jit_new_b", "jit_new_c"]
+  assert sum(os.path.getsize(xla / name) for name in kept) <= bound
+  # Without a bound of the user's, gptjax's applies.
+  assert _compile_named(tmp_path, []) == compile_cache.MAX_BYTES
