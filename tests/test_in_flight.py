@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 
+import jax
 import jax.numpy as jnp
 import pytest
 from test_train import cli
@@ -31,6 +32,27 @@ def test_at_most_limit_dispatches_are_kept_and_the_oldest_awaited():
   for i, output in enumerate(outputs):
     queue.add(output)
     assert len(queue) == min(i + 1, 3)
+
+
+def _slow_step(x):
+  """A step long enough (milliseconds) that dispatches queue up behind it."""
+  return jax.lax.fori_loop(0, 40, lambda _, y: jnp.tanh(y @ y), x)
+
+
+@pytest.mark.parametrize("ahead_s, limit", [(1e-6, 2), (1e6, 8)])
+def test_the_queue_holds_about_ahead_s_of_steps_within_2_and_8(ahead_s, limit):
+  """With the queue full, waits come one step apart: 1 microsecond of work ahead is under
+  any step (the queue shrinks to 2, the next step behind the running one); 11 days of
+  work ahead is the cap of 8."""
+  step = jax.jit(_slow_step)
+  x = jnp.eye(256) * 0.5
+  queue = in_flight.InFlight(ahead_s=ahead_s)
+  for _ in range(16):
+    x = step(x)
+    queue.add(x)
+    assert len(queue) <= 8
+  assert queue.limit == limit
+  assert len(queue) == limit
 
 
 @pytest.mark.slow
