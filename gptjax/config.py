@@ -458,6 +458,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
   for name in ("dropout", "attn_dropout"):
     if not 0.0 <= m[name] < 1.0:
       errors.append(f"model.{name}={m[name]!r}: must be in [0, 1)")
+  if m.attention_impl == "cudnn" and m.dtype != "bfloat16":
+    errors.append(
+      f"model.attention_impl='cudnn' with model.dtype={m.dtype!r}: cuDNN's fused attention "
+      f"takes bfloat16 inputs; set model.dtype='bfloat16' or model.attention_impl='blocks'"
+    )
   if m.attn_dropout > 0 and m.attention_impl == "cudnn":
     errors.append(
       f"model.attn_dropout={m.attn_dropout}: attention-probability dropout needs "

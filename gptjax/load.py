@@ -17,6 +17,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 import ml_collections
+from absl import logging
 from etils import epath
 
 from gptjax import rundir
@@ -120,6 +121,10 @@ def load(
     )
   axis_rules = sharding.rules(config.mesh) if rules is None else rules
   mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
+  if config.model.attention_impl == "cudnn" and jax.default_backend() != "gpu":
+    # A GPU run read elsewhere: 'blocks' computes the same exact causal softmax anywhere.
+    logging.info("model.attention_impl: 'cudnn' needs a GPU; using 'blocks' on this backend")
+    config.model.attention_impl = "blocks"
   model = GPT(model_config(config.model))
 
   tokens = jax.ShapeDtypeStruct((1, config.model.seq_len), "int32")

@@ -632,6 +632,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   checkpoint.SaveFailed for a failed checkpoint write.
   """
   validate(config)
+  if config.model.attention_impl == "cudnn" and jax.default_backend() != "gpu":
+    raise ValueError(
+      f"model.attention_impl='cudnn' needs a GPU (this backend is {jax.default_backend()}); "
+      "set model.attention_impl='blocks' or 'xla'"
+    )
   config = init_from.resolve(config)  # a source of another shape is refused here, before any work
   config = branch.resolve(config, workdir)  # likewise a branch its source cannot continue
   config = distill.resolve(config)

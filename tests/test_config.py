@@ -84,6 +84,10 @@ def _error(mutate) -> str:
       ),
       ["model.attn_dropout=0.1", "attention_impl='blocks' or 'xla'"],
     ),
+    (
+      lambda c: setattr(c.model, "attention_impl", "cudnn"),
+      ["model.attention_impl='cudnn' with model.dtype='float32'", "model.dtype='bfloat16'"],
+    ),
     (lambda c: setattr(c.mesh.ici, "data", 0), ["mesh.ici", "at most one -1"]),
     (lambda c: setattr(c.optim, "lr", 0.0), ["optim.lr=0.0", "> 0"]),
   ],

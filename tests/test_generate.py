@@ -510,6 +510,25 @@ def test_load_restores_the_parameters_only(saved_run):
   assert all(t <= 256 for t in completion.tokens)  # the model has 640 rows, bytes only 257
 
 
+def test_a_cudnn_run_loads_off_gpu_with_blocks_attention_and_the_same_logits(saved_run, tmp_path):
+  """A run trained with cuDNN's attention is read on a CPU (generate, evaluate) with 'blocks',
+  the same exact causal softmax, rather than failing inside the first forward pass."""
+  workdir, _ = saved_run
+  gpu_run = str(tmp_path / "gpu_run")
+  shutil.copytree(workdir, gpu_run)
+  config = json.loads(open(os.path.join(gpu_run, "config.json")).read())
+  config["model"]["attention_impl"] = "cudnn"
+  with open(os.path.join(gpu_run, "config.json"), "w") as f:
+    json.dump(config, f)
+  tokens = np.array([[256, 100, 101, 102, 103]], np.int32)
+  logits = []
+  for run in (gptjax.load(gpu_run), gptjax.load(workdir)):
+    assert run.config.model.attention_impl == "blocks"
+    with run.active():
+      logits.append(np.asarray(run.model.apply({"params": run.params}, tokens)[0]))
+  np.testing.assert_array_equal(logits[0], logits[1])
+
+
 def test_load_names_the_steps_that_exist(saved_run, tmp_path):
   workdir, _ = saved_run
   with pytest.raises(

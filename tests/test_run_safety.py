@@ -250,6 +250,10 @@ def test_ctrl_c_during_compilation_is_safe(tmp_path):
     (["--config.model.nlayer=3"], "error: unknown --config field 'nlayer' Did you mean"),
     (["--config.mesh.ici.data=16"], "error: mesh.ici="),
     (["--config.model.vocab_size=300"], "error: model.vocab_size=300: smaller than"),
+    (
+      ["--config.model.attention_impl=cudnn", "--config.model.dtype=bfloat16"],
+      "error: model.attention_impl='cudnn' needs a GPU (this backend is cpu)",
+    ),
   ],
 )
 def test_user_errors_are_one_error_line_without_a_traceback(tmp_path, argv_tail, first_words):
