@@ -12,7 +12,8 @@
 # first (which holds the compile). Wheels the machine lacks can be installed first from
 # ./.whl (see benchmarks/gpu_wheels.txt for the list and the command that fetches them).
 #
-# On a CPU it still runs end to end with a tiny shape, which is how it is checked:
+# On a CPU it runs end to end with a tiny shape, which is how it is checked (the cudnn runs
+# are refused there, each with its one-line reason):
 #   bash benchmarks/gpu_gpt2.sh /tmp/gpu_smoke --config.model.n_layer=1 \
 #     --config.model.d_model=64 --config.model.n_head=2 --config.model.d_ff=256 \
 #     --config.model.seq_len=64 --config.train.batch_size=2
@@ -20,6 +21,13 @@ set -euo pipefail
 out=${1:-/tmp/gptjax_gpu}
 shift || true
 mkdir -p "$out"
+# The wheels are the device image's Python's (3.12; benchmarks/gpu_wheels.txt).
+if compgen -G ".whl/*.whl" >/dev/null && python3 -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/gptjax_site .whl/*.whl
+  export PYTHONPATH="/tmp/gptjax_site:${PYTHONPATH:-}"
+fi
+python3 -c "import jax; print('jax', jax.__version__, jax.devices())"
 steps=${GPU_STEPS:-30}
 
 common=(
@@ -40,7 +48,7 @@ run() {  # NAME EXPERIMENT OVERRIDES...
   shift 2
   echo "== $name: $experiment $*"
   rm -rf "${out:?}/$name"
-  if python -m gptjax.main "--config=experiments/$experiment.py" "--workdir=$out/$name" \
+  if python3 -m gptjax.main "--config=experiments/$experiment.py" "--workdir=$out/$name" \
     "${common[@]}" "$@" "${extra[@]}" >"$out/$name.log" 2>&1; then
     grep -E "MFU divides|step .*/|completed" "$out/$name.log" | tail -4
   else
@@ -59,7 +67,7 @@ run xl_remat gpt2_xl --config.train.batch_size=16 --config.model.remat_policy=no
   --config.model.attention_impl=cudnn
 
 echo "== summary (median over logged rows after the first)"
-python - "$out" <<'EOF'
+python3 - "$out" <<'EOF'
 import glob, json, os, statistics, sys
 for path in sorted(glob.glob(os.path.join(sys.argv[1], "*", "metrics.jsonl"))):
   rows = [json.loads(line) for line in open(path)]
