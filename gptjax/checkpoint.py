@@ -25,7 +25,7 @@ import ml_collections
 from absl import logging
 from etils import epath
 
-from gptjax import rundir
+from gptjax import batch_shape, rundir
 from gptjax.config import train_steps
 
 if TYPE_CHECKING:
@@ -110,8 +110,18 @@ def _values(config: ml_collections.ConfigDict, fields: tuple[str, ...]) -> dict[
   return {field: functools.reduce(getattr, field.split("."), config) for field in fields}
 
 
+# Derived from the fields: the batch ramp's stage batch sizes, which train.grad_accum_steps
+# rounds to whole micro-batches, so that a change of accumulation (otherwise free on resume:
+# the update is the same) cannot move a ramped run's data position. Checkpoints written
+# before it was saved are not checked for it.
+STAGE_BATCHES = "train.batch_ramp stage batch sizes"
+
+
 def resume_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  return _values(config, RESUME_FIELDS)
+  return {
+    **_values(config, RESUME_FIELDS),
+    STAGE_BATCHES: batch_shape.stage_batches(config.train, config.model.seq_len),
+  }
 
 
 def schedule_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -245,8 +255,11 @@ def _save_failed(mngr: Manager, error: Exception) -> SaveFailed:
 
 
 def _settings_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+  if STAGE_BATCHES not in saved:
+    current = {k: v for k, v in current.items() if k != STAGE_BATCHES}
   return [
     f"{k}: checkpoint has {saved.get(k, RESUME_DEFAULTS.get(k))!r}, config has {v!r}"
+    + (" (train.grad_accum_steps rounds them to whole micro-batches)" * (k == STAGE_BATCHES))
     for k, v in current.items()
     if saved.get(k, RESUME_DEFAULTS.get(k)) != v
   ]
@@ -316,6 +329,12 @@ def restore_latest(
     check(meta)
     check_schedule(meta, config, where)
     try:
+      saved = _layout(ocp.StandardCheckpointHandler().metadata(epath.Path(where) / "state"))
+    except Exception as e:
+      _move_aside(mngr, workdir, step, e)
+      continue
+    check_layout(saved, _layout(abstract_state), where)
+    try:
       state = mngr.orbax.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
       )["state"]
@@ -324,6 +343,52 @@ def restore_latest(
       continue
     return step, meta, state
   return None
+
+
+def _layout(tree: Any) -> dict[tuple[str, ...], tuple[tuple[int, ...], str]]:
+  """{leaf path: (shape, dtype)} of a state or of a checkpoint's metadata, with the path's
+  keys as plain names, so attribute, dict and index keys of the same leaf compare equal."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  def name(key: Any) -> str:
+    for field in ("key", "name", "idx"):
+      if hasattr(key, field):
+        return str(getattr(key, field))
+    return str(key)
+
+  return {
+    tuple(map(name, path)): (tuple(leaf.shape), str(leaf.dtype))
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+  }
+
+
+def check_layout(saved: dict, expected: dict, where: str) -> None:
+  """Refuses (ValueError) a checkpoint whose arrays are not the ones this config's state has.
+
+  RESUME_FIELDS catch the usual causes by name; this catches the rest (optim.clip_norm
+  turned on or off changes the optimizer state's tree, finetune.num_classes a head's
+  shape) before orbax would fail on it, which would read as a damaged checkpoint.
+  """
+  if saved == expected:
+    return
+  diffs = []
+  for label, paths in (
+    ("only in the checkpoint", sorted(saved.keys() - expected.keys())),
+    ("only in this config's state", sorted(expected.keys() - saved.keys())),
+  ):
+    if paths:
+      shown = ", ".join("/".join(p) for p in paths[:3])
+      diffs.append(f"{len(paths)} arrays {label} ({shown}{', ...' if len(paths) > 3 else ''})")
+  for path in sorted(saved.keys() & expected.keys()):
+    if saved[path] != expected[path]:
+      diffs.append(f"{'/'.join(path)} saved as {saved[path]}, now {expected[path]}")
+      break
+  raise ValueError(
+    f"checkpoint {where} holds another state layout than this config makes: "
+    + "; ".join(diffs)
+    + "; a setting that shapes the state changed (optim.clip_norm turned on or off, "
+    "finetune.num_classes, ...): restore it to resume, or use another --workdir"
+  )
 
 
 def _move_aside(mngr: Manager, workdir: str, step: int, error: Exception) -> None:

@@ -13,7 +13,7 @@ import pytest
 from run_rows import assert_same_curve, assert_same_run, rows
 from test_train import ROOT, cli, kill_at_checkpoint, tiny_config
 
-from gptjax import batch_shape, data, optim, train
+from gptjax import batch_shape, checkpoint, data, optim, train
 from gptjax import config as config_lib
 
 SEQ = 8
@@ -62,6 +62,29 @@ def test_batch_and_position_at_the_boundaries(step, batch, rows_before):
 def test_stages_round_down_to_whole_micro_batches():
   c = ramp_config(**{"train.batch_ramp.stages": 5})  # linear: 4, 6, 8, 11, 13
   assert batch_shape.stage_batches(c.train, SEQ) == [4, 4, 8, 8, 12]
+
+
+def test_a_resume_that_would_move_the_ramps_data_position_is_refused():
+  """train.grad_accum_steps is free to change on resume (the update is the same), except
+  where it changes the ramp's stage batches (whole micro-batches), and so the rows read."""
+  saved = {"step": 5, "settings": checkpoint.resume_settings(ramp_config())}
+  other = ramp_config(**{"train.grad_accum_steps": 2})  # micro-batches of 8
+  assert batch_shape.stage_batches(other.train, SEQ) != batch_shape.stage_batches(
+    ramp_config().train, SEQ
+  )
+  with pytest.raises(
+    ValueError, match=r"stage batch sizes: checkpoint has \[4, 8, 12\], config has"
+  ):
+    checkpoint.check_resumable(saved, other, "CKPT")
+  # Without a ramp the same change is accepted, as is a checkpoint written before the check.
+  flat = {"train.batch_ramp.start_tokens": 0}
+  checkpoint.check_resumable(
+    {"step": 5, "settings": checkpoint.resume_settings(ramp_config(**flat))},
+    ramp_config(**flat, **{"train.grad_accum_steps": 2}),
+    "CKPT",
+  )
+  older = {k: v for k, v in saved["settings"].items() if k != checkpoint.STAGE_BATCHES}
+  checkpoint.check_resumable({"step": 5, "settings": older}, other, "CKPT")
 
 
 def test_a_ramp_whose_start_is_the_full_batch_is_one_stage():

@@ -118,6 +118,11 @@ def test_a_train_row_is_the_mean_of_its_window(six_step_run, tmp_path):
     ({"train.steps": 4}, "a run cannot be shortened"),
     ({"train.steps": 9}, "train.steps: checkpoint has 6, config has 9"),
     ({"optim.lr": 5e-4}, "optim.lr: checkpoint has 0.001, config has 0.0005"),
+    # The optimizer state loses its clipping stage: refused, not read as a damaged checkpoint.
+    (
+      {"optim.clip_norm": 0.0, "train.extend": True},
+      "holds another state layout than this config makes: 34 arrays only in the checkpoint",
+    ),
   ],
 )
 def test_a_refused_resume_changes_no_file(six_step_run, overrides, expected):
