@@ -116,6 +116,12 @@ def resolve(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.C
     for name in MATCH_FIELDS
     if _field(source, name) != _field(config, name)
   ]
+  stages = [batch_shape.stage_batches(c.train, c.model.seq_len) for c in (source, config)]
+  if stages[0] != stages[1]:  # the data position at the branch step would move
+    diffs.append(
+      f"{checkpoint.STAGE_BATCHES}: source {stages[0]}, branch {stages[1]} "
+      "(train.grad_accum_steps rounds them to whole micro-batches)"
+    )
   if diffs:
     raise ValueError(
       f"{field}: the branch must continue the source's model, data and update rule: "

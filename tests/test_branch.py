@@ -92,6 +92,25 @@ def test_a_bad_branch_is_refused_in_one_line_before_anything_is_written(
   assert not workdir.exists()
 
 
+def test_a_branch_whose_accumulation_moves_the_ramps_stages_is_refused(tmp_path):
+  """A ramp of 4 -> 8 sequences in 3 stages is 4, 4, 6 in micro-batches of 2 but 4, 4, 4 in
+  micro-batches of 4: the branch would read other rows from the branch step on."""
+
+  def ramped(c, accum):
+    c.train.grad_accum_steps = accum
+    c.train.batch_ramp.update(dict(start_tokens=4 * 32, tokens=16 * 32, stages=3))
+    return c
+
+  source = tmp_path / "source"
+  (source / "checkpoints" / "4").mkdir(parents=True)
+  (source / "config.json").write_text(ramped(tiny(), 4).to_json_best_effort())  # micro 2
+  os.chdir(tmp_path)
+  with pytest.raises(
+    ValueError, match=r"stage batch sizes: source \[4, 4, 6\], branch \[4, 4, 4\]"
+  ):
+    branch.resolve(ramped(cooldown("source@4"), 2), str(tmp_path / "b"))  # micro-batches of 4
+
+
 def test_a_source_that_decayed_before_the_branch_point_is_refused(tmp_path):
   """A cosine source is decaying at step 4: a branch of it would not share its updates."""
   fake_source(tmp_path)
