@@ -320,6 +320,8 @@ def test_fewshot_prompts_are_seeded_never_self_and_use_the_delimiters():
     )
   # An item's prompt does not depend on the others: the first 5 alone give the same prompts.
   assert choice.prompts(items[:5], shots, pool=items) == first[:5]
+  # --limit scores the first items but draws from the whole file, as a full run does.
+  assert choice.prompts(items, shots, limit=5) == first[:5]
   pool = items[:5]  # a separate pool holding items 0-4 verbatim: never their own demonstration
   for text, item in zip(choice.prompts(items, shots, pool=pool), items):
     assert f"{item.context} =>" not in text
@@ -546,6 +548,25 @@ metric_list:
   - metric: acc
   - metric: acc_norm
 """
+
+
+@pytest.mark.parametrize(
+  "gen_kwargs, strategy, temperature",
+  [
+    ({"until": ["\n"], "do_sample": False}, "greedy", None),
+    ({"until": ["\n"], "do_sample": True, "temperature": 0.0}, "greedy", None),
+    ({"until": ["\n"], "do_sample": True, "temperature": 0.7}, "sample", 0.7),
+    # lm_eval leaves the temperature out here; transformers samples at its default, 1.
+    ({"until": ["\n"], "do_sample": True}, "sample", 1.0),
+  ],
+)
+def test_lm_eval_generation_kwargs_map_to_decoding_settings(gen_kwargs, strategy, temperature):
+  from gptjax.evaluate import harness
+
+  settings, until = harness.GptjaxLM._settings(gen_kwargs)
+  assert settings.strategy == strategy and until == ("\n",)
+  if temperature is not None:
+    assert settings.temperature == temperature
 
 
 @pytest.mark.slow

@@ -88,12 +88,15 @@ def prompt(item: Item, demos: Sequence[Item], shots: Shots) -> str:
   )
 
 
-def prompts(items: Sequence[Item], shots: Shots, pool: Sequence[Item] | None = None) -> list[str]:
-  """Every item's prompt; demonstrations from `pool`, or from `items` themselves if None."""
+def prompts(
+  items: Sequence[Item], shots: Shots, pool: Sequence[Item] | None = None, limit: int = 0
+) -> list[str]:
+  """The prompts of the first `limit` items (all when 0); demonstrations from `pool`, or
+  from all of `items` (the evaluated file) if None, so `limit` changes no item's prompt."""
   source = items if pool is None else pool
   return [
     prompt(item, demonstrations(source, shots.k, shots.seed, i, item, pool is None), shots)
-    for i, item in enumerate(items)
+    for i, item in enumerate(items[:limit] if limit else items)
   ]
 
 
@@ -109,9 +112,12 @@ def evaluate(
   shots: Shots,
   cloze: bool,
   pool: Sequence[Item] | None = None,
+  limit: int = 0,
 ) -> dict[str, Any]:
-  """The task's metrics over `items` (module docstring), with `items` (count) and `chance`."""
-  texts = prompts(items, shots, pool)
+  """The task's metrics over the first `limit` of `items` (all when 0; module docstring),
+  with `items` (count) and `chance`. Without a `pool` every item may be a demonstration."""
+  texts = prompts(items, shots, pool, limit)
+  items = items[:limit] if limit else items
   pairs = [
     (text, shots.target_delimiter + c) for text, item in zip(texts, items) for c in item.choices
   ]

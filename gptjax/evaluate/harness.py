@@ -115,11 +115,14 @@ class GptjaxLM(LM):
   def _settings(gen_kwargs: dict[str, Any]) -> tuple[Settings, tuple[str, ...]]:
     kwargs = normalize_gen_kwargs(gen_kwargs, DEFAULT_MAX_GEN_TOKS)
     until = tuple(s for s in kwargs["until"] if s)
-    if not kwargs["do_sample"] or kwargs["temperature"] == 0:
+    # lm_eval leaves the temperature out when do_sample is set without one; transformers'
+    # generate (lm_eval's HF model) then samples at its default temperature, 1.
+    temperature = float(kwargs.get("temperature", 1.0))
+    if not kwargs["do_sample"] or temperature == 0:
       return Settings(max_new_tokens=kwargs["max_gen_toks"]), until
     return Settings(
       strategy="sample",
-      temperature=float(kwargs["temperature"]),
+      temperature=temperature,
       top_k=int(kwargs.get("top_k") or 0),
       top_p=float(kwargs.get("top_p") or 1.0),
       max_new_tokens=kwargs["max_gen_toks"],

@@ -108,7 +108,7 @@ def evaluate(
   shots = choice.Shots(
     options.num_fewshot, options.fewshot_seed, options.fewshot_delimiter, options.target_delimiter
   )
-  items = tasks.read_items(options.task, options.data_file, options.limit)
+  items = tasks.read_items(options.task, options.data_file)  # all: the demonstrations' pool
   pool = tasks.read_items(options.task, options.fewshot_file) if options.fewshot_file else None
   settings = {
     "data_file": options.data_file,
@@ -117,7 +117,9 @@ def evaluate(
     "start_with_eos": scorer.start_with_eos,
     **shots.describe(),
   }
-  return settings, choice.evaluate(scorer, items, shots, options.task in tasks.CLOZE, pool)
+  return settings, choice.evaluate(
+    scorer, items, shots, options.task in tasks.CLOZE, pool, options.limit
+  )
 
 
 def write(
