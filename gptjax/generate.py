@@ -151,6 +151,13 @@ def bucket(length: int, limit: int) -> int:
   return min(max(MIN_BUCKET, 1 << (length - 1).bit_length()), limit)
 
 
+def check_stop(stop: Sequence[str]) -> None:
+  """Refuses an empty stop string: every text contains it, so it would end every
+  completion before its first token."""
+  if any(s == "" for s in stop):
+    raise ValueError("--stop='': an empty stop string ends every completion at once; drop it")
+
+
 def check_prompts(prompts: Sequence[Sequence[int]], max_new_tokens: int, seq_len: int) -> None:
   """Raises ValueError for no prompt, an empty one, or one that leaves no room for
   max_new_tokens."""
@@ -563,6 +570,7 @@ class Decoder:
     A completion ends at the tokenizer's end-of-text token or at any of `stop`.
     """
     settings.check()
+    check_stop(stop)
     check_prompts(prompts, settings.max_new_tokens, self.model.config.seq_len)
     if batch_size is not None and batch_size < 1:
       raise ValueError(f"--batch_size={batch_size}: must be >= 1")
@@ -899,6 +907,7 @@ def main(argv: list[str]) -> None:
   settings = Settings(**{f.name: args[f.name].value for f in dataclasses.fields(Settings)})
   try:
     settings.check()
+    check_stop(args.stop)
     texts = read_prompts(args.prompt, args.prompts_file)
     loaded = load(args.workdir, args.step)
     compile_cache.enable(loaded.config.train.compile_cache)  # the run's choice, as training's

@@ -443,6 +443,8 @@ def test_settings_and_prompts_are_refused_before_any_compile():
       decoder.generate([[1]], Settings(**fields))
   with pytest.raises(ValueError, match="prompt 1 is empty"):
     decoder.generate([[1], []], Settings(max_new_tokens=4))
+  with pytest.raises(ValueError, match="^--stop='': an empty stop string ends every completion"):
+    decoder.generate([[1]], Settings(max_new_tokens=4), stop=["\n", ""])
   with pytest.raises(
     ValueError,
     match=r"prompt 0 has 10 tokens: with --max_new_tokens=7 that is "
