@@ -189,8 +189,10 @@ def save(
   state: Any,
   config: ml_collections.ConfigDict,
   data_state: dict[str, Any],
+  window: dict[str, Any] | None = None,
 ) -> None:
-  """Starts an async save of the state with its settings, schedule and data position.
+  """Starts an async save of the state with its settings, schedule and data position,
+  and `window`, the sums of the train row in progress (train.Window.to_json).
 
   The caller has checked that `state` is finite: no non-finite state is ever saved,
   so rotation can never push the last good checkpoint out.
@@ -201,6 +203,7 @@ def save(
     "settings": resume_settings(config),
     "schedule": schedule_settings(config),
     "data": data_state,
+    **({} if window is None else {"window": window}),
   }
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
 

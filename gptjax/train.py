@@ -166,6 +166,21 @@ class Window:
       lr=f,
     )
 
+  def to_json(self) -> dict[str, Any]:
+    """The sums as JSON numbers (host values; float32 and int32 survive the round trip)."""
+    return {f.name: getattr(self, f.name).item() for f in dataclasses.fields(self)}
+
+  @classmethod
+  def from_json(cls, values: dict[str, Any]) -> Window:
+    """The window `to_json` saved, on the host, in the dtypes of `zeros`."""
+    zeros = cls.zeros()
+    return cls(
+      **{
+        f.name: np.asarray(values[f.name], getattr(zeros, f.name).dtype)
+        for f in dataclasses.fields(cls)
+      }
+    )
+
 
 def accumulate(window: Window, metrics: dict[str, jax.Array], step: jax.Array) -> Window:
   """Adds one step's metrics (of update number `step`, 1-based) to `window`."""
@@ -770,6 +785,8 @@ def _run_locked(
           lock,
           ahead,
           teacher,
+          # A resume continues the checkpoint's unfinished row window (a branch starts its own).
+          None if found is None or branching else found[1].get("window"),
         )
     except BaseException:
       try:  # closing waits for pending saves; a failed one would hide the error in flight
@@ -924,11 +941,14 @@ def _train(
   lock: rundir.RunLock | None,
   ahead: dict[tuple[int, int], concurrent.futures.Future],
   teacher: Any = None,
+  saved_window: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
   """The host loop: dispatch steps, read rows one step late, eval, checkpoint, stop.
 
   `ahead` holds train steps already being compiled, by stage shape (`_compile_ahead`);
-  `teacher` (distill) is the frozen teacher's parameters, an extra argument of every step.
+  `teacher` (distill) is the frozen teacher's parameters, an extra argument of every step;
+  `saved_window` the sums of the row window the resumed checkpoint was inside, so its
+  first row covers the same steps as an uninterrupted run's (Window.to_json).
   """
   tc, total_steps = config.train, train_steps(config)
   frozen = () if teacher is None else (teacher,)
@@ -991,7 +1011,12 @@ def _train(
     config, workdir, start_step, total_steps, peak_tflops * flops.peak_units(), teacher_flops
   )
   zero_window = jax.device_put(Window.zeros(), sharding.replicated(program.mesh))
-  window, pending = zero_window, None  # pending: (step, window) read after the next dispatch
+  window = (
+    zero_window
+    if saved_window is None
+    else jax.device_put(Window.from_json(saved_window), sharding.replicated(program.mesh))
+  )
+  pending = None  # (step, window) read after the next dispatch
   dispatched = in_flight.InFlight()  # each step's window: the host stays a few steps ahead
   step, status = start_step, "failed"
   profiler = profiling.StepProfiler(tc.profile_steps, workdir)
@@ -1069,7 +1094,9 @@ def _train(
         if lock is not None:
           lock.check()  # still ours: never write into a directory another process took
         record.sync()
-        checkpoint.save(mngr, step, state, config, lm_data.state(step))
+        checkpoint.save(
+          mngr, step, state, config, lm_data.state(step), jax.device_get(window).to_json()
+        )
       if preempted and step < total_steps:
         logging.warning("interrupted: checkpointed step %d; rerun the same command to resume", step)
         break

@@ -10,7 +10,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from run_rows import rows
+from run_rows import assert_same_run, rows
 from test_train import ROOT, _checkpoints, _wait_for, cli, tiny_config
 
 from gptjax import checkpoint, rundir, sharding, train
@@ -107,6 +107,24 @@ def test_a_train_row_is_the_mean_of_its_window(six_step_run, tmp_path):
     )
     assert row["lr"] == chosen[-1]["lr"]
   assert summary["final_train_loss"] == windows[-1]["train_loss"]
+
+
+@pytest.mark.slow
+def test_a_resume_inside_a_row_window_writes_an_uninterrupted_runs_rows(tmp_path):
+  """Rows every 4 steps, checkpoints every 3: the checkpoint at step 3 is inside the first
+  row's window, so the resumed run must carry steps 1-3 into row 4 (the window's sums are
+  saved with the checkpoint) to write the uninterrupted run's rows bit for bit."""
+  config = tiny_config(
+    **{**SIX_STEPS, "train.steps": 8, "train.log_every": 4, "train.keep_checkpoints": 3}
+  )
+  straight = str(tmp_path / "straight")
+  train.run(config, straight)
+  resumed = copy_of(straight, tmp_path)
+  for step in ("6", "8"):
+    shutil.rmtree(os.path.join(resumed, "checkpoints", step))
+  train.run(config, resumed)
+  assert [r["step"] for r in rows(resumed) if "train_loss" in r] == [4, 8]
+  assert_same_run(resumed, straight)
 
 
 @pytest.mark.parametrize(
