@@ -59,18 +59,21 @@ def learning_rate(
   elif optim.schedule == "wsd":
     length = min(round(optim.decay_fraction * end), end - warmup)
     phases = [optax.constant_schedule(optim.lr)]
-    if length:
+    if length == 1:  # the decay's one update is its last: at the floor
+      phases.append(optax.constant_schedule(floor))
+    elif length:
       power = 0.5 if optim.decay_shape == "1-sqrt" else 1.0
-      span = max(length - 1, 1)
       phases.append(
-        lambda s: optim.lr - (optim.lr - floor) * (jnp.clip(s / span, 0.0, 1.0) ** power)
+        lambda s: optim.lr - (optim.lr - floor) * (jnp.clip(s / (length - 1), 0.0, 1.0) ** power)
       )
     boundaries = [end - length - warmup] if length else []
     phases = [optax.join_schedules(phases, boundaries)] if boundaries else phases
+  elif end - 1 - warmup <= 0:  # a decay of one update (or none): that update is the floor
+    phases = [optax.constant_schedule(floor)]
   elif optim.schedule == "linear":  # GPT-1's fine-tuning decay
-    phases = [optax.linear_schedule(optim.lr, floor, max(end - 1 - warmup, 1))]
+    phases = [optax.linear_schedule(optim.lr, floor, end - 1 - warmup)]
   else:
-    phases = [optax.cosine_decay_schedule(optim.lr, max(end - 1 - warmup, 1), optim.min_lr_ratio)]
+    phases = [optax.cosine_decay_schedule(optim.lr, end - 1 - warmup, optim.min_lr_ratio)]
   if warmup == 0:
     return phases[0]
   ramp = optax.linear_schedule(optim.lr / warmup, optim.lr, max(warmup - 1, 1))

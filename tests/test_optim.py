@@ -272,6 +272,20 @@ def test_wsd_holds_the_peak_then_decays_over_its_fraction() -> None:
   )
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "wsd"])
+def test_a_decay_one_update_long_ends_at_the_floor(schedule: str) -> None:
+  """The decay's last update is at lr * min_lr_ratio even when it is also its first: after
+  2 warmup updates, a 3-update run (and wsd's 10% of 10 updates) ends at the floor."""
+  lr, ratio = 1e-3, 0.1
+  c = optim_config(lr=lr, warmup_steps=2, min_lr_ratio=ratio, schedule=schedule)
+  total = 3
+  if schedule == "wsd":
+    c.decay_fraction, total = 0.1, 10
+  values = [float(optim.learning_rate(c, total, 1)(s)) for s in range(total)]
+  np.testing.assert_allclose(values[:2], [lr / 2, lr], rtol=1e-6)
+  np.testing.assert_allclose(values[-2:], [lr, lr * ratio], rtol=1e-6)
+
+
 def test_gpt3_125m_schedule_in_tokens() -> None:
   """GPT-3 (Brown et al. 2020): warmup over 375M tokens, cosine to 10% at 260B tokens, flat to
   300B. With 125M's 0.5M-token batch the peak is on the update after which the tokens seen
