@@ -49,6 +49,12 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in the job.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0-based.")
+_LOCAL_DEVICE_IDS = flags.DEFINE_list(
+  "local_device_ids",
+  None,
+  "Multi-host: the accelerators this process drives (e.g. 0,1,2,3,4,5,6,7 for one process "
+  "per node). Default: JAX's choice; under SLURM that is the task's one GPU (SLURM_LOCALID).",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -96,6 +102,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
     if len(text) > 1 and text[0] in "'\"" and text[-1] == text[0]:  # a KeyError's repr
       text = text[1:-1]
     message = " ".join(text.replace("\\n", " ").replace("\\'", "'").split())
+    flag, parsing, _ = text.partition(": Error whilst parsing config file")
+    if parsing:  # the experiment's get_config raised: its last line says why, not the traceback
+      lines = [line.strip() for line in text.replace("\\n", "\n").splitlines() if line.strip()]
+      sys.exit(f"error: {flag.removeprefix('flag ')}: {lines[-1].removeprefix('ValueError: ')}")
     if isinstance(e, (AttributeError, KeyError)):
       message = f"unknown --config field {message}"
     sys.exit(
@@ -134,6 +144,9 @@ def _main() -> None:
       coordinator_address=_COORDINATOR.value,
       num_processes=_NUM_PROCESSES.value,
       process_id=_PROCESS_ID.value,
+      local_device_ids=None
+      if _LOCAL_DEVICE_IDS.value is None
+      else [int(i) for i in _LOCAL_DEVICE_IDS.value],
     )
   if config.train.dry_run:
     print(memory_plan.dry_run(config))

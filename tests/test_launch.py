@@ -184,6 +184,22 @@ def test_slurm_script_for_each_member(tmp_path):
     shellcheck(tmp_path, text)
   per_node = slurm.script(slurm.Cluster("s1", 2, 8, tasks="node", repo_dir="/shared/g"), job)
   assert "#SBATCH --ntasks-per-node=1" in per_node.splitlines()
+  # One task per node drives all 8 GPUs (JAX's SLURM default would give it GPU 0 alone).
+  assert shlex.split(per_node.splitlines()[-1])[-len(job.overrides) - 1] == (
+    "--local_device_ids=0,1,2,3,4,5,6,7"
+  )
+
+
+def test_slurm_makes_a_relative_workdir_absolute_before_the_script_changes_directory(
+  tmp_path, monkeypatch
+):
+  """The completed check and the log path are read before `cd REPO_DIR`, training after it:
+  a relative workdir would name two directories."""
+  monkeypatch.chdir(tmp_path)
+  text = slurm.script(slurm.Cluster("s1", 1, 8, repo_dir="/shared/g"), Job("e.py", "runs/x"))
+  assert f"#SBATCH --output={tmp_path}/runs/x/logs/slurm-%j.out" in text.splitlines()
+  assert f"--workdir={tmp_path}/runs/x" in text.splitlines()[-1]
+  assert "runs/x" not in text.replace(f"{tmp_path}/runs/x", "")
 
 
 @pytest.mark.parametrize(

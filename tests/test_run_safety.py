@@ -274,6 +274,10 @@ def test_ctrl_c_during_compilation_is_safe(tmp_path):
     (["--config.mesh.ici.data=16"], "error: mesh.ici="),
     (["--config.model.vocab_size=300"], "error: model.vocab_size=300: smaller than"),
     (
+      ["--config=experiments/gpt3.py:bogus"],
+      "error: --config=experiments/gpt3.py:bogus: GPT-3 size 'bogus': unknown; use one of",
+    ),
+    (
       ["--config.model.attention_impl=cudnn", "--config.model.dtype=bfloat16"],
       "error: model.attention_impl='cudnn' needs a GPU (this backend is cpu)",
     ),

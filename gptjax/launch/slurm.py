@@ -66,6 +66,15 @@ def script(cluster: Cluster, job: Job) -> str:
   """The sbatch script text; logs go to WORKDIR/logs/slurm-JOBID.out (create it first)."""
   check(cluster, job)
   per_node = cluster.gpus_per_node if cluster.tasks == "gpu" else 1
+  # One task per node drives all its GPUs; JAX's SLURM detection would give it only GPU
+  # SLURM_LOCALID (0) otherwise.
+  every_gpu = (
+    [f"--local_device_ids={','.join(map(str, range(cluster.gpus_per_node)))}"]
+    if cluster.tasks == "node"
+    else []
+  )
+  if "://" not in job.workdir:  # the script cds to the repo: a relative workdir would move
+    job = dataclasses.replace(job, workdir=posixpath.abspath(job.workdir))
   options = [
     f"--job-name={cluster.job_name}",
     f"--nodes={cluster.nodes}",
@@ -91,7 +100,7 @@ def script(cluster: Cluster, job: Job) -> str:
     "fi",
     *(f"export {key}={shlex.quote(value)}" for key, value in job.env.items()),
     f"cd {shlex.quote(cluster.repo_dir)}",
-    shlex.join(["srun", "--kill-on-bad-exit=1", "python", *job.main_args()]),
+    shlex.join(["srun", "--kill-on-bad-exit=1", "python", *job.main_args(*every_gpu)]),
   ]
   return "\n".join(lines) + "\n"
 

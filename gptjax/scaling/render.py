@@ -24,7 +24,8 @@ CONVENTIONS = [
   "Approach 3's frontier uses C = 6 N D (Hoffmann et al. 2022, eq. 4), which undercounts "
   "small models whose attention and lm head are a large share of their FLOPs.",
   "Loss is the final eval loss in nats per token on the fixed validation set; its standard "
-  "error is over validation sequences. All runs share that set, so their errors are correlated "
+  "error treats validation documents as clusters (a document's tokens are not independent "
+  "samples). All runs share that set, so their errors are correlated "
   "and intervals that treat them as independent are conservative.",
   "Intervals are 95% bootstrap percentile intervals (resamples and method in fits.json).",
   "MFU is each run's mean over its train rows; the peak it divides by is named in that run's log "
