@@ -278,3 +278,54 @@ def test_finetune_ladder_members_and_report_place_accuracy_at_the_sources_comput
   assert (by_run["small"]["accuracy"], by_run["large"]["accuracy"]) == (0.7, 0.9)
   assert "finetuned" in paths and "loss_vs_n" not in fits and "curves_tokens" not in paths
   assert "Fine-tuning over pretrained sizes" in open(paths["md"]).read()
+
+
+@pytest.mark.slow
+def test_reports_render_where_a_fit_or_the_fitted_runs_are_missing(tmp_path):
+  """Approach 3 alone (an N x D grid with one eval per run: no IsoFLOP profile, no envelope)
+  draws its frontier over the runs' compute; a sweep whose every run is a distilled student
+  (none to fit) still renders, without the runs section."""
+  grid = tmp_path / "grid"
+  members = {
+    f"m{i}": (n, d)
+    for i, (n, d) in enumerate((n, d) for n in (5e4, 2e5, 8e5) for d in (2e6, 6e6, 1.8e7))
+  }
+  for name, (n, d) in members.items():
+    _write_run(str(grid / name), n, d, evals=1)
+  (grid / "sweep.json").write_text(json.dumps({name: {} for name in members}))
+  paths = _render(str(grid))
+  fits = json.load(open(paths["fits"]))
+  assert "parametric" in fits and "isoflop" not in fits and "frontier" in paths
+
+  students = _sweep(tmp_path / "students", {"s0": (5e4, 2e6), "s1": (2e5, 2e6)})
+  for name in ("s0", "s1"):
+    path = os.path.join(students, name, "summary.json")
+    summary = json.load(open(path))
+    json.dump({**summary, "teacher": "run:/elsewhere/t@100"}, open(path, "w"))
+  paths = _render(students)
+  assert "## Runs" not in open(paths["md"]).read()
+
+
+@pytest.mark.slow
+def test_a_too_noisy_isoflop_bootstrap_is_a_skipped_fit_not_a_crash(tmp_path):
+  """Two budgets of four sizes whose losses barely curve under a 0.3 standard error: most
+  bootstrap resamples give no convex parabola, so Approach 2 is listed as not fitted."""
+  root = tmp_path / "iso"
+  for c in (1e12, 1e13):
+    for k, n in enumerate((1e4, 3e4, 1e5, 3e5)):
+      run = root / f"c{int(np.log10(c))}-n{k}"
+      run.mkdir(parents=True)
+      loss = 3.0 - 0.1 * np.log10(c) + 0.01 * (np.log(n) - np.log(5e4)) ** 2
+      d = c / (6 * n)
+      rows = [
+        {"step": 1, "tokens": int(d / 2), "flops": c / 2, "eval_loss": loss + 0.2},
+        {"step": 2, "tokens": int(d), "flops": c, "eval_loss": loss, "eval_loss_sem": 0.3},
+      ]
+      (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+      summary = {"n_params_non_embedding": int(n), "n_params": int(n * 1.2), "tokens": int(d)}
+      summary.update(flops=c, final_eval_loss=loss, status="completed", wall_s=1.0, step=2)
+      (run / "summary.json").write_text(json.dumps(summary))
+  (root / "sweep.json").write_text(json.dumps({p.name: {} for p in root.iterdir()}))
+  fits = json.load(open(_render(str(root))["fits"]))
+  assert "isoflop" not in fits
+  assert any(s.startswith("IsoFLOP profiles (Approach 2): ") for s in fits["skipped"])

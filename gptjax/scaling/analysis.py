@@ -183,23 +183,27 @@ def analyse(runs: list[Run], resamples: int = 200, seed: int = 0) -> Analysis:
       loss = np.array([r.final_eval_loss for r in pick])
       sem = np.array([r.final_eval_sem for r in pick])
       per_token = _measured_flops_per_token(pick)
-      samples, dropped = isoflop.bootstrap_isoflop(
-        n,
-        loss,
-        budget[at],
-        resamples,
-        seed,
-        loss_sem=sem if np.all(np.isfinite(sem)) else None,
-        flops_per_token=per_token,
-      )
-      result.isoflop = Isoflop(
-        n=n,
-        loss=loss,
-        budget=budget[at],
-        fit=isoflop.fit_isoflop(n, loss, budget[at], per_token),
-        samples=samples,
-        dropped=dropped,
-      )
+      try:
+        samples, dropped = isoflop.bootstrap_isoflop(
+          n,
+          loss,
+          budget[at],
+          resamples,
+          seed,
+          loss_sem=sem if np.all(np.isfinite(sem)) else None,
+          flops_per_token=per_token,
+        )
+      except ValueError as e:  # too noisy for a 95% band: said so, the other fits still run
+        result.skipped.append(f"IsoFLOP profiles (Approach 2): {e}")
+      else:
+        result.isoflop = Isoflop(
+          n=n,
+          loss=loss,
+          budget=budget[at],
+          fit=isoflop.fit_isoflop(n, loss, budget[at], per_token),
+          samples=samples,
+          dropped=dropped,
+        )
     else:
       result.skipped.append(
         "IsoFLOP profiles (Approach 2): need >= 2 compute budgets with >= 3 "

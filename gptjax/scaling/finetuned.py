@@ -13,9 +13,11 @@ import dataclasses
 import math
 from typing import Any
 
+from absl import logging
+
 from gptjax import metrics
 from gptjax.config import parse_init_from
-from gptjax.scaling.runs import Run, read_run
+from gptjax.scaling.runs import Run, RunDirError, read_run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,13 +32,17 @@ class Point:
 
 
 def points(runs: list[Run]) -> list[Point]:
-  """One point per completed task run that started from a run directory."""
+  """One point per completed task run that started from a run directory that still reads."""
   out = []
   for run in runs:
     if not (run.task and run.completed and run.init_from.startswith("run:")):
       continue
     _, directory, step = parse_init_from(run.init_from)
-    source = read_run(directory)
+    try:
+      source = read_run(directory)
+    except RunDirError as e:  # moved or deleted since: the run stays in the runs table
+      logging.warning("fine-tuned run %s left out of the accuracy plot: its source %s", run.name, e)
+      continue
     at_step = [
       r["flops"] for r in metrics.read_rows(directory) if r.get("step") == step and "flops" in r
     ]

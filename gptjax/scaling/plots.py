@@ -246,6 +246,9 @@ def frontier(a: Analysis) -> Figure:
   if a.envelope:
     lows.append(a.envelope.flops.min())
     highs.append(a.envelope.flops.max())
+  if not lows:  # Approach 3 alone: the compute its runs spanned
+    lows.append(min(r.flops for r in a.runs))
+    highs.append(max(r.flops for r in a.runs))
   grid = np.geomspace(min(lows) / 2, max(highs) * 10, 100)
   if a.isoflop:
     i = a.isoflop

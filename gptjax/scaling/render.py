@@ -262,7 +262,7 @@ def write_report(
     doc.heading("Findings")
     doc.bullets(headline)
   figures = {}
-  if lm_runs:
+  if a.runs:  # the runs the fits take (none when, say, every LM run is a distilled student)
     doc.heading("Runs")
     _runs_table(doc, a)
     with np.errstate(over="ignore", invalid="ignore"):
