@@ -336,6 +336,19 @@ def test_each_epoch_visits_every_row_once_even_with_huge_batches():
   assert not np.array_equal(stream[:num_rows], stream[num_rows : 2 * num_rows])
 
 
+def test_neighbouring_seeds_share_no_epoch_order():
+  """grain reseeds each epoch with seed + epoch; seeding it with train.seed itself gave
+  seed 0's second epoch the order of seed 1's first, so seed sweeps shared data orders."""
+  rows = small_lmdata().stats["train"].rows
+  epochs = {
+    seed: [tuple(small_lmdata(seed).stream_rows(e * rows, rows)) for e in range(3)]
+    for seed in range(4)
+  }
+  orders = [order for seed_orders in epochs.values() for order in seed_orders]
+  assert all(sorted(order) == list(range(rows)) for order in orders)
+  assert len(set(orders)) == len(orders) == 12
+
+
 def test_eval_batches_are_fixed_padded_and_exact():
   lm = small_lmdata()
   batches = lm.eval_batches(batch_size=1, max_sequences=100).batches

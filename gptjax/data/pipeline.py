@@ -35,11 +35,25 @@ from gptjax.data.token_cache import TokenFile
 
 # Bump when the row order or row layout changes: old checkpoints then refuse to
 # resume instead of silently continuing on different data.
-ORDER_VERSION = "grain-shuffle-repeat-v1"
+ORDER_VERSION = "grain-shuffle-repeat-v2"  # v2: epoch_orders seeds by a hash of the seed
 # Seeds the choice of eval rows; independent of train.seed so every run of a sweep
 # is scored on the same rows. Changing it (or the way rows are drawn) changes
 # every eval loss, so treat it like ORDER_VERSION.
 EVAL_SEED = 20_240_611
+
+
+def epoch_orders(rows: int, seed: int) -> grain.MapDataset:
+  """Row ids of every epoch, one shuffle of range(rows) after another, from `seed`.
+
+  grain's repeated shuffle seeds epoch e with (its seed + e), so seeding it with
+  train.seed itself would give seed s at epoch e + 1 the order of seed s + 1 at epoch
+  e: a sweep over seeds 0, 1, 2 of a several-epoch run would share most of its data
+  orders. A hash of the seed puts different seeds' epochs far apart.
+  """
+  digest = hashlib.sha256(f"gptjax train order, seed {seed}".encode()).digest()
+  return grain.MapDataset.range(rows).shuffle(seed=int.from_bytes(digest[:4], "big") >> 1).repeat()
+
+
 # The unigram baseline reads at most this many tokens per split.
 UNIGRAM_MAX_TOKENS = 100_000_000
 
@@ -135,7 +149,7 @@ class LMData:
         seq_len,
         rows * seq_len - tokens,
       )
-    self._order = grain.MapDataset.range(self.stats["train"].rows).shuffle(seed=seed).repeat()
+    self._order = epoch_orders(self.stats["train"].rows, seed)
     self.fingerprint = hashlib.sha256(
       json.dumps(
         [identity, seq_len, len(train.tokens), len(validation.tokens), ORDER_VERSION]

@@ -32,7 +32,6 @@ import json
 import os
 from typing import Any
 
-import grain
 import ml_collections
 import numpy as np
 from absl import logging
@@ -41,7 +40,7 @@ from gptjax.data import catalog, paths, pipeline
 
 FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv"}
 TOO_LONG = ("truncate", "refuse")
-ORDER_VERSION = "tasks-v1"
+ORDER_VERSION = "tasks-v2"  # v2: pipeline.epoch_orders
 
 
 class TaskDataError(ValueError):
@@ -336,7 +335,7 @@ class TaskData:
     self.train, self.eval, self.seed = train, eval_, seed
     self.identity, self.seq_len = identity, seq_len
     self.rows = len(next(iter(train.values())))
-    self._order = grain.MapDataset.range(self.rows).shuffle(seed=seed).repeat()
+    self._order = pipeline.epoch_orders(self.rows, seed)
     digest = hashlib.sha256(json.dumps([identity, seq_len, ORDER_VERSION]).encode())
     for name in sorted(train):
       digest.update(name.encode() + np.ascontiguousarray(train[name]).tobytes())

@@ -148,7 +148,8 @@ class SentencePieceTokenizer:
 class HFTokenizer:
   """A Hugging Face `tokenizers` model (tokenizer.json) used verbatim.
 
-  No special tokens are added on encode; EOS is the model's own `<|endoftext|>`.
+  No special tokens are added on encode, and a special token's string inside the text is
+  encoded as ordinary text; EOS is the model's own `<|endoftext|>`.
   Decoding skips special tokens, as the other tokenizers drop EOS. With GPT-2's
   byte-level BPE every string round-trips exactly.
   """
@@ -156,6 +157,10 @@ class HFTokenizer:
   def __init__(self, tokenizer_json: str, origin: str = "<memory>"):
     self._json = tokenizer_json
     self._tok = tokenizers.Tokenizer.from_str(tokenizer_json)
+    # Text is text: a document that contains the string "<|endoftext|>" (web pages about
+    # GPT-2 do) must not get the end-of-text id, which would split it into two documents
+    # for the eval's clusters and the document mask. (tiktoken's encode_ordinary; nanoGPT.)
+    self._tok.encode_special_tokens = True
     self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
     eos_id = self._tok.token_to_id(HF_EOS)
     if eos_id is None:
@@ -209,7 +214,8 @@ class HFTokenizer:
     return lengths
 
   def fingerprint(self) -> str:
-    return "hf-" + hashlib.sha256(self._json.encode()).hexdigest()[:16]
+    # hf2: special-token strings in text are encoded as text (token caches of hf- differ).
+    return "hf2-" + hashlib.sha256(self._json.encode()).hexdigest()[:16]
 
   def save(self, directory: str) -> None:
     target = epath.Path(directory)
