@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -363,3 +364,38 @@ def test_sweep_override_keys_may_name_nested_fields(tmp_path, key, ok):
   else:
     with pytest.raises(LaunchError, match=f"override key {key!r} is not 'group.field'"):
       sweep.load_sweep(str(experiment))
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_local_launcher_checkpoints_every_process_and_stops(tmp_path):
+  """The launcher passes SIGTERM on (it alone gets it from a scheduler or `kill`), waits for
+  the processes to agree on a step and checkpoint it, then says how to resume."""
+  workdir = tmp_path / "run"
+  overrides = {
+    **TINY,
+    "train.steps": 100_000,
+    "train.log_every": 1,
+    "train.checkpoint_every": 10**5,
+  }
+  launcher = subprocess.Popen(
+    [sys.executable, "-m", "gptjax.launch", "local", "--num_processes=2"]
+    + [f"--config={ROOT}/experiments/quickstart.py", f"--workdir={workdir}"]
+    + [f"--config.{k}={v}" for k, v in overrides.items()],
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
+  log = workdir / "logs" / "process_0.log"
+  deadline = time.monotonic() + 240
+  while not (log.exists() and "step 3/" in log.read_text()):
+    assert launcher.poll() is None and time.monotonic() < deadline, launcher.stdout.read()
+    time.sleep(0.2)
+  launcher.send_signal(signal.SIGTERM)
+  output, _ = launcher.communicate(timeout=240)
+  assert launcher.returncode == 1 and "stopped by SIGTERM" in output, output
+  for i in (0, 1):
+    assert "interrupted: checkpointed step" in (workdir / "logs" / f"process_{i}.log").read_text()
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["status"] == "running" and 3 <= summary["step"] < 100_000
+  assert (workdir / "checkpoints" / str(summary["step"])).is_dir()

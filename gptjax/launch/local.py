@@ -3,12 +3,18 @@
 On CPU each process gets its own fake host devices and gloo collectives; with
 `platform="gpu"` process i sees only GPU i. Logs go to WORKDIR/logs/process_I.log,
 never to pipes: a pipe nobody drains blocks its writer inside a collective.
+
+SIGTERM or Ctrl-C to the launcher is passed on to every process as SIGTERM, which
+checkpoints at the next step and stops (they agree on the step), and the launcher waits
+up to STOP_GRACE_S for that; a second signal kills them at once.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +23,7 @@ import time
 from gptjax.launch.job import Job, LaunchError
 
 _POLL_S = 0.1
+STOP_GRACE_S = 300.0  # for the processes to checkpoint after a stop request
 
 
 def free_port() -> int:
@@ -96,6 +103,23 @@ def run(
         )
       )
   deadline = None if timeout_s is None else time.monotonic() + timeout_s
+  stopping: list[str] = []  # the signals received
+  stop_deadline = math.inf
+
+  def stop(signum: int, frame: object) -> None:
+    del frame
+    nonlocal stop_deadline
+    stopping.append(signal.Signals(signum).name)
+    stop_deadline = time.monotonic() + STOP_GRACE_S
+    if len(stopping) > 1:  # a second signal: the `finally` below kills them
+      raise LaunchError(f"stopped by a second {stopping[-1]}: killed the processes")
+    for p in procs:
+      if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+
+  previous = {
+    sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT) if _main_thread()
+  }
   try:
     while True:
       codes = [p.poll() for p in procs]
@@ -106,12 +130,31 @@ def run(
             f"its log: {os.path.join(log_dir, f'process_{i}.log')}"
           )
       if all(code == 0 for code in codes):
+        if stopping:
+          raise LaunchError(
+            f"stopped by {stopping[0]}: the processes checkpointed and exited; rerun the "
+            "same command to resume"
+          )
         return
       if deadline is not None and time.monotonic() > deadline:
         raise LaunchError(f"the processes ran past timeout_s={timeout_s}; logs in {log_dir}")
+      if stopping and time.monotonic() > stop_deadline:
+        raise LaunchError(
+          f"the processes did not stop within {STOP_GRACE_S:.0f} s of {stopping[0]}; killed "
+          f"them; logs in {log_dir}"
+        )
       time.sleep(_POLL_S)
   finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
     for p in procs:
       if p.poll() is None:
         p.kill()
         p.wait()
+
+
+def _main_thread() -> bool:
+  """Signal handlers can only be set from the main thread."""
+  import threading  # pylint: disable=import-outside-toplevel
+
+  return threading.current_thread() is threading.main_thread()
