@@ -329,3 +329,15 @@ def test_a_too_noisy_isoflop_bootstrap_is_a_skipped_fit_not_a_crash(tmp_path):
   fits = json.load(open(_render(str(root))["fits"]))
   assert "isoflop" not in fits
   assert any(s.startswith("IsoFLOP profiles (Approach 2): ") for s in fits["skipped"])
+
+
+def test_sft_runs_are_fine_tuning_runs_and_stay_out_of_the_loss_fits(tmp_path):
+  """An SFT run's eval loss is over response tokens: not a point of L(N) or L(N, D)."""
+  from gptjax.scaling import runs
+
+  _write_run(str(tmp_path / "sft"), 1e5, 3e6)
+  path = tmp_path / "sft" / "summary.json"
+  path.write_text(json.dumps({**json.loads(path.read_text()), "final_eval_targets": 900}))
+  assert runs.read_run(str(tmp_path / "sft")).task
+  _write_run(str(tmp_path / "lm"), 1e5, 3e6)
+  assert not runs.read_run(str(tmp_path / "lm")).task

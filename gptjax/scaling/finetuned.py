@@ -32,10 +32,11 @@ class Point:
 
 
 def points(runs: list[Run]) -> list[Point]:
-  """One point per completed task run that started from a run directory that still reads."""
+  """One point per completed classify/choice run that started from a run directory that
+  still reads."""
   out = []
   for run in runs:
-    if not (run.task and run.completed and run.init_from.startswith("run:")):
+    if not (math.isfinite(run.accuracy) and run.completed and run.init_from.startswith("run:")):
       continue
     _, directory, step = parse_init_from(run.init_from)
     try:

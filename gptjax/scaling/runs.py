@@ -60,11 +60,13 @@ class Run:
   steps: int = 0  # optimizer updates (summary.json's step; 0 where it is not recorded)
   accuracy: float = math.nan  # a classify/choice fine-tuning run's final eval accuracy
   accuracy_se: float = math.nan  # and its binomial standard error
+  sft: bool = False  # an SFT run: its eval loss is over response tokens only
 
   @property
   def task(self) -> bool:
-    """A fine-tuning run scored on a task: its eval loss is a task loss, not the LM's."""
-    return math.isfinite(self.accuracy)
+    """A fine-tuning run (scored on a task, or SFT on responses): its eval loss is not the
+    pretraining LM's, so it never enters the loss fits."""
+    return math.isfinite(self.accuracy) or self.sft
 
   @property
   def completed(self) -> bool:
@@ -148,6 +150,7 @@ def read_run(path: str, name: str | None = None) -> Run:
     accuracy=_number(summary.get("final_eval_accuracy")),
     accuracy_se=_number(summary.get("final_eval_accuracy_se")),
     teacher=str(summary.get("teacher") or ""),
+    sft="final_eval_targets" in summary,  # what SFT's eval records (train._evaluate_sft)
   )
 
 
