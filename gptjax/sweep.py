@@ -81,14 +81,19 @@ def _load_experiment(spec: str):
   """The experiment module of `spec` ('FILE' or 'FILE:ARG') and a function calling one of
   its functions with ARG when there is one, as --config=FILE:ARG calls get_config(ARG)."""
   path, _, arg = spec.partition(":")
-  loader = importlib.util.spec_from_file_location("sweep_experiment", path)
-  if loader is None or not os.path.exists(path):
+  if not os.path.isfile(path):
     raise LaunchError(
       f"--config={spec}: no such file; pass an experiment file, e.g. "
       "--config=experiments/scaling_tiny.py"
     )
+  loader = importlib.util.spec_from_file_location("sweep_experiment", path)
+  if loader is None:
+    raise LaunchError(f"--config={spec}: not a Python experiment file (.py) defining get_sweep()")
   module = importlib.util.module_from_spec(loader)
-  loader.loader.exec_module(module)
+  try:
+    loader.loader.exec_module(module)
+  except Exception as e:  # the user's file: a syntax or import error is theirs to fix
+    raise LaunchError(f"--config={spec}: cannot load it ({type(e).__name__}: {e})") from None
   if not hasattr(module, "get_sweep"):
     raise LaunchError(
       f"--config={spec}: defines no get_sweep(); add one returning "
@@ -100,10 +105,15 @@ def _load_experiment(spec: str):
 def load_sweep(path: str) -> dict[str, dict[str, object]]:
   """The experiment file's get_sweep(), checked to be {name: {"group.field": value}}
   (any depth: "train.batch_ramp.tokens"; config.override then checks the fields exist)."""
+  experiment = _load_experiment(path)
   try:
-    sweep = _load_experiment(path)("get_sweep")
+    sweep = experiment("get_sweep")
   except (OSError, ValueError) as e:  # e.g. the sweep of a source directory that is not there
     raise LaunchError(f"--config={path}: {e}") from None
+  except Exception as e:  # e.g. an argument get_sweep() does not take
+    raise LaunchError(f"--config={path}: get_sweep() failed ({type(e).__name__}: {e})") from None
+  if not sweep:
+    raise LaunchError(f"--config={path}: get_sweep() returned no members")
   for name, overrides in sweep.items():
     for key in overrides:
       if "." not in key or "" in key.split("."):

@@ -471,3 +471,21 @@ def test_eta_weighs_members_by_their_flops():
   ]
   assert progress(members, 1, 0.0).splitlines()[-1].endswith("ETA 50s")  # 5e12 at 1e11 FLOP/s
   assert "ETA ? (after the first member)" in progress(members[1:], 1, 0.0)
+
+
+@pytest.mark.parametrize(
+  "spec, contents, message",
+  [
+    ("missing.py", None, r"missing.py: no such file"),
+    ("notes.md", "# notes", r"notes.md: not a Python experiment file"),
+    ("broken.py", "def get_sweep(:\n", r"broken.py: cannot load it \(SyntaxError"),
+    ("noarg.py:x", "def get_sweep():\n  return {}\n", r"get_sweep\(\) failed \(TypeError"),
+    ("empty.py", "def get_sweep():\n  return {}\n", r"empty.py: get_sweep\(\) returned no members"),
+  ],
+)
+def test_a_bad_sweep_file_is_one_launch_error(tmp_path, spec, contents, message):
+  path, _, arg = spec.partition(":")
+  if contents is not None:
+    (tmp_path / path).write_text(contents)
+  with pytest.raises(LaunchError, match=message):
+    load_sweep(str(tmp_path / path) + (f":{arg}" if arg else ""))
