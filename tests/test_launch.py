@@ -140,6 +140,13 @@ def test_tpu_queued_resources():
   assert "--node-id=sweep-s1" in create and "--runtime-version=tpu-ubuntu2204-base" in create
   assert "--spot" in create
   assert tpu.commands("delete", spec)[0][3:5] == ["queued-resources", "delete"]
+  # up waits for the queued request to become a VM before it sets the VM up.
+  job = sweep_jobs("gs://b/s")["s1"]
+  create, wait, setup, _ = tpu.commands("up", spec, job)
+  assert create[3:5] == ["queued-resources", "create"] and wait[:2] == ["bash", "-c"]
+  assert wait[2].splitlines() == tpu.wait_until_ready(spec) and "ssh" in setup
+  assert [c[:2] for c in tpu.commands("relaunch", spec, job)].count(["bash", "-c"]) == 1
+  assert len(tpu.commands("up", dataclasses.replace(spec, queued=False), job)) == 3
   with pytest.raises(LaunchError, match="--provisioning=preemptible with --queued.*spot"):
     tpu.commands("create", dataclasses.replace(spec, provisioning="preemptible"))
 

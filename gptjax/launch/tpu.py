@@ -245,6 +245,8 @@ def commands(action: str, tpu: Tpu, job: Job | None = None) -> list[list[str]]:
   if needs_job and job is None:
     raise LaunchError(f"tpu {action} needs --config, --workdir, --repo and --revision")
   check(tpu, job if needs_job else None)
+  # A queued resource's create returns once the request is queued, not once the VM exists.
+  wait = [["bash", "-c", "\n".join(wait_until_ready(tpu))]] if tpu.queued else []
   steps = {
     "create": lambda: [create(tpu)],
     "setup": lambda: [setup(tpu)],
@@ -252,8 +254,8 @@ def commands(action: str, tpu: Tpu, job: Job | None = None) -> list[list[str]]:
     "logs": lambda: [logs(tpu)],
     "status": lambda: [status(tpu)],
     "delete": lambda: [delete(tpu)],
-    "up": lambda: [create(tpu), setup(tpu), run(tpu, job)],
-    "relaunch": lambda: [delete(tpu), create(tpu), setup(tpu), run(tpu, job)],
+    "up": lambda: [create(tpu), *wait, setup(tpu), run(tpu, job)],
+    "relaunch": lambda: [delete(tpu), create(tpu), *wait, setup(tpu), run(tpu, job)],
   }
   if action not in steps:
     raise LaunchError(f"tpu action {action!r}: use one of {', '.join(ACTIONS)}")
