@@ -342,6 +342,12 @@ def export_hf(
     )
   )
   notes = [f"wrote {hf_dir}: {_HF_CLASSES[m.architecture]}, step {loaded.step}, {dtype}"]
+  if m.special_tokens:
+    notes.append(
+      f"left out: the {m.special_tokens} fine-tuning special tokens (ids {m.vocab_size}.."
+      f"{m.vocab_size + m.special_tokens - 1}), which the exported vocabulary has no place "
+      "for, and any task head; the export is the language model alone"
+    )
   if isinstance(loaded.tokenizer, HFTokenizer):
     loaded.tokenizer.save(hf_dir)
     (out / "tokenizer_config.json").write_text(

@@ -17,12 +17,14 @@ import pytest
 import tokenizers
 from jax.sharding import NamedSharding, PartitionSpec
 from safetensors.numpy import load_file, save_file
+from test_train import tiny_config
 
 import gptjax
+from gptjax import checkpoint, convert, init_from, sharding, train
 from gptjax import config as config_lib
-from gptjax import convert, init_from, sharding, train
 from gptjax.data import HFTokenizer, bpe_training
 from gptjax.data import validate as data_validate
+from gptjax.data.tokenizer import ByteTokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_LAYER, D, N_HEAD, VOCAB, CTX = 2, 64, 4, 300, 32
@@ -635,3 +637,25 @@ def test_convert_command_line(hf_dir, tmp_path):
   ):
     done = convert_cli(*args)
     assert done.returncode == 1 and done.stderr.strip().splitlines()[-1] == error
+
+
+def test_export_says_it_leaves_out_fine_tuning_special_tokens(tmp_path):
+  """A fine-tuned run's special-token rows have no place in the exported vocabulary: the
+  export keeps the tokenizer's rows and says what it left out."""
+  workdir = str(tmp_path / "run")
+  os.makedirs(workdir)
+  config = tiny_config(**{"data.tokenizer": "bytes", "model.special_tokens": 3})
+  (tmp_path / "run" / "config.json").write_text(config.to_json_best_effort())
+  ByteTokenizer().save(os.path.join(workdir, "tokenizer"))
+  mesh = sharding.make_mesh(config.mesh)
+  program = train.build(config, mesh, ByteTokenizer.eos_id)
+  with sharding.active(mesh, program.axis_rules):
+    mngr = checkpoint.manager(workdir, config)
+    checkpoint.save(mngr, 1, program.init(0), config, {})
+    checkpoint.wait(mngr)
+    mngr.close()
+  notes = convert.export_hf(workdir, str(tmp_path / "hf"))
+  vocab = config.model.vocab_size
+  assert any(f"the 3 fine-tuning special tokens (ids {vocab}..{vocab + 2})" in n for n in notes)
+  exported = load_file(str(tmp_path / "hf" / "model.safetensors"))
+  assert exported["transformer.wte.weight"].shape[0] == vocab
