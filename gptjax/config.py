@@ -7,7 +7,9 @@ starts, so a typo costs a second, not a compile or a dataset build.
 
 from __future__ import annotations
 
+import decimal
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -591,3 +593,22 @@ def validate(c: ml_collections.ConfigDict) -> None:
     errors.append(f"eval.tasks={c.eval.tasks!r}: use a string, e.g. 'perplexity,hellaswag=FILE'")
   if errors:
     raise ValueError("invalid config:\n  " + "\n  ".join(errors))
+
+
+# An override value in scientific notation with a non-negative exponent: 3e11, 3.75E+8.
+_SCIENTIFIC = re.compile(r"^[0-9]+(\.[0-9]+)?[eE]\+?[0-9]+$")
+
+
+def whole_numbers(argv: list[str]) -> list[str]:
+  """`argv` with each --config.* value written as 3e11 that is a whole number written as one
+  (300000000000), so integer fields (train.tokens, optim.warmup_tokens) take the way token
+  counts are written; a float field reads it the same either way."""
+  out = []
+  for arg in argv:
+    name, eq, value = arg.partition("=")
+    if name.startswith("--config.") and eq and _SCIENTIFIC.match(value):
+      number = decimal.Decimal(value)
+      if number == number.to_integral_value():
+        arg = f"{name}={int(number)}"
+    out.append(arg)
+  return out

@@ -96,7 +96,7 @@ def _exit_quietly(message: str) -> None:
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with a mistyped --config.* override as one `error:` line."""
   try:
-    return flags.FLAGS(argv)
+    return flags.FLAGS(config_lib.whole_numbers(argv))
   except (flags.Error, AttributeError, KeyError, TypeError) as e:
     text = str(e)
     if len(text) > 1 and text[0] in "'\"" and text[-1] == text[0]:  # a KeyError's repr

@@ -158,3 +158,22 @@ def test_prepare_refuses_a_bad_source_in_one_line(tmp_path):
   assert result.stderr.strip().splitlines()[0] == "error: invalid data config:"
   assert "data.source='no_such_dataset'" in result.stderr
   assert os.listdir(tmp_path) == []
+
+
+def test_token_counts_in_scientific_notation_are_whole_numbers_for_integer_fields():
+  argv = [
+    "--config=experiments/gpt3.py:125m",
+    "--config.train.tokens=3e11",
+    "--config.optim.warmup_tokens=3.75E+8",
+    "--config.optim.lr=6e-4",  # a float: left as written
+    "--config.model.dropout=1.5e0",  # not whole: left as written
+    "--workdir=runs/3e11",  # not a --config.* value
+  ]
+  assert config_lib.whole_numbers(argv) == [
+    "--config=experiments/gpt3.py:125m",
+    "--config.train.tokens=300000000000",
+    "--config.optim.warmup_tokens=375000000",
+    "--config.optim.lr=6e-4",
+    "--config.model.dropout=1.5e0",
+    "--workdir=runs/3e11",
+  ]
