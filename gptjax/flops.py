@@ -6,14 +6,18 @@ tests pin them to the real parameter trees.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import platform
+import socket
 import time
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from gptjax.config import padded_vocab_size
 
@@ -126,14 +130,25 @@ def cpu_peak_tflops() -> tuple[float, str]:
   return float(cached[key]), path
 
 
+@functools.cache
 def peak_units() -> int:
-  """How many peaks the job has: one per device, but one per process on CPU.
+  """How many peaks the job has: one per device, but one per host on CPU.
 
   Simulated CPU devices (--xla_force_host_platform_device_count) share one host's
   cores, and the CPU 'peak' is measured for the whole host, so multiplying it by
-  the simulated device count would shrink MFU by that factor.
+  the simulated device count would shrink MFU by that factor; likewise for several
+  processes on one host (`launch local`), which are counted by their host names. Every
+  process must call it (the names are gathered), as the train loop's start does.
   """
-  return jax.process_count() if jax.default_backend() == "cpu" else jax.device_count()
+  if jax.default_backend() != "cpu":
+    return jax.device_count()
+  if jax.process_count() == 1:
+    return 1
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
+  host = hashlib.sha256(socket.gethostname().encode()).digest()[:4]
+  hosts = multihost_utils.process_allgather(np.frombuffer(host, np.int32))
+  return len(np.unique(np.asarray(hosts)))
 
 
 def peak_for_kind(kind: str) -> float | None:
