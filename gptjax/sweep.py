@@ -33,6 +33,7 @@ import tempfile
 import time
 
 from absl import app, flags
+from etils import epath
 
 from gptjax import config as config_lib
 from gptjax import data, metrics, rundir
@@ -182,9 +183,8 @@ def command(job: Job) -> list[str]:
 def run_status(workdir: str) -> str:
   """summary.json's status ('completed', 'running', 'diverged', 'failed'), or 'pending' if
   there is none."""
-  try:
-    with open(os.path.join(workdir, "summary.json")) as f:
-      return json.load(f).get("status", "pending")
+  try:  # epath: a gs:// member is read where it is
+    return json.loads((epath.Path(workdir) / "summary.json").read_text()).get("status", "pending")
   except (FileNotFoundError, json.JSONDecodeError):
     return "pending"
 
@@ -355,8 +355,9 @@ def launch_slurm(
     rundir.write_json(os.path.join(sweep_dir, "sweep.json"), sweep)
   failed = []
   for name, job in jobs.items():
-    if run_status(job.workdir) == "completed":
-      print(f"### {name}: completed, skipped", flush=True)
+    status = run_status(job.workdir)
+    if status in ("completed", "diverged"):  # a diverged member would diverge again, identically
+      print(f"### {name}: {status}, skipped", flush=True)
     elif not execute:
       path = os.path.join(job.workdir, "job.sbatch")
       print(f"### {name}: would write {path} and run: sbatch {path}\n{scripts[name]}", end="")

@@ -401,6 +401,19 @@ def test_slurm_sweep_is_one_sbatch_job_per_member(tmp_path, capsys):
     shellcheck(tmp_path, text)
 
 
+def test_slurm_sweep_skips_a_diverged_member_as_a_local_sweep_does(tmp_path, capsys):
+  """A rerun of a diverged member would diverge again, identically: it is not resubmitted."""
+  sweep_dir = str(tmp_path / "sweep")
+  os.makedirs(f"{sweep_dir}/{MEMBERS[0]}")
+  with open(f"{sweep_dir}/{MEMBERS[0]}/summary.json", "w") as f:
+    json.dump({"status": "diverged"}, f)
+  one_node = dataclasses.replace(SLURM, nodes=1)  # /tmp is one node's: fine for one
+  launch_slurm(one_node, sweep_dir, load_sweep(TINY), jobs(sweep_dir), execute=False)
+  out = capsys.readouterr().out
+  assert f"### {MEMBERS[0]}: diverged, skipped" in out
+  assert list(sbatch_scripts(out)) == MEMBERS[1:]
+
+
 def test_slurm_sweep_cli_skips_completed_members_touches_nothing_and_refuses_tmp(
   finished, tmp_path
 ):
