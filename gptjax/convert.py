@@ -357,6 +357,8 @@ def export_hf(
           "model_max_length": m.seq_len,
           "bos_token": "<|endoftext|>",
           "eos_token": "<|endoftext|>",
+          # As gptjax trained: the string "<|endoftext|>" inside a text is text.
+          "split_special_tokens": True,
         },
         indent=2,
       )
